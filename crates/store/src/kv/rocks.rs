@@ -1,0 +1,363 @@
+//! The embedded backend: RocksDB with a resolver in front of it.
+//!
+//! RocksDB gives ordered storage, snapshots and atomic write batches; the
+//! resolver adds FoundationDB's commit semantics on top:
+//!
+//! 1. A transaction reads from a RocksDB snapshot tagged with the commit
+//!    version that was current when it was taken (the version is read
+//!    *before* the snapshot, so the snapshot holds at least that version: a
+//!    newer snapshot only causes spurious conflicts, never missed ones).
+//! 2. Commits go to one committer thread. It takes every commit waiting in
+//!    its queue (a group), checks each one's read ranges against the write
+//!    ranges of every commit after its read version (kept in a short history)
+//!    and against the commits accepted earlier in the same group, and writes
+//!    all accepted commits as one `WriteBatch` with one WAL sync: concurrent
+//!    commits share an fsync (group commit).
+//! 3. Only after the write returns does the committer publish the new
+//!    version, answer the waiting transactions and fire watches.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+use rocksdb::{
+    BlockBasedOptions, Cache, DB, Direction, IteratorMode, MergeOperands, Options, ReadOptions,
+    WriteBatch, WriteOptions,
+};
+use tokio::sync::oneshot;
+
+use super::tx::decode_counter;
+use super::{
+    Backend, Commit, Error, KeyRange, Mutation, Result, RocksOptions, ScanIter, Snapshot, Version,
+    Watch, limits,
+};
+
+/// The largest group the committer writes in one batch, in bytes.
+const MAX_GROUP_BYTES: usize = 32 << 20;
+
+struct Pending {
+    commit: Commit,
+    bytes: usize,
+    reply: Sender<Result<Version>>,
+}
+
+/// Write ranges of recent commits, newest last.
+struct History {
+    entries: VecDeque<(Version, Instant, Vec<KeyRange>)>,
+    /// Commits at or below this version are no longer in `entries`.
+    floor: Version,
+}
+
+type WatchMap = HashMap<Vec<u8>, Vec<oneshot::Sender<()>>>;
+
+struct Shared {
+    db: DB,
+    version: AtomicU64,
+    watches: Mutex<WatchMap>,
+}
+
+pub(super) struct RocksBackend {
+    shared: Arc<Shared>,
+    queue: Option<Sender<Pending>>,
+    committer: Option<JoinHandle<()>>,
+}
+
+fn merge_add(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    let mut sum = existing.map(decode_counter).unwrap_or(0);
+    for op in operands {
+        sum = sum.wrapping_add(decode_counter(op));
+    }
+    Some(sum.to_le_bytes().to_vec())
+}
+
+fn backend_err(e: rocksdb::Error) -> Error {
+    Error::Backend(e.into_string())
+}
+
+impl RocksBackend {
+    pub(super) fn open(path: &Path, options: RocksOptions) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_merge_operator_associative("tern_add", merge_add);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.increase_parallelism(2);
+        opts.set_max_background_jobs(2);
+        opts.set_bytes_per_sync(1 << 20);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&Cache::new_lru_cache(options.cache_bytes));
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        opts.set_block_based_table_factory(&table);
+        let db = DB::open(&opts, path).map_err(backend_err)?;
+        let shared = Arc::new(Shared {
+            db,
+            version: AtomicU64::new(1),
+            watches: Mutex::new(HashMap::new()),
+        });
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let committer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("tern-commit".into())
+                .spawn(move || committer(shared, rx, options.sync))
+                .map_err(|e| Error::Backend(format!("cannot start committer: {e}")))?
+        };
+        Ok(Self {
+            shared,
+            queue: Some(tx),
+            committer: Some(committer),
+        })
+    }
+}
+
+impl Drop for RocksBackend {
+    fn drop(&mut self) {
+        // Closing the queue ends the committer once it has written what it
+        // holds.
+        self.queue.take();
+        if let Some(handle) = self.committer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+struct RocksSnapshot<'a> {
+    snap: rocksdb::SnapshotWithThreadMode<'a, DB>,
+    version: Version,
+}
+
+impl Snapshot for RocksSnapshot<'_> {
+    fn version(&self) -> Version {
+        self.version
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.snap.get(key).map_err(backend_err)
+    }
+
+    fn scan<'a>(&'a self, range: &KeyRange, reverse: bool) -> Result<ScanIter<'a>> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(range.begin.clone());
+        ro.set_iterate_upper_bound(range.end.clone());
+        let mode = if reverse {
+            IteratorMode::End
+        } else {
+            IteratorMode::From(&range.begin, Direction::Forward)
+        };
+        let iter = self.snap.iterator_opt(mode, ro);
+        Ok(Box::new(iter.map(|item| {
+            item.map(|(k, v)| (k.into_vec(), v.into_vec()))
+                .map_err(backend_err)
+        })))
+    }
+}
+
+impl Backend for RocksBackend {
+    fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>> {
+        // Version first, snapshot second: see the module comment.
+        let version = self.shared.version.load(Ordering::SeqCst);
+        let snap = self.shared.db.snapshot();
+        Ok(Box::new(RocksSnapshot { snap, version }))
+    }
+
+    fn commit(&self, commit: Commit) -> Result<Version> {
+        let bytes = commit
+            .mutations
+            .iter()
+            .map(|m| match m {
+                Mutation::Set { key, value } => key.len() + value.len(),
+                Mutation::Clear { key } => key.len(),
+                Mutation::ClearRange(r) => r.begin.len() + r.end.len(),
+                Mutation::Add { key, .. } => key.len() + 8,
+            })
+            .sum::<usize>();
+        if bytes > limits::MAX_TRANSACTION_BYTES {
+            return Err(Error::TransactionTooLarge(bytes));
+        }
+        let (reply, wait) = crossbeam_channel::bounded(1);
+        let queue = self
+            .queue
+            .as_ref()
+            .ok_or_else(|| Error::Backend("store is closed".into()))?;
+        queue
+            .send(Pending {
+                commit,
+                bytes,
+                reply,
+            })
+            .map_err(|_| Error::Backend("store is closed".into()))?;
+        wait.recv()
+            .map_err(|_| Error::Backend("committer stopped".into()))?
+    }
+
+    fn watch(&self, key: &[u8]) -> Watch {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .watches
+            .lock()
+            .entry(key.to_vec())
+            .or_default()
+            .push(tx);
+        Box::pin(async move {
+            rx.await
+                .map_err(|_| Error::Backend("store closed while watching".into()))
+        })
+    }
+}
+
+fn conflicts(history: &History, group: &[(Version, &Commit)], commit: &Commit) -> bool {
+    if commit.read_conflicts.is_empty() {
+        return false;
+    }
+    let hits = |writes: &[KeyRange]| {
+        writes
+            .iter()
+            .any(|w| commit.read_conflicts.iter().any(|r| r.intersects(w)))
+    };
+    history
+        .entries
+        .iter()
+        .rev()
+        .take_while(|(v, _, _)| *v > commit.read_version)
+        .any(|(_, _, writes)| hits(writes))
+        || group
+            .iter()
+            .any(|(v, c)| *v > commit.read_version && hits(&c.write_conflicts))
+}
+
+fn committer(shared: Arc<Shared>, queue: Receiver<Pending>, sync: bool) {
+    let mut history = History {
+        entries: VecDeque::new(),
+        floor: 0,
+    };
+    let mut write_opts = WriteOptions::default();
+    write_opts.set_sync(sync);
+    let mut groups: u64 = 0;
+    while let Ok(first) = queue.recv() {
+        groups += 1;
+        if groups % 4096 == 0 {
+            prune_watches(&shared);
+        }
+        let mut group = vec![first];
+        let mut group_bytes = group[0].bytes;
+        while group_bytes < MAX_GROUP_BYTES {
+            match queue.try_recv() {
+                Ok(p) => {
+                    group_bytes += p.bytes;
+                    group.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let now = Instant::now();
+        // Forget history no live transaction can need.
+        while let Some((v, at, _)) = history.entries.front() {
+            if now.duration_since(*at) > limits::MAX_TRANSACTION_AGE * 2 {
+                history.floor = *v;
+                history.entries.pop_front();
+            } else {
+                break;
+            }
+        }
+
+        let mut next = shared.version.load(Ordering::SeqCst);
+        let mut batch = WriteBatch::default();
+        let mut accepted: Vec<(Version, Pending)> = Vec::with_capacity(group.len());
+        let mut rejected: Vec<(Pending, Error)> = Vec::new();
+        for p in group {
+            let verdict = if p.commit.read_version < history.floor {
+                Err(Error::TransactionTooOld)
+            } else {
+                let in_group: Vec<(Version, &Commit)> =
+                    accepted.iter().map(|(v, p)| (*v, &p.commit)).collect();
+                if conflicts(&history, &in_group, &p.commit) {
+                    Err(Error::Conflict)
+                } else {
+                    Ok(())
+                }
+            };
+            match verdict {
+                Ok(()) => {
+                    next += 1;
+                    for m in &p.commit.mutations {
+                        match m {
+                            Mutation::Set { key, value } => batch.put(key, value),
+                            Mutation::Clear { key } => batch.delete(key),
+                            Mutation::ClearRange(r) => batch.delete_range(&r.begin, &r.end),
+                            Mutation::Add { key, delta } => batch.merge(key, delta.to_le_bytes()),
+                        }
+                    }
+                    accepted.push((next, p));
+                }
+                Err(e) => rejected.push((p, e)),
+            }
+        }
+        for (p, e) in rejected {
+            let _ = p.reply.send(Err(e));
+        }
+        if accepted.is_empty() {
+            continue;
+        }
+        if let Err(e) = shared.db.write_opt(batch, &write_opts) {
+            // Nothing of the group was written: every member fails.
+            let msg = e.into_string();
+            tracing::error!(error = %msg, "commit write failed");
+            for (_, p) in accepted {
+                let _ = p.reply.send(Err(Error::Backend(msg.clone())));
+            }
+            continue;
+        }
+        shared.version.store(next, Ordering::SeqCst);
+        fire_watches(&shared, &accepted);
+        for (v, p) in accepted {
+            history
+                .entries
+                .push_back((v, now, p.commit.write_conflicts));
+            let _ = p.reply.send(Ok(v));
+        }
+    }
+}
+
+fn fire_watches(shared: &Shared, accepted: &[(Version, Pending)]) {
+    let mut watches = shared.watches.lock();
+    if watches.is_empty() {
+        return;
+    }
+    for (_, p) in accepted {
+        for w in &p.commit.write_conflicts {
+            if w.end.len() == w.begin.len() + 1
+                && w.end.starts_with(&w.begin)
+                && w.end.last() == Some(&0)
+            {
+                // A single key: one lookup.
+                if let Some(waiters) = watches.remove(&w.begin) {
+                    for s in waiters {
+                        let _ = s.send(());
+                    }
+                }
+            } else {
+                let hit: Vec<Vec<u8>> = watches.keys().filter(|k| w.contains(k)).cloned().collect();
+                for k in hit {
+                    if let Some(waiters) = watches.remove(&k) {
+                        for s in waiters {
+                            let _ = s.send(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Drops watchers whose futures were abandoned.
+fn prune_watches(shared: &Shared) {
+    shared.watches.lock().retain(|_, waiters| {
+        waiters.retain(|s| !s.is_closed());
+        !waiters.is_empty()
+    });
+}

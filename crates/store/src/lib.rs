@@ -1,0 +1,294 @@
+//! Tern's storage: the transactional key-value contract and its backends
+//! ([`kv`]), and the mail data model built on it: accounts and domains
+//! ([`account`]), mailboxes ([`mailbox`]), emails, threads and their indexes
+//! ([`email`]), content-addressed blobs ([`blob`]), the per-account change
+//! log ([`changes`]) and delivery ([`MailStore::deliver`]).
+//!
+//! This crate knows nothing of JMAP, HTTP or SMTP. Every call blocks the
+//! calling thread (a commit waits for its fsync): async callers run them on a
+//! blocking thread pool (`tokio::task::spawn_blocking`).
+//!
+//! The layout of every key is in [`keys`] and `docs/store-format.md`.
+
+pub mod account;
+pub mod blob;
+pub mod changes;
+pub mod email;
+mod error;
+pub mod keys;
+pub mod kv;
+pub mod mailbox;
+pub mod parse;
+mod types;
+
+use std::path::{Path, PathBuf};
+
+pub use account::AccountInfo;
+pub use changes::Writer;
+pub use email::EmailMeta;
+pub use error::{Error, Result};
+pub use types::{AccountId, BlobHash, Collection, DataType, DocumentId, now};
+
+use kv::{Kv, RocksOptions};
+
+/// Messages up to this size share the delivery transaction with their
+/// metadata (one commit); larger ones are written in their own transactions
+/// first.
+pub const INLINE_BLOB_LIMIT: usize = 1 << 20;
+
+/// Where a delivered message is filed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Folder {
+    /// The mailbox with this role (`inbox`, `junk`, ...); the inbox when
+    /// the account has no such mailbox.
+    Role(&'static str),
+    /// A mailbox by id.
+    Mailbox(DocumentId),
+}
+
+/// One recipient of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// The account.
+    pub account: AccountId,
+    /// Where to file the message.
+    pub folder: Folder,
+    /// Keywords to set (e.g. `$junk`).
+    pub keywords: Vec<String>,
+}
+
+impl Recipient {
+    /// A recipient whose copy goes to the inbox.
+    pub fn inbox(account: AccountId) -> Self {
+        Self {
+            account,
+            folder: Folder::Role("inbox"),
+            keywords: Vec::new(),
+        }
+    }
+}
+
+/// A stored copy of a delivered message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// The account.
+    pub account: AccountId,
+    /// The new email.
+    pub email: DocumentId,
+    /// Its thread.
+    pub thread: DocumentId,
+    /// Its mailbox.
+    pub mailbox: DocumentId,
+}
+
+/// The mail store: a handle to the key-value store plus the mail model's
+/// operations. Cheap to clone; every clone shares one database.
+#[derive(Debug, Clone)]
+pub struct MailStore {
+    kv: Kv,
+    path: PathBuf,
+}
+
+impl MailStore {
+    /// Opens (creating if needed) the store under `data_dir`, on the
+    /// embedded RocksDB backend, and checks the format version.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        Self::open_with(data_dir, RocksOptions::default())
+    }
+
+    /// [`MailStore::open`] with backend options.
+    pub fn open_with(data_dir: &Path, options: RocksOptions) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| kv::Error::Backend(format!("{}: {e}", data_dir.display())))?;
+        let path = data_dir.join("db");
+        let kv = Kv::open_rocksdb(&path, options)?;
+        Self::from_kv(kv, path)
+    }
+
+    /// Wraps an open key-value store (any backend), checking or writing the
+    /// format version.
+    pub fn from_kv(kv: Kv, path: PathBuf) -> Result<Self> {
+        kv.transact(|tx| -> Result<()> {
+            match tx.get(keys::FORMAT)? {
+                Some(v) => {
+                    let found = v
+                        .as_slice()
+                        .try_into()
+                        .map(u32::from_be_bytes)
+                        .map_err(|_| kv::Error::corrupt(keys::FORMAT, "bad format version"))?;
+                    if found != keys::FORMAT_VERSION {
+                        return Err(Error::FormatVersion {
+                            found,
+                            expected: keys::FORMAT_VERSION,
+                        });
+                    }
+                }
+                None => tx.set(keys::FORMAT, &keys::FORMAT_VERSION.to_be_bytes())?,
+            }
+            Ok(())
+        })?;
+        Ok(Self { kv, path })
+    }
+
+    /// The key-value store underneath.
+    pub fn kv(&self) -> &Kv {
+        &self.kv
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Adds a local domain.
+    pub fn add_domain(&self, domain: &str) -> Result<()> {
+        let domain = account::normalize_domain(domain)?;
+        self.kv.transact(|tx| account::add_domain(tx, &domain))
+    }
+
+    /// Local domains, sorted.
+    pub fn list_domains(&self) -> Result<Vec<String>> {
+        self.kv.read(account::list_domains)
+    }
+
+    /// Whether `domain` is local.
+    pub fn is_local_domain(&self, domain: &str) -> Result<bool> {
+        let Ok(domain) = account::normalize_domain(domain) else {
+            return Ok(false);
+        };
+        self.kv.read(|tx| account::is_local_domain(tx, &domain))
+    }
+
+    /// Creates an account (with the default mailboxes) whose login and
+    /// primary address is `address`, on a local domain.
+    pub fn create_account(&self, address: &str, password: &str) -> Result<AccountId> {
+        let address = account::normalize_address(address)?;
+        if password.is_empty() {
+            return Err(Error::Invalid("empty password".into()));
+        }
+        let hash = account::hash_password(password)?;
+        self.kv
+            .transact(|tx| account::create_account(tx, &address, &hash, account::DEFAULT_QUOTA))
+    }
+
+    /// Every account.
+    pub fn list_accounts(&self) -> Result<Vec<AccountInfo>> {
+        self.kv.read(account::list_accounts)
+    }
+
+    /// Removes an account and all of its data.
+    pub fn remove_account(&self, address: &str) -> Result<()> {
+        let address = account::normalize_address(address)?;
+        let id = self
+            .kv
+            .transact(|tx| account::remove_account_login(tx, &address))?;
+        while self
+            .kv
+            .transact(|tx| account::purge_account_batch(tx, id, 1000))?
+        {}
+        Ok(())
+    }
+
+    /// Sets an account's password.
+    pub fn set_password(&self, address: &str, password: &str) -> Result<()> {
+        let address = account::normalize_address(address)?;
+        if password.is_empty() {
+            return Err(Error::Invalid("empty password".into()));
+        }
+        let hash = account::hash_password(password)?;
+        self.kv.transact(|tx| {
+            let id = account::lookup_login(tx, &address)?
+                .ok_or_else(|| Error::NotFound(format!("account {address}")))?;
+            let mut record = account::get_account(tx, id)?
+                .ok_or_else(|| Error::NotFound(format!("account {address}")))?;
+            record.password_hash = hash.clone();
+            account::put_account(tx, id, &record)
+        })
+    }
+
+    /// The account whose login is `address` if `password` is right.
+    pub fn authenticate(&self, address: &str, password: &str) -> Result<Option<AccountId>> {
+        let Ok(address) = account::normalize_address(address) else {
+            return Ok(None);
+        };
+        let found = self.kv.read(|tx| -> Result<_> {
+            let Some(id) = account::lookup_login(tx, &address)? else {
+                return Ok(None);
+            };
+            Ok(account::get_account(tx, id)?.map(|a| (id, a.password_hash)))
+        })?;
+        Ok(found.and_then(|(id, hash)| account::verify_password(&hash, password).then_some(id)))
+    }
+
+    /// The account that mail for `address` is delivered to.
+    pub fn lookup_address(&self, address: &str) -> Result<Option<AccountId>> {
+        let Ok(address) = account::normalize_address(address) else {
+            return Ok(None);
+        };
+        self.kv.read(|tx| account::lookup_address(tx, &address))
+    }
+
+    /// Delivers one raw message to every recipient in one transaction and
+    /// returns once it is durable. Each recipient gets its own copy (sharing
+    /// one blob). A recipient over quota gets `Err(OverQuota)` in its slot
+    /// while the others are delivered; an error of the store fails the
+    /// whole delivery and nothing is stored.
+    ///
+    /// Malformed MIME is stored with what could be parsed; input that is not
+    /// a message at all fails with [`Error::NotAMessage`].
+    pub fn deliver(&self, raw: &[u8], recipients: &[Recipient]) -> Result<Vec<Result<Delivered>>> {
+        let parsed = parse::parse_message(raw)?;
+        let received_at = now();
+        let big = raw.len() > INLINE_BLOB_LIMIT;
+        let hash = if big {
+            Some(blob::put(&self.kv, raw)?)
+        } else {
+            None
+        };
+        self.kv.transact(|tx| {
+            let hash = match hash {
+                Some(h) => h,
+                None => blob::put_in_tx(tx, raw)?,
+            };
+            let mut out = Vec::with_capacity(recipients.len());
+            for r in recipients {
+                let mut w = Writer::begin(tx, r.account)?;
+                let mailbox = match r.folder {
+                    Folder::Mailbox(id) => id,
+                    Folder::Role(role) => match mailbox::by_role(w.tx, r.account, role)? {
+                        Some(id) => id,
+                        None => mailbox::by_role(w.tx, r.account, "inbox")?.ok_or_else(|| {
+                            Error::NotFound(format!("inbox of account {}", r.account))
+                        })?,
+                    },
+                };
+                let stored = email::insert(
+                    &mut w,
+                    email::NewEmail {
+                        blob: hash,
+                        size: raw.len() as u64,
+                        received_at,
+                        mailbox_ids: vec![mailbox],
+                        keywords: r.keywords.clone(),
+                        parsed: &parsed,
+                    },
+                );
+                match stored {
+                    Ok((email, thread)) => {
+                        w.touched(DataType::EmailDelivery);
+                        w.finish()?;
+                        out.push(Ok(Delivered {
+                            account: r.account,
+                            email,
+                            thread,
+                            mailbox,
+                        }));
+                    }
+                    Err(e @ Error::OverQuota { .. }) => out.push(Err(e)),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(out)
+        })
+    }
+}

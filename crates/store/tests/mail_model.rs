@@ -1,0 +1,392 @@
+//! The mail model on a real RocksDB store in a temp dir: accounts, default
+//! mailboxes, delivery, threads, keywords, counts, changes, blobs.
+
+use tern_store::changes::{self, Writer};
+use tern_store::email::{self, Listing};
+use tern_store::{
+    AccountId, DataType, Error, Folder, MailStore, Recipient, blob, keys, kv::Error as KvError,
+    mailbox,
+};
+
+fn store() -> (tempfile::TempDir, MailStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MailStore::open(dir.path()).unwrap();
+    store.add_domain("example.com").unwrap();
+    (dir, store)
+}
+
+fn message(subject: &str, id: &str, refs: &str, body: &str) -> Vec<u8> {
+    let mut m = format!(
+        "From: Ann <ann@example.org>\r\nTo: bob@example.com\r\nSubject: {subject}\r\n\
+         Message-ID: <{id}>\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n"
+    );
+    if !refs.is_empty() {
+        m.push_str(&format!("References: {refs}\r\nIn-Reply-To: {refs}\r\n"));
+    }
+    m.push_str("\r\n");
+    m.push_str(body);
+    m.into_bytes()
+}
+
+fn inbox(store: &MailStore, account: AccountId) -> u32 {
+    store
+        .kv()
+        .read(|tx| mailbox::by_role(tx, account, "inbox"))
+        .unwrap()
+        .unwrap()
+}
+
+#[test]
+fn new_account_has_the_default_mailboxes_with_roles() {
+    let (_dir, store) = store();
+    let id = store.create_account("Bob@Example.com", "pw").unwrap();
+    let boxes = store.kv().read(|tx| mailbox::list(tx, id)).unwrap();
+    let roles: Vec<_> = boxes.iter().map(|(_, m)| m.role.clone().unwrap()).collect();
+    assert_eq!(roles, ["inbox", "drafts", "sent", "archive", "junk", "trash"]);
+    assert_eq!(store.lookup_address("bob@example.com").unwrap(), Some(id));
+    assert_eq!(store.authenticate("BOB@example.com", "pw").unwrap(), Some(id));
+    assert_eq!(store.authenticate("bob@example.com", "nope").unwrap(), None);
+    let state = store
+        .kv()
+        .read(|tx| changes::state(tx, id, DataType::Mailbox))
+        .unwrap();
+    assert_eq!(state, 1);
+}
+
+#[test]
+fn accounts_need_a_local_domain_and_a_unique_address() {
+    let (_dir, store) = store();
+    assert!(matches!(
+        store.create_account("x@elsewhere.org", "pw"),
+        Err(Error::UnknownDomain(_))
+    ));
+    store.create_account("x@example.com", "pw").unwrap();
+    assert!(matches!(
+        store.create_account("X@example.com", "pw"),
+        Err(Error::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        store.create_account("not an address", "pw"),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(store.add_domain("EXAMPLE.com"), Err(Error::AlreadyExists(_))));
+    assert_eq!(store.list_domains().unwrap(), ["example.com"]);
+}
+
+#[test]
+fn delivery_to_several_recipients_is_one_commit_with_exact_counts() {
+    let (_dir, store) = store();
+    let a = store.create_account("a@example.com", "pw").unwrap();
+    let b = store.create_account("b@example.com", "pw").unwrap();
+    let raw = message("Hello", "m1@x", "", "Body text here");
+    let out = store
+        .deliver(&raw, &[Recipient::inbox(a), Recipient::inbox(b)])
+        .unwrap();
+    assert_eq!(out.len(), 2);
+    for (acct, r) in [(a, &out[0]), (b, &out[1])] {
+        let d = r.as_ref().unwrap();
+        assert_eq!(d.account, acct);
+        let counts = store
+            .kv()
+            .read(|tx| mailbox::counts(tx, acct, inbox(&store, acct)))
+            .unwrap();
+        assert_eq!(counts.total_emails, 1);
+        assert_eq!(counts.unread_emails, 1);
+        assert_eq!(counts.total_threads, 1);
+        assert_eq!(counts.unread_threads, 1);
+        let meta = store
+            .kv()
+            .read(|tx| email::get(tx, acct, d.email))
+            .unwrap()
+            .unwrap();
+        assert_eq!(meta.envelope.subject.as_deref(), Some("Hello"));
+        assert_eq!(meta.envelope.preview, "Body text here");
+        assert_eq!(meta.size, raw.len() as u64);
+    }
+    // One blob, two accounts linking it.
+    let hash = tern_store::BlobHash::of(&raw);
+    let links = store
+        .kv()
+        .read(|tx| tx.range(&keys::blob_links(&hash), Default::default()))
+        .unwrap();
+    assert_eq!(links.len(), 2);
+}
+
+#[test]
+fn unread_listing_is_newest_first_and_follows_keywords() {
+    let (_dir, store) = store();
+    let a = store.create_account("a@example.com", "pw").unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let raw = message(&format!("n{i}"), &format!("{i}@x"), "", "x");
+        ids.push(store.deliver(&raw, &[Recipient::inbox(a)]).unwrap().remove(0).unwrap().email);
+    }
+    let inbox = inbox(&store, a);
+    let unread = store
+        .kv()
+        .read(|tx| email::list_by_date(tx, a, Listing::MailboxUnseen(inbox), true, None, 3))
+        .unwrap();
+    // Same second: ties broken by id, newest (highest) first.
+    assert_eq!(unread.iter().map(|c| c.1).collect::<Vec<_>>(), [ids[4], ids[3], ids[2]]);
+    // Page on from the cursor.
+    let rest = store
+        .kv()
+        .read(|tx| {
+            email::list_by_date(tx, a, Listing::MailboxUnseen(inbox), true, unread.last().copied(), 10)
+        })
+        .unwrap();
+    assert_eq!(rest.iter().map(|c| c.1).collect::<Vec<_>>(), [ids[1], ids[0]]);
+
+    // Mark two read: they leave the unseen index and the unread counts.
+    store
+        .kv()
+        .transact(|tx| -> tern_store::Result<()> {
+            let mut w = Writer::begin(tx, a)?;
+            email::update(&mut w, ids[4], None, Some(vec!["$Seen".into()]))?;
+            email::update(&mut w, ids[0], None, Some(vec!["$seen".into(), "$flagged".into()]))?;
+            w.finish()?;
+            Ok(())
+        })
+        .unwrap();
+    let unread = store
+        .kv()
+        .read(|tx| email::list_by_date(tx, a, Listing::MailboxUnseen(inbox), true, None, 10))
+        .unwrap();
+    assert_eq!(unread.iter().map(|c| c.1).collect::<Vec<_>>(), [ids[3], ids[2], ids[1]]);
+    let counts = store.kv().read(|tx| mailbox::counts(tx, a, inbox)).unwrap();
+    assert_eq!((counts.total_emails, counts.unread_emails), (5, 3));
+    assert_eq!((counts.total_threads, counts.unread_threads), (5, 3));
+    let flagged = store
+        .kv()
+        .read(|tx| email::with_keyword(tx, a, "$flagged"))
+        .unwrap();
+    assert_eq!(flagged, [ids[0]]);
+    // A draft counts as read for unreadEmails (RFC 8621) but stays unseen.
+    store
+        .kv()
+        .transact(|tx| -> tern_store::Result<()> {
+            let mut w = Writer::begin(tx, a)?;
+            email::update(&mut w, ids[3], None, Some(vec!["$draft".into()]))?;
+            w.finish()?;
+            Ok(())
+        })
+        .unwrap();
+    let counts = store.kv().read(|tx| mailbox::counts(tx, a, inbox)).unwrap();
+    assert_eq!(counts.unread_emails, 2);
+}
+
+#[test]
+fn replies_join_the_thread_only_with_the_same_base_subject() {
+    let (_dir, store) = store();
+    let a = store.create_account("a@example.com", "pw").unwrap();
+    let deliver = |raw: Vec<u8>| store.deliver(&raw, &[Recipient::inbox(a)]).unwrap().remove(0).unwrap();
+    let first = deliver(message("Plans", "p1@x", "", "a"));
+    let reply = deliver(message("Re: Plans", "p2@x", "<p1@x>", "b"));
+    let hijack = deliver(message("Something else", "p3@x", "<p1@x>", "c"));
+    let unrelated = deliver(message("Plans", "p4@x", "", "d"));
+    assert_eq!(first.thread, reply.thread);
+    assert_ne!(first.thread, hijack.thread);
+    assert_ne!(first.thread, unrelated.thread);
+    let members = store
+        .kv()
+        .read(|tx| email::thread_emails(tx, a, first.thread))
+        .unwrap();
+    assert_eq!(members, [first.email, reply.email]);
+    // A reply arriving before its parent: the parent joins the reply's thread.
+    let child = deliver(message("Re: Late", "l2@x", "<l1@x>", "e"));
+    let parent = deliver(message("Late", "l1@x", "", "f"));
+    assert_eq!(child.thread, parent.thread);
+    let counts = store
+        .kv()
+        .read(|tx| mailbox::counts(tx, a, inbox(&store, a)))
+        .unwrap();
+    assert_eq!(counts.total_emails, 6);
+    assert_eq!(counts.total_threads, 4);
+}
+
+#[test]
+fn changes_are_exact_and_merge_created_then_destroyed() {
+    let (_dir, store) = store();
+    let a = store.create_account("a@example.com", "pw").unwrap();
+    let kv = store.kv();
+    let s0 = kv.read(|tx| changes::state(tx, a, DataType::Email)).unwrap();
+    assert_eq!(s0, 0);
+    let d1 = store
+        .deliver(&message("one", "1@x", "", "x"), &[Recipient::inbox(a)])
+        .unwrap().remove(0)
+        .unwrap();
+    let s1 = kv.read(|tx| changes::state(tx, a, DataType::Email)).unwrap();
+    let d2 = store
+        .deliver(&message("two", "2@x", "", "x"), &[Recipient::inbox(a)])
+        .unwrap().remove(0)
+        .unwrap();
+    kv.transact(|tx| -> tern_store::Result<()> {
+        let mut w = Writer::begin(tx, a)?;
+        email::update(&mut w, d1.email, None, Some(vec!["$seen".into()]))?;
+        email::destroy(&mut w, d2.email)?;
+        w.finish()?;
+        Ok(())
+    })
+    .unwrap();
+    let c = kv
+        .read(|tx| changes::changes(tx, a, DataType::Email, s0, 100))
+        .unwrap();
+    assert_eq!(c.created, [d1.email]);
+    assert!(c.updated.is_empty() && c.destroyed.is_empty());
+    let c = kv
+        .read(|tx| changes::changes(tx, a, DataType::Email, s1, 100))
+        .unwrap();
+    assert_eq!(c.updated, [d1.email]);
+    assert!(c.created.is_empty(), "created then destroyed is omitted");
+    assert!(c.destroyed.is_empty());
+    assert!(!c.has_more);
+    // Destroying d2 destroyed its thread.
+    let t = kv
+        .read(|tx| changes::changes(tx, a, DataType::Thread, s1, 100))
+        .unwrap();
+    assert!(t.destroyed.is_empty() && t.created.is_empty(), "{t:?}");
+    // Mailbox changes were counts only.
+    let m = kv
+        .read(|tx| changes::changes(tx, a, DataType::Mailbox, 1, 100))
+        .unwrap();
+    assert_eq!(m.updated, [inbox(&store, a)]);
+    assert!(m.counts_only);
+    // maxChanges pages through the log.
+    let c = kv
+        .read(|tx| changes::changes(tx, a, DataType::Email, s0, 1))
+        .unwrap();
+    assert!(c.has_more);
+    assert_eq!(c.new_state, s1);
+    // A truncated log refuses older states.
+    kv.transact(|tx| changes::truncate(tx, a, DataType::Email, s1)).unwrap();
+    assert!(matches!(
+        kv.read(|tx| changes::changes(tx, a, DataType::Email, s0, 10)),
+        Err(Error::CannotCalculateChanges)
+    ));
+}
+
+#[test]
+fn destroying_the_last_reference_lets_the_collector_free_the_blob() {
+    let (_dir, store) = store();
+    let a = store.create_account("a@example.com", "pw").unwrap();
+    let raw = message("gc", "gc@x", "", "bytes");
+    let d = store.deliver(&raw, &[Recipient::inbox(a)]).unwrap().remove(0).unwrap();
+    let hash = tern_store::BlobHash::of(&raw);
+    assert_eq!(blob::collect(store.kv(), 0).unwrap(), 0, "referenced blob kept");
+    store
+        .kv()
+        .transact(|tx| -> tern_store::Result<()> {
+            let mut w = Writer::begin(tx, a)?;
+            email::destroy(&mut w, d.email)?;
+            w.finish()?;
+            Ok(())
+        })
+        .unwrap();
+    let used = store
+        .kv()
+        .read(|tx| tern_store::account::used_bytes(tx, a))
+        .unwrap();
+    assert_eq!(used, 0);
+    assert_eq!(blob::collect(store.kv(), 3600).unwrap(), 0, "grace period holds");
+    assert_eq!(blob::collect(store.kv(), 0).unwrap(), 1);
+    assert!(store.kv().read(|tx| blob::read(tx, &hash)).unwrap().is_none());
+}
+
+#[test]
+fn large_messages_are_chunked_and_read_back_exactly() {
+    let (_dir, store) = store();
+    let a = store.create_account("a@example.com", "pw").unwrap();
+    let body: String = (0..(25 << 20) / 64)
+        .map(|i| format!("{i:063}\n"))
+        .collect();
+    let raw = message("big", "big@x", "", &body);
+    assert!(raw.len() > 25 << 20);
+    let d = store.deliver(&raw, &[Recipient::inbox(a)]).unwrap().remove(0).unwrap();
+    let meta = store.kv().read(|tx| email::get(tx, a, d.email)).unwrap().unwrap();
+    let back = store.kv().read(|tx| blob::read(tx, &meta.blob)).unwrap().unwrap();
+    assert!(back == raw);
+    let slice = store
+        .kv()
+        .read(|tx| blob::read_range(tx, &meta.blob, 150_000, 10))
+        .unwrap()
+        .unwrap();
+    assert_eq!(slice, raw[150_000..150_010]);
+}
+
+#[test]
+fn malformed_mime_is_stored_and_non_messages_are_refused() {
+    let (_dir, store) = store();
+    let a = store.create_account("a@example.com", "pw").unwrap();
+    let broken = b"Subject: =?utf-8?B?broken\r\nContent-Type: multipart/mixed; boundary=\"zz\"\r\n\r\n--zz\r\nno end";
+    let d = store.deliver(broken, &[Recipient::inbox(a)]).unwrap();
+    assert!(d[0].is_ok());
+    assert!(matches!(store.deliver(b"", &[Recipient::inbox(a)]), Err(Error::NotAMessage(_))));
+    assert!(matches!(
+        store.deliver(b"\r\n\r\n", &[Recipient::inbox(a)]),
+        Err(Error::NotAMessage(_))
+    ));
+}
+
+#[test]
+fn a_recipient_over_quota_fails_alone() {
+    let (_dir, store) = store();
+    let a = store.create_account("a@example.com", "pw").unwrap();
+    let b = store.create_account("b@example.com", "pw").unwrap();
+    store
+        .kv()
+        .transact(|tx| -> tern_store::Result<()> {
+            let mut acct = tern_store::account::get_account(tx, b)?.unwrap();
+            acct.quota_bytes = 10;
+            tern_store::account::put_account(tx, b, &acct)
+        })
+        .unwrap();
+    let out = store
+        .deliver(&message("q", "q@x", "", "x"), &[Recipient::inbox(a), Recipient::inbox(b)])
+        .unwrap();
+    assert!(out[0].is_ok());
+    assert!(matches!(out[1], Err(Error::OverQuota { .. })));
+    let junk = Recipient {
+        account: a,
+        folder: Folder::Role("junk"),
+        keywords: vec!["$junk".into()],
+    };
+    let d = store.deliver(&message("j", "j@x", "", "x"), &[junk]).unwrap().remove(0).unwrap();
+    let junk_id = store.kv().read(|tx| mailbox::by_role(tx, a, "junk")).unwrap().unwrap();
+    assert_eq!(d.mailbox, junk_id);
+}
+
+#[test]
+fn removing_an_account_purges_its_data() {
+    let (_dir, store) = store();
+    let a = store.create_account("a@example.com", "pw").unwrap();
+    store
+        .deliver(&message("x", "x@x", "", "x"), &[Recipient::inbox(a)])
+        .unwrap();
+    store.remove_account("a@example.com").unwrap();
+    assert!(store.list_accounts().unwrap().is_empty());
+    assert_eq!(store.authenticate("a@example.com", "pw").unwrap(), None);
+    let left = store
+        .kv()
+        .read(|tx| tx.range(&keys::account_range(a), Default::default()))
+        .unwrap();
+    assert!(left.is_empty());
+    assert_eq!(blob::collect(store.kv(), 0).unwrap(), 1);
+    assert!(matches!(store.remove_account("a@example.com"), Err(Error::NotFound(_))));
+}
+
+#[test]
+fn the_format_version_is_checked_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = MailStore::open(dir.path()).unwrap();
+        store
+            .kv()
+            .transact(|tx| tx.set(keys::FORMAT, &99u32.to_be_bytes()))
+            .unwrap();
+    }
+    match MailStore::open(dir.path()) {
+        Err(Error::FormatVersion { found: 99, expected }) => assert_eq!(expected, keys::FORMAT_VERSION),
+        other => panic!("expected a format version error, got {other:?}"),
+    }
+    let _ = KvError::Conflict;
+}
