@@ -1,0 +1,164 @@
+//! Authentication: HTTP Basic against account passwords (Argon2, so
+//! verified credentials are remembered briefly, keyed by a hash of the
+//! header), and Bearer app tokens (looked up by their SHA-256 on every
+//! request, so revoking one takes effect at once).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use tern_store::{AccountId, MailStore, account};
+
+/// Who a request is from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The user's account.
+    pub account: AccountId,
+    /// The login (primary address).
+    pub username: String,
+}
+
+/// Why a request is not authenticated.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No Authorization header.
+    Missing,
+    /// Wrong credentials or an unknown scheme.
+    Invalid,
+    /// The store failed.
+    Store(tern_store::Error),
+}
+
+const MAX_CACHED: usize = 10_000;
+
+/// Checks Authorization headers.
+#[derive(Debug)]
+pub struct Authenticator {
+    store: MailStore,
+    ttl: Duration,
+    cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+}
+
+impl Authenticator {
+    /// An authenticator remembering verified Basic credentials for `ttl`.
+    pub fn new(store: MailStore, ttl: Duration) -> Self {
+        Self {
+            store,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The principal of a cached Basic credential, without blocking.
+    pub fn cached(&self, header: Option<&str>) -> Option<Principal> {
+        let header = header?;
+        let key: [u8; 32] = Sha256::digest(header.as_bytes()).into();
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(&key)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(p, _)| p.clone())
+    }
+
+    /// Authenticates an Authorization header value. Blocks (store reads,
+    /// Argon2): call from a blocking thread.
+    pub fn authenticate(&self, header: Option<&str>) -> Result<Principal, AuthError> {
+        let header = header.ok_or(AuthError::Missing)?.trim();
+        let (scheme, rest) = header.split_once(' ').ok_or(AuthError::Invalid)?;
+        let rest = rest.trim();
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return self.bearer(rest);
+        }
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return Err(AuthError::Invalid);
+        }
+        if let Some(p) = self.cached(Some(header)) {
+            return Ok(p);
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .map_err(|_| AuthError::Invalid)?;
+        let decoded = String::from_utf8(decoded).map_err(|_| AuthError::Invalid)?;
+        let (user, password) = decoded.split_once(':').ok_or(AuthError::Invalid)?;
+        let id = self
+            .store
+            .authenticate(user, password)
+            .map_err(AuthError::Store)?
+            .ok_or(AuthError::Invalid)?;
+        let principal = self.principal(id)?;
+        let key: [u8; 32] = Sha256::digest(header.as_bytes()).into();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_CACHED {
+            let ttl = self.ttl;
+            cache.retain(|_, (_, at)| at.elapsed() < ttl);
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (principal.clone(), Instant::now()));
+        Ok(principal)
+    }
+
+    fn bearer(&self, token: &str) -> Result<Principal, AuthError> {
+        if token.is_empty() || token.len() > 512 {
+            return Err(AuthError::Invalid);
+        }
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let found = self
+            .store
+            .kv()
+            .read(|tx| account::get_token(tx, &hash))
+            .map_err(AuthError::Store)?
+            .ok_or(AuthError::Invalid)?;
+        self.principal(found.account)
+    }
+
+    fn principal(&self, id: AccountId) -> Result<Principal, AuthError> {
+        let record = self
+            .store
+            .kv()
+            .read(|tx| account::get_account(tx, id))
+            .map_err(AuthError::Store)?
+            .ok_or(AuthError::Invalid)?;
+        Ok(Principal {
+            account: id,
+            username: record.address,
+        })
+    }
+}
+
+/// Creates an app token (a Bearer credential) for the account whose login
+/// is `address`, labelled `label`. Returns the secret, which is shown once:
+/// only its SHA-256 is stored. Blocks.
+pub fn create_app_token(
+    store: &MailStore,
+    address: &str,
+    label: &str,
+) -> Result<String, tern_store::Error> {
+    use rand::RngCore;
+    let address = account::normalize_address(address)?;
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let token = format!(
+        "tern_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+    );
+    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    store.kv().transact(|tx| {
+        let id = account::lookup_login(tx, &address)?
+            .ok_or_else(|| tern_store::Error::NotFound(format!("account {address}")))?;
+        account::add_token(
+            tx,
+            &hash,
+            &account::Token {
+                account: id,
+                label: label.to_string(),
+                created: tern_store::now(),
+            },
+        )
+    })?;
+    Ok(token)
+}

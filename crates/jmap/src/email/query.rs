@@ -1,0 +1,775 @@
+//! Email/query (RFC 8621 section 4.4) and Email/queryChanges (section
+//! 4.5).
+//!
+//! The common listing — a mailbox (optionally without `$seen`), or every
+//! email, newest first — is read from the date indexes: one range read of
+//! index keys for the page, no metadata read unless threads are collapsed
+//! (then metadata of the emails up to the end of the page). Every other
+//! query reads the metadata of the candidate emails (the mailbox's when
+//! the filter requires one, else the account's), filters and sorts in
+//! memory.
+//!
+//! A query's state is the Email state. Email/queryChanges recomputes the
+//! result and reports every email created, updated or destroyed since the
+//! old state (and, when threads matter, every email of a thread that
+//! changed) as removed and re-added at its new index: exact for any
+//! filter, since mailboxes and keywords are mutable.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use serde_json::{Map, Value, json};
+use tern_store::email::{self, EmailMeta, Listing};
+use tern_store::kv::Transaction;
+use tern_store::{AccountId, DataType, DocumentId, changes, mailbox};
+
+use super::{Fail, dates};
+use crate::args::{self, Window};
+use crate::id::{self, Kind};
+use crate::method::{Arguments, Ctx, MethodError, MethodResult};
+
+/// A filter (RFC 8620 section 5.5: FilterOperator | FilterCondition).
+#[derive(Debug, Clone, PartialEq)]
+enum Filter {
+    And(Vec<Filter>),
+    Or(Vec<Filter>),
+    Not(Vec<Filter>),
+    /// A FilterCondition: all of its properties must hold.
+    Cond(Vec<Cond>),
+}
+
+/// One property of a FilterCondition (RFC 8621 section 4.4.1).
+#[derive(Debug, Clone, PartialEq)]
+enum Cond {
+    /// `None`: an id that names no mailbox (matches nothing).
+    InMailbox(Option<DocumentId>),
+    InMailboxOtherThan(Vec<DocumentId>),
+    /// receivedAt before, in milliseconds.
+    Before(i64),
+    /// receivedAt at or after, in milliseconds.
+    After(i64),
+    MinSize(u64),
+    MaxSize(u64),
+    AllInThreadHaveKeyword(String),
+    SomeInThreadHaveKeyword(String),
+    NoneInThreadHaveKeyword(String),
+    HasKeyword(String),
+    NotKeyword(String),
+    HasAttachment(bool),
+}
+
+impl Cond {
+    fn needs_threads(&self) -> bool {
+        matches!(
+            self,
+            Cond::AllInThreadHaveKeyword(_)
+                | Cond::SomeInThreadHaveKeyword(_)
+                | Cond::NoneInThreadHaveKeyword(_)
+        )
+    }
+}
+
+impl Filter {
+    fn needs_threads(&self) -> bool {
+        match self {
+            Filter::And(f) | Filter::Or(f) | Filter::Not(f) => f.iter().any(Filter::needs_threads),
+            Filter::Cond(c) => c.iter().any(Cond::needs_threads),
+        }
+    }
+
+    /// The conditions, when the filter is a conjunction of conditions.
+    fn conjunction(&self) -> Option<Vec<&Cond>> {
+        match self {
+            Filter::Cond(c) => Some(c.iter().collect()),
+            Filter::And(children) => {
+                let mut out = Vec::new();
+                for c in children {
+                    out.extend(c.conjunction()?);
+                }
+                Some(out)
+            }
+            _ => None,
+        }
+    }
+
+    /// A mailbox every match must be in (from a top-level inMailbox).
+    fn required_mailbox(&self) -> Option<Option<DocumentId>> {
+        match self {
+            Filter::Cond(c) => c.iter().find_map(|c| match c {
+                Cond::InMailbox(m) => Some(*m),
+                _ => None,
+            }),
+            Filter::And(children) => children.iter().find_map(Filter::required_mailbox),
+            _ => None,
+        }
+    }
+}
+
+fn keyword_arg(v: &Value, name: &str) -> Result<String, MethodError> {
+    match v {
+        Value::String(s) if !s.is_empty() => Ok(s.to_lowercase()),
+        _ => Err(MethodError::invalid_arguments(format!(
+            "{name} must be a keyword"
+        ))),
+    }
+}
+
+fn mailbox_arg(ctx: &Ctx<'_>, v: &Value, name: &str) -> Result<Option<DocumentId>, MethodError> {
+    match v {
+        Value::String(s) => Ok(id::decode(Kind::Mailbox, &args::resolve_ref(ctx, s))),
+        _ => Err(MethodError::invalid_arguments(format!(
+            "{name} must be a mailbox id"
+        ))),
+    }
+}
+
+fn date_arg(v: &Value, name: &str) -> Result<i64, MethodError> {
+    v.as_str()
+        .and_then(dates::parse_rfc3339)
+        .map(|d| d.unix_millis())
+        .ok_or_else(|| MethodError::invalid_arguments(format!("{name} must be a UTCDate")))
+}
+
+fn uint_arg(v: &Value, name: &str) -> Result<u64, MethodError> {
+    v.as_u64().ok_or_else(|| {
+        MethodError::invalid_arguments(format!("{name} must be a non-negative integer"))
+    })
+}
+
+/// Text conditions: answered with unsupportedFilter until the search
+/// index serves them (never with wrong results).
+const TEXT_CONDITIONS: &[&str] = &["text", "from", "to", "cc", "bcc", "subject", "body", "header"];
+
+fn parse_filter(ctx: &Ctx<'_>, v: &Value, depth: usize) -> Result<Filter, MethodError> {
+    if depth > 32 {
+        return Err(MethodError::invalid_arguments("filter nested too deeply"));
+    }
+    let Value::Object(m) = v else {
+        return Err(MethodError::invalid_arguments("a filter must be an object"));
+    };
+    if let Some(op) = m.get("operator") {
+        args::allow_only(m, &["operator", "conditions"])?;
+        let Some(Value::Array(conds)) = m.get("conditions") else {
+            return Err(MethodError::invalid_arguments(
+                "a FilterOperator needs conditions",
+            ));
+        };
+        let children = conds
+            .iter()
+            .map(|c| parse_filter(ctx, c, depth + 1))
+            .collect::<Result<Vec<_>, _>>()?;
+        return match op.as_str() {
+            Some("AND") => Ok(Filter::And(children)),
+            Some("OR") => Ok(Filter::Or(children)),
+            Some("NOT") => Ok(Filter::Not(children)),
+            _ => Err(MethodError::invalid_arguments(
+                "operator must be AND, OR or NOT",
+            )),
+        };
+    }
+    let mut conds = Vec::new();
+    for (k, v) in m {
+        let c = match k.as_str() {
+            "inMailbox" => Cond::InMailbox(mailbox_arg(ctx, v, k)?),
+            "inMailboxOtherThan" => {
+                let Value::Array(ids) = v else {
+                    return Err(MethodError::invalid_arguments(
+                        "inMailboxOtherThan must be an array of ids",
+                    ));
+                };
+                let mut out = Vec::new();
+                for i in ids {
+                    out.extend(mailbox_arg(ctx, i, k)?);
+                }
+                Cond::InMailboxOtherThan(out)
+            }
+            "before" => Cond::Before(date_arg(v, k)?),
+            "after" => Cond::After(date_arg(v, k)?),
+            "minSize" => Cond::MinSize(uint_arg(v, k)?),
+            "maxSize" => Cond::MaxSize(uint_arg(v, k)?),
+            "allInThreadHaveKeyword" => Cond::AllInThreadHaveKeyword(keyword_arg(v, k)?),
+            "someInThreadHaveKeyword" => Cond::SomeInThreadHaveKeyword(keyword_arg(v, k)?),
+            "noneInThreadHaveKeyword" => Cond::NoneInThreadHaveKeyword(keyword_arg(v, k)?),
+            "hasKeyword" => Cond::HasKeyword(keyword_arg(v, k)?),
+            "notKeyword" => Cond::NotKeyword(keyword_arg(v, k)?),
+            "hasAttachment" => match v {
+                Value::Bool(b) => Cond::HasAttachment(*b),
+                _ => {
+                    return Err(MethodError::invalid_arguments(
+                        "hasAttachment must be a boolean",
+                    ));
+                }
+            },
+            t if TEXT_CONDITIONS.contains(&t) => {
+                return Err(MethodError::UnsupportedFilter(format!(
+                    "the {t:?} filter is not supported yet"
+                )));
+            }
+            other => {
+                return Err(MethodError::UnsupportedFilter(format!(
+                    "unknown filter property {other:?}"
+                )));
+            }
+        };
+        conds.push(c);
+    }
+    Ok(Filter::Cond(conds))
+}
+
+/// A sort property (RFC 8621 section 4.4.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SortKey {
+    ReceivedAt,
+    Size,
+    From,
+    To,
+    Subject,
+    SentAt,
+    HasKeyword(String),
+    AllInThreadHaveKeyword(String),
+    SomeInThreadHaveKeyword(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Collation {
+    AsciiCasemap,
+    UnicodeCasemap,
+}
+
+impl Collation {
+    fn fold(self, s: &str) -> String {
+        match self {
+            Collation::AsciiCasemap => s.to_ascii_lowercase(),
+            Collation::UnicodeCasemap => s.to_lowercase(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Comparator {
+    key: SortKey,
+    ascending: bool,
+    collation: Collation,
+}
+
+fn parse_sort(v: Option<&Value>) -> Result<Vec<Comparator>, MethodError> {
+    let items = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(MethodError::invalid_arguments("sort must be an array")),
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let Some(c) = item.as_object() else {
+            return Err(MethodError::invalid_arguments(
+                "a comparator must be an object",
+            ));
+        };
+        args::allow_only(c, &["property", "isAscending", "collation", "keyword"])?;
+        let Some(property) = c.get("property").and_then(Value::as_str) else {
+            return Err(MethodError::invalid_arguments(
+                "a comparator needs a property",
+            ));
+        };
+        let ascending = args::bool_arg(c, "isAscending", true)?;
+        let collation = match c.get("collation") {
+            None | Some(Value::Null) => Collation::UnicodeCasemap,
+            Some(Value::String(s)) if s == "i;ascii-casemap" => Collation::AsciiCasemap,
+            Some(Value::String(s)) if s == "i;unicode-casemap" => Collation::UnicodeCasemap,
+            Some(Value::String(_)) => return Err(MethodError::UnsupportedSort),
+            Some(_) => {
+                return Err(MethodError::invalid_arguments(
+                    "collation must be a string",
+                ));
+            }
+        };
+        let keyword = || -> Result<String, MethodError> {
+            match c.get("keyword") {
+                Some(v) => keyword_arg(v, "keyword"),
+                None => Err(MethodError::invalid_arguments(format!(
+                    "sorting by {property} needs a keyword"
+                ))),
+            }
+        };
+        let key = match property {
+            "receivedAt" => SortKey::ReceivedAt,
+            "size" => SortKey::Size,
+            "from" => SortKey::From,
+            "to" => SortKey::To,
+            "subject" => SortKey::Subject,
+            "sentAt" => SortKey::SentAt,
+            "hasKeyword" => SortKey::HasKeyword(keyword()?),
+            "allInThreadHaveKeyword" => SortKey::AllInThreadHaveKeyword(keyword()?),
+            "someInThreadHaveKeyword" => SortKey::SomeInThreadHaveKeyword(keyword()?),
+            _ => return Err(MethodError::UnsupportedSort),
+        };
+        out.push(Comparator {
+            key,
+            ascending,
+            collation,
+        });
+    }
+    Ok(out)
+}
+
+/// A parsed query: filter, sort and thread collapsing.
+#[derive(Debug, Clone)]
+struct Spec {
+    filter: Option<Filter>,
+    sort: Vec<Comparator>,
+    collapse: bool,
+}
+
+impl Spec {
+    fn parse(ctx: &Ctx<'_>, args: &Arguments) -> Result<Spec, MethodError> {
+        let filter = match args.get("filter") {
+            None | Some(Value::Null) => None,
+            Some(f) => Some(parse_filter(ctx, f, 0)?),
+        };
+        let mut sort = parse_sort(args.get("sort"))?;
+        if sort.is_empty() {
+            // The server's order when the client gives none: newest first.
+            sort.push(Comparator {
+                key: SortKey::ReceivedAt,
+                ascending: false,
+                collation: Collation::UnicodeCasemap,
+            });
+        }
+        Ok(Spec {
+            filter,
+            sort,
+            collapse: args::bool_arg(args, "collapseThreads", false)?,
+        })
+    }
+
+    /// Whether matching or ordering an email depends on the other emails
+    /// of its thread.
+    fn needs_threads(&self) -> bool {
+        self.filter.as_ref().is_some_and(Filter::needs_threads)
+            || self.sort.iter().any(|c| {
+                matches!(
+                    c.key,
+                    SortKey::AllInThreadHaveKeyword(_) | SortKey::SomeInThreadHaveKeyword(_)
+                )
+            })
+    }
+
+    /// The date index that answers this query directly, if one does:
+    /// every email, a mailbox, or a mailbox without `$seen`, newest first.
+    fn index_listing(&self) -> Option<Option<Listing>> {
+        let newest_first = self.sort.len() == 1
+            && self.sort[0].key == SortKey::ReceivedAt
+            && !self.sort[0].ascending;
+        if !newest_first {
+            return None;
+        }
+        let Some(filter) = &self.filter else {
+            return Some(Some(Listing::All));
+        };
+        let conds = filter.conjunction()?;
+        let mut mailbox = None;
+        let mut unseen = false;
+        for c in conds {
+            match c {
+                Cond::InMailbox(m) if mailbox.is_none() => mailbox = Some(*m),
+                Cond::NotKeyword(k) if k == email::SEEN && !unseen => unseen = true,
+                _ => return None,
+            }
+        }
+        match (mailbox, unseen) {
+            (None, false) => Some(Some(Listing::All)),
+            (None, true) => None,
+            // A mailbox id that names nothing: the result is empty.
+            (Some(None), _) => Some(None),
+            (Some(Some(m)), false) => Some(Some(Listing::Mailbox(m))),
+            (Some(Some(m)), true) => Some(Some(Listing::MailboxUnseen(m))),
+        }
+    }
+}
+
+/// Thread id → the keywords of each of its emails.
+type Threads = HashMap<DocumentId, Vec<Vec<String>>>;
+
+fn has(keywords: &[String], k: &str) -> bool {
+    keywords.iter().any(|x| x == k)
+}
+
+fn thread_keywords<'a>(threads: &'a Threads, meta: &'a EmailMeta) -> Vec<&'a [String]> {
+    match threads.get(&meta.thread_id) {
+        Some(list) => list.iter().map(Vec::as_slice).collect(),
+        None => vec![meta.keywords.as_slice()],
+    }
+}
+
+fn cond_matches(c: &Cond, meta: &EmailMeta, threads: &Threads) -> bool {
+    match c {
+        Cond::InMailbox(m) => m.is_some_and(|m| meta.mailbox_ids.contains(&m)),
+        Cond::InMailboxOtherThan(ids) => meta.mailbox_ids.iter().any(|m| !ids.contains(m)),
+        Cond::Before(ms) => meta.received_at.saturating_mul(1000) < *ms,
+        Cond::After(ms) => meta.received_at.saturating_mul(1000) >= *ms,
+        Cond::MinSize(n) => meta.size >= *n,
+        Cond::MaxSize(n) => meta.size < *n,
+        Cond::AllInThreadHaveKeyword(k) => thread_keywords(threads, meta)
+            .iter()
+            .all(|kw| has(kw, k)),
+        Cond::SomeInThreadHaveKeyword(k) => thread_keywords(threads, meta)
+            .iter()
+            .any(|kw| has(kw, k)),
+        Cond::NoneInThreadHaveKeyword(k) => !thread_keywords(threads, meta)
+            .iter()
+            .any(|kw| has(kw, k)),
+        Cond::HasKeyword(k) => meta.has_keyword(k),
+        Cond::NotKeyword(k) => !meta.has_keyword(k),
+        Cond::HasAttachment(b) => meta.envelope.has_attachment == *b,
+    }
+}
+
+fn matches(f: &Filter, meta: &EmailMeta, threads: &Threads) -> bool {
+    match f {
+        Filter::And(c) => c.iter().all(|f| matches(f, meta, threads)),
+        Filter::Or(c) => c.iter().any(|f| matches(f, meta, threads)),
+        Filter::Not(c) => !c.iter().any(|f| matches(f, meta, threads)),
+        Filter::Cond(c) => c.iter().all(|c| cond_matches(c, meta, threads)),
+    }
+}
+
+/// A precomputed sort value.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum SortValue {
+    Int(i64, i64),
+    Bool(bool),
+    Text(String),
+}
+
+fn first_address(list: &[tern_store::parse::EmailAddress]) -> &str {
+    list.first()
+        .map(|a| match a.name.as_deref() {
+            Some(n) if !n.is_empty() => n,
+            _ => a.email.as_str(),
+        })
+        .unwrap_or("")
+}
+
+fn sort_value(c: &Comparator, id: DocumentId, meta: &EmailMeta, threads: &Threads) -> SortValue {
+    let env = &meta.envelope;
+    match &c.key {
+        // Ties on the date are ordered by id, as in the date indexes.
+        SortKey::ReceivedAt => SortValue::Int(meta.received_at, id as i64),
+        SortKey::Size => SortValue::Int(meta.size as i64, 0),
+        SortKey::From => SortValue::Text(c.collation.fold(first_address(&env.from))),
+        SortKey::To => SortValue::Text(c.collation.fold(first_address(&env.to))),
+        SortKey::Subject => SortValue::Text(c.collation.fold(&env.base_subject)),
+        SortKey::SentAt => SortValue::Int(env.sent_at.map_or(i64::MIN, |d| d.unix), 0),
+        SortKey::HasKeyword(k) => SortValue::Bool(meta.has_keyword(k)),
+        SortKey::AllInThreadHaveKeyword(k) => SortValue::Bool(
+            thread_keywords(threads, meta)
+                .iter()
+                .all(|kw| has(kw, k)),
+        ),
+        SortKey::SomeInThreadHaveKeyword(k) => SortValue::Bool(
+            thread_keywords(threads, meta)
+                .iter()
+                .any(|kw| has(kw, k)),
+        ),
+    }
+}
+
+/// Every result of a query, in order: (email, thread).
+fn full_results(
+    tx: &mut Transaction<'_>,
+    account: AccountId,
+    spec: &Spec,
+) -> Result<Vec<(DocumentId, DocumentId)>, Fail> {
+    let needs_threads = spec.needs_threads();
+    let required = spec.filter.as_ref().and_then(Filter::required_mailbox);
+    let candidates: Vec<(DocumentId, EmailMeta)> = match required {
+        Some(None) => Vec::new(),
+        Some(Some(m)) if !needs_threads => {
+            let mut out = Vec::new();
+            for (_, i) in email::list_by_date(tx, account, Listing::Mailbox(m), true, None, usize::MAX)? {
+                if let Some(meta) = email::get(tx, account, i)? {
+                    out.push((i, meta));
+                }
+            }
+            out
+        }
+        _ => {
+            let mut out: Vec<(DocumentId, EmailMeta)> = Vec::new();
+            loop {
+                let after = out.last().map(|(i, _)| *i);
+                let page = email::list_metas(tx, account, after, 1000)?;
+                let done = page.len() < 1000;
+                out.extend(page);
+                if done {
+                    break;
+                }
+            }
+            out
+        }
+    };
+    let mut threads: Threads = HashMap::new();
+    if needs_threads {
+        for (_, meta) in &candidates {
+            threads
+                .entry(meta.thread_id)
+                .or_default()
+                .push(meta.keywords.clone());
+        }
+    }
+    let mut rows: Vec<(Vec<SortValue>, DocumentId, DocumentId)> = candidates
+        .iter()
+        .filter(|(_, meta)| {
+            spec.filter
+                .as_ref()
+                .is_none_or(|f| matches(f, meta, &threads))
+        })
+        .map(|(i, meta)| {
+            let values = spec
+                .sort
+                .iter()
+                .map(|c| sort_value(c, *i, meta, &threads))
+                .collect();
+            (values, *i, meta.thread_id)
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        for (k, c) in spec.sort.iter().enumerate() {
+            let o = a.0[k].cmp(&b.0[k]);
+            let o = if c.ascending { o } else { o.reverse() };
+            if o != Ordering::Equal {
+                return o;
+            }
+        }
+        b.1.cmp(&a.1)
+    });
+    let mut seen = HashSet::new();
+    Ok(rows
+        .into_iter()
+        .filter(|r| !spec.collapse || seen.insert(r.2))
+        .map(|r| (r.1, r.2))
+        .collect())
+}
+
+/// A page read from a date index: (ids, position, total if counted).
+fn index_page(
+    tx: &mut Transaction<'_>,
+    account: AccountId,
+    listing: Listing,
+    collapse: bool,
+    w: &Window,
+) -> Result<(Vec<DocumentId>, usize, Option<usize>), Fail> {
+    let start = usize::try_from(w.position).unwrap_or(usize::MAX);
+    let end = start.saturating_add(w.limit);
+    if !collapse {
+        let keys = email::list_by_date(tx, account, listing, true, None, end)?;
+        let position = start.min(keys.len());
+        let ids = keys[position..].iter().map(|&(_, i)| i).collect();
+        let total = if !w.calculate_total {
+            None
+        } else if keys.len() < end {
+            Some(keys.len())
+        } else {
+            Some(match listing {
+                Listing::Mailbox(m) => mailbox::counts(tx, account, m)?.total_emails as usize,
+                _ => email::list_by_date(tx, account, listing, true, None, usize::MAX)?.len(),
+            })
+        };
+        return Ok((ids, position, total));
+    }
+    // Collapsed: walk the index until the page holds `end` threads (and,
+    // for a total that no counter holds, to the end).
+    let counted_total = match (w.calculate_total, listing) {
+        (true, Listing::Mailbox(m)) => {
+            Some(mailbox::counts(tx, account, m)?.total_threads as usize)
+        }
+        _ => None,
+    };
+    let walk_all = w.calculate_total && counted_total.is_none();
+    let mut seen = HashSet::new();
+    let mut ids = Vec::new();
+    let mut distinct = 0usize;
+    let mut cursor = None;
+    loop {
+        let page = email::list_by_date(tx, account, listing, true, cursor, 256)?;
+        for &(t, i) in &page {
+            cursor = Some((t, i));
+            let Some(meta) = email::get(tx, account, i)? else {
+                continue;
+            };
+            if seen.insert(meta.thread_id) {
+                if distinct >= start && distinct < end {
+                    ids.push(i);
+                }
+                distinct += 1;
+            }
+        }
+        if page.len() < 256 || (!walk_all && distinct >= end) {
+            break;
+        }
+    }
+    let exhausted = distinct < end || walk_all;
+    let total = if !w.calculate_total {
+        None
+    } else if exhausted {
+        Some(distinct)
+    } else {
+        counted_total
+    };
+    Ok((ids, start.min(distinct), total))
+}
+
+fn query_state(tx: &mut Transaction<'_>, account: AccountId) -> Result<u64, Fail> {
+    Ok(changes::state(tx, account, DataType::Email)?)
+}
+
+/// Email/query.
+pub fn query(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
+    args::allow_only(
+        &args,
+        &[
+            "accountId",
+            "filter",
+            "sort",
+            "position",
+            "anchor",
+            "anchorOffset",
+            "limit",
+            "calculateTotal",
+            "collapseThreads",
+        ],
+    )?;
+    let account = ctx.account(&args)?;
+    let spec = Spec::parse(ctx, &args)?;
+    let window = args::parse_window(ctx, &args)?;
+    let out = ctx.store.kv().read(|tx| -> Result<Arguments, Fail> {
+        let state = query_state(tx, account)?;
+        let direct = spec
+            .index_listing()
+            .filter(|_| window.anchor.is_none() && window.position >= 0);
+        let mut out = match direct {
+            Some(listing) => {
+                let (ids, position, total) = match listing {
+                    Some(l) => index_page(tx, account, l, spec.collapse, &window)?,
+                    None => (Vec::new(), 0, Some(0)),
+                };
+                let mut out = Map::new();
+                out.insert("accountId".into(), json!(id::account_id(account)));
+                out.insert("position".into(), json!(position));
+                out.insert(
+                    "ids".into(),
+                    Value::Array(
+                        ids.into_iter()
+                            .map(|i| json!(id::encode(Kind::Email, i)))
+                            .collect(),
+                    ),
+                );
+                if window.calculate_total {
+                    out.insert("total".into(), json!(total.unwrap_or(0)));
+                }
+                if window.limit_clamped {
+                    out.insert("limit".into(), json!(window.limit));
+                }
+                out
+            }
+            None => {
+                let ids: Vec<String> = full_results(tx, account, &spec)?
+                    .into_iter()
+                    .map(|(i, _)| id::encode(Kind::Email, i))
+                    .collect();
+                args::window_response(account, &ids, &window)?
+            }
+        };
+        out.insert("queryState".into(), json!(id::state(state)));
+        out.insert("canCalculateChanges".into(), json!(true));
+        Ok(out)
+    })?;
+    Ok(out)
+}
+
+/// Email/queryChanges.
+pub fn query_changes(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
+    args::allow_only(
+        &args,
+        &[
+            "accountId",
+            "filter",
+            "sort",
+            "sinceQueryState",
+            "maxChanges",
+            "upToId",
+            "calculateTotal",
+            "collapseThreads",
+        ],
+    )?;
+    let account = ctx.account(&args)?;
+    let spec = Spec::parse(ctx, &args)?;
+    let since = match args.get("sinceQueryState") {
+        Some(Value::String(s)) => id::parse_state(s).ok_or(MethodError::CannotCalculateChanges)?,
+        _ => {
+            return Err(MethodError::invalid_arguments(
+                "sinceQueryState is required",
+            ));
+        }
+    };
+    let max_changes = args::opt_uint(&args, "maxChanges")?;
+    args::opt_str(&args, "upToId")?;
+    let calculate_total = args::bool_arg(&args, "calculateTotal", false)?;
+    let out = ctx.store.kv().read(|tx| -> Result<Arguments, Fail> {
+        let state = query_state(tx, account)?;
+        let c = changes::changes(tx, account, DataType::Email, since, usize::MAX)?;
+        let results = full_results(tx, account, &spec)?;
+        let mut touched: HashSet<DocumentId> = c.updated.iter().copied().collect();
+        touched.extend(c.destroyed.iter().copied());
+        let created: HashSet<DocumentId> = c.created.iter().copied().collect();
+        if spec.collapse || spec.needs_threads() {
+            // Emails whose thread changed may have moved in or out even
+            // though they did not change themselves.
+            let mut threads: HashSet<DocumentId> = HashSet::new();
+            if since < changes::state(tx, account, DataType::Thread)? {
+                let t = changes::changes(tx, account, DataType::Thread, since, usize::MAX)?;
+                threads.extend(t.created.iter().chain(&t.updated).chain(&t.destroyed));
+            }
+            for &i in c.created.iter().chain(&c.updated) {
+                if let Some(meta) = email::get(tx, account, i)? {
+                    threads.insert(meta.thread_id);
+                }
+            }
+            for &(i, t) in &results {
+                if threads.contains(&t) && !created.contains(&i) {
+                    touched.insert(i);
+                }
+            }
+        }
+        let removed: BTreeSet<DocumentId> = touched.iter().copied().collect();
+        let added: Vec<Value> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, (i, _))| touched.contains(i) || created.contains(i))
+            .map(|(index, (i, _))| json!({ "id": id::encode(Kind::Email, *i), "index": index }))
+            .collect();
+        if let Some(max) = max_changes {
+            if (removed.len() + added.len()) as u64 > max {
+                return Err(MethodError::TooManyChanges.into());
+            }
+        }
+        let mut out = Map::new();
+        out.insert("accountId".into(), json!(id::account_id(account)));
+        out.insert("oldQueryState".into(), json!(id::state(since)));
+        out.insert("newQueryState".into(), json!(id::state(state)));
+        out.insert(
+            "removed".into(),
+            Value::Array(
+                removed
+                    .into_iter()
+                    .map(|i| json!(id::encode(Kind::Email, i)))
+                    .collect(),
+            ),
+        );
+        out.insert("added".into(), Value::Array(added));
+        if calculate_total {
+            out.insert("total".into(), json!(results.len()));
+        }
+        Ok(out)
+    })?;
+    Ok(out)
+}
