@@ -621,3 +621,30 @@ pub fn with_keyword(
         .map(|(k, _)| keys::be_u32(&k, k.len() - 4))
         .collect())
 }
+
+/// Up to `limit` emails' metadata in id order, starting after `after`
+/// (exclusive): one range read over the metadata records, for queries
+/// that must look at every email of an account (a scan continues from
+/// the last id returned).
+pub fn list_metas(
+    tx: &mut Transaction<'_>,
+    account: AccountId,
+    after: Option<DocumentId>,
+    limit: usize,
+) -> Result<Vec<(DocumentId, EmailMeta)>> {
+    let full = keys::acct(account, family::EMAIL).prefix_range();
+    let range = match after {
+        None => full,
+        Some(id) => KeyRange::new(KeyRange::single(&meta_key(account, id)).end, full.end),
+    };
+    let key_len = meta_key(account, 0).len();
+    tx.range(&range, RangeOptions::limit(limit))?
+        .into_iter()
+        .map(|(k, v)| {
+            if k.len() != key_len {
+                return Err(crate::kv::Error::corrupt(&k, "bad email key").into());
+            }
+            Ok((keys::be_u32(&k, k.len() - 4), decode(&k, &v)?))
+        })
+        .collect()
+}

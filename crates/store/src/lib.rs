@@ -13,18 +13,22 @@
 pub mod account;
 pub mod blob;
 pub mod changes;
+pub mod deliver;
 pub mod email;
 mod error;
 pub mod keys;
 pub mod kv;
 pub mod mailbox;
+pub mod object;
 pub mod parse;
 mod types;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use account::AccountInfo;
 pub use changes::Writer;
+pub use deliver::{Delivered, Folder, Recipient};
 pub use email::EmailMeta;
 pub use error::{Error, Result};
 pub use types::{AccountId, BlobHash, Collection, DataType, DocumentId, now};
@@ -36,57 +40,13 @@ use kv::{Kv, RocksOptions};
 /// first.
 pub const INLINE_BLOB_LIMIT: usize = 1 << 20;
 
-/// Where a delivered message is filed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Folder {
-    /// The mailbox with this role (`inbox`, `junk`, ...); the inbox when
-    /// the account has no such mailbox.
-    Role(&'static str),
-    /// A mailbox by id.
-    Mailbox(DocumentId),
-}
-
-/// One recipient of a delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recipient {
-    /// The account.
-    pub account: AccountId,
-    /// Where to file the message.
-    pub folder: Folder,
-    /// Keywords to set (e.g. `$junk`).
-    pub keywords: Vec<String>,
-}
-
-impl Recipient {
-    /// A recipient whose copy goes to the inbox.
-    pub fn inbox(account: AccountId) -> Self {
-        Self {
-            account,
-            folder: Folder::Role("inbox"),
-            keywords: Vec::new(),
-        }
-    }
-}
-
-/// A stored copy of a delivered message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Delivered {
-    /// The account.
-    pub account: AccountId,
-    /// The new email.
-    pub email: DocumentId,
-    /// Its thread.
-    pub thread: DocumentId,
-    /// Its mailbox.
-    pub mailbox: DocumentId,
-}
-
 /// The mail store: a handle to the key-value store plus the mail model's
 /// operations. Cheap to clone; every clone shares one database.
 #[derive(Debug, Clone)]
 pub struct MailStore {
     kv: Kv,
     path: PathBuf,
+    combiner: Arc<deliver::Combiner>,
 }
 
 impl MailStore {
@@ -127,7 +87,11 @@ impl MailStore {
             }
             Ok(())
         })?;
-        Ok(Self { kv, path })
+        Ok(Self {
+            kv,
+            path,
+            combiner: Arc::default(),
+        })
     }
 
     /// The key-value store underneath.
@@ -232,63 +196,29 @@ impl MailStore {
     /// returns once it is durable. Each recipient gets its own copy (sharing
     /// one blob). A recipient over quota gets `Err(OverQuota)` in its slot
     /// while the others are delivered; an error of the store fails the
-    /// whole delivery and nothing is stored.
+    /// whole delivery and nothing is stored. Concurrent deliveries share
+    /// transactions (see [`deliver`]).
     ///
     /// Malformed MIME is stored with what could be parsed; input that is not
     /// a message at all fails with [`Error::NotAMessage`].
-    pub fn deliver(&self, raw: &[u8], recipients: &[Recipient]) -> Result<Vec<Result<Delivered>>> {
+    pub fn deliver(&self, raw: &[u8], recipients: &[Recipient]) -> Result<deliver::Outcome> {
         let parsed = parse::parse_message(raw)?;
-        let received_at = now();
         let big = raw.len() > INLINE_BLOB_LIMIT;
-        let hash = if big {
+        let blob = if big {
             Some(blob::put(&self.kv, raw)?)
         } else {
             None
         };
-        self.kv.transact(|tx| {
-            let hash = match hash {
-                Some(h) => h,
-                None => blob::put_in_tx(tx, raw)?,
-            };
-            let mut out = Vec::with_capacity(recipients.len());
-            for r in recipients {
-                let mut w = Writer::begin(tx, r.account)?;
-                let mailbox = match r.folder {
-                    Folder::Mailbox(id) => id,
-                    Folder::Role(role) => match mailbox::by_role(w.tx, r.account, role)? {
-                        Some(id) => id,
-                        None => mailbox::by_role(w.tx, r.account, "inbox")?.ok_or_else(|| {
-                            Error::NotFound(format!("inbox of account {}", r.account))
-                        })?,
-                    },
-                };
-                let stored = email::insert(
-                    &mut w,
-                    email::NewEmail {
-                        blob: hash,
-                        size: raw.len() as u64,
-                        received_at,
-                        mailbox_ids: vec![mailbox],
-                        keywords: r.keywords.clone(),
-                        parsed: &parsed,
-                    },
-                );
-                match stored {
-                    Ok((email, thread)) => {
-                        w.touched(DataType::EmailDelivery);
-                        w.finish()?;
-                        out.push(Ok(Delivered {
-                            account: r.account,
-                            email,
-                            thread,
-                            mailbox,
-                        }));
-                    }
-                    Err(e @ Error::OverQuota { .. }) => out.push(Err(e)),
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(out)
-        })
+        self.combiner.submit(
+            &self.kv,
+            deliver::Job {
+                raw: (!big).then(|| raw.to_vec()),
+                blob,
+                size: raw.len() as u64,
+                parsed,
+                recipients: recipients.to_vec(),
+                received_at: now(),
+            },
+        )
     }
 }

@@ -42,9 +42,15 @@ fn new_account_has_the_default_mailboxes_with_roles() {
     let id = store.create_account("Bob@Example.com", "pw").unwrap();
     let boxes = store.kv().read(|tx| mailbox::list(tx, id)).unwrap();
     let roles: Vec<_> = boxes.iter().map(|(_, m)| m.role.clone().unwrap()).collect();
-    assert_eq!(roles, ["inbox", "drafts", "sent", "archive", "junk", "trash"]);
+    assert_eq!(
+        roles,
+        ["inbox", "drafts", "sent", "archive", "junk", "trash"]
+    );
     assert_eq!(store.lookup_address("bob@example.com").unwrap(), Some(id));
-    assert_eq!(store.authenticate("BOB@example.com", "pw").unwrap(), Some(id));
+    assert_eq!(
+        store.authenticate("BOB@example.com", "pw").unwrap(),
+        Some(id)
+    );
     assert_eq!(store.authenticate("bob@example.com", "nope").unwrap(), None);
     let state = store
         .kv()
@@ -69,7 +75,10 @@ fn accounts_need_a_local_domain_and_a_unique_address() {
         store.create_account("not an address", "pw"),
         Err(Error::Invalid(_))
     ));
-    assert!(matches!(store.add_domain("EXAMPLE.com"), Err(Error::AlreadyExists(_))));
+    assert!(matches!(
+        store.add_domain("EXAMPLE.com"),
+        Err(Error::AlreadyExists(_))
+    ));
     assert_eq!(store.list_domains().unwrap(), ["example.com"]);
 }
 
@@ -119,7 +128,14 @@ fn unread_listing_is_newest_first_and_follows_keywords() {
     let mut ids = Vec::new();
     for i in 0..5 {
         let raw = message(&format!("n{i}"), &format!("{i}@x"), "", "x");
-        ids.push(store.deliver(&raw, &[Recipient::inbox(a)]).unwrap().remove(0).unwrap().email);
+        ids.push(
+            store
+                .deliver(&raw, &[Recipient::inbox(a)])
+                .unwrap()
+                .remove(0)
+                .unwrap()
+                .email,
+        );
     }
     let inbox = inbox(&store, a);
     let unread = store
@@ -127,15 +143,28 @@ fn unread_listing_is_newest_first_and_follows_keywords() {
         .read(|tx| email::list_by_date(tx, a, Listing::MailboxUnseen(inbox), true, None, 3))
         .unwrap();
     // Same second: ties broken by id, newest (highest) first.
-    assert_eq!(unread.iter().map(|c| c.1).collect::<Vec<_>>(), [ids[4], ids[3], ids[2]]);
+    assert_eq!(
+        unread.iter().map(|c| c.1).collect::<Vec<_>>(),
+        [ids[4], ids[3], ids[2]]
+    );
     // Page on from the cursor.
     let rest = store
         .kv()
         .read(|tx| {
-            email::list_by_date(tx, a, Listing::MailboxUnseen(inbox), true, unread.last().copied(), 10)
+            email::list_by_date(
+                tx,
+                a,
+                Listing::MailboxUnseen(inbox),
+                true,
+                unread.last().copied(),
+                10,
+            )
         })
         .unwrap();
-    assert_eq!(rest.iter().map(|c| c.1).collect::<Vec<_>>(), [ids[1], ids[0]]);
+    assert_eq!(
+        rest.iter().map(|c| c.1).collect::<Vec<_>>(),
+        [ids[1], ids[0]]
+    );
 
     // Mark two read: they leave the unseen index and the unread counts.
     store
@@ -143,7 +172,12 @@ fn unread_listing_is_newest_first_and_follows_keywords() {
         .transact(|tx| -> tern_store::Result<()> {
             let mut w = Writer::begin(tx, a)?;
             email::update(&mut w, ids[4], None, Some(vec!["$Seen".into()]))?;
-            email::update(&mut w, ids[0], None, Some(vec!["$seen".into(), "$flagged".into()]))?;
+            email::update(
+                &mut w,
+                ids[0],
+                None,
+                Some(vec!["$seen".into(), "$flagged".into()]),
+            )?;
             w.finish()?;
             Ok(())
         })
@@ -152,7 +186,10 @@ fn unread_listing_is_newest_first_and_follows_keywords() {
         .kv()
         .read(|tx| email::list_by_date(tx, a, Listing::MailboxUnseen(inbox), true, None, 10))
         .unwrap();
-    assert_eq!(unread.iter().map(|c| c.1).collect::<Vec<_>>(), [ids[3], ids[2], ids[1]]);
+    assert_eq!(
+        unread.iter().map(|c| c.1).collect::<Vec<_>>(),
+        [ids[3], ids[2], ids[1]]
+    );
     let counts = store.kv().read(|tx| mailbox::counts(tx, a, inbox)).unwrap();
     assert_eq!((counts.total_emails, counts.unread_emails), (5, 3));
     assert_eq!((counts.total_threads, counts.unread_threads), (5, 3));
@@ -179,7 +216,13 @@ fn unread_listing_is_newest_first_and_follows_keywords() {
 fn replies_join_the_thread_only_with_the_same_base_subject() {
     let (_dir, store) = store();
     let a = store.create_account("a@example.com", "pw").unwrap();
-    let deliver = |raw: Vec<u8>| store.deliver(&raw, &[Recipient::inbox(a)]).unwrap().remove(0).unwrap();
+    let deliver = |raw: Vec<u8>| {
+        store
+            .deliver(&raw, &[Recipient::inbox(a)])
+            .unwrap()
+            .remove(0)
+            .unwrap()
+    };
     let first = deliver(message("Plans", "p1@x", "", "a"));
     let reply = deliver(message("Re: Plans", "p2@x", "<p1@x>", "b"));
     let hijack = deliver(message("Something else", "p3@x", "<p1@x>", "c"));
@@ -209,16 +252,22 @@ fn changes_are_exact_and_merge_created_then_destroyed() {
     let (_dir, store) = store();
     let a = store.create_account("a@example.com", "pw").unwrap();
     let kv = store.kv();
-    let s0 = kv.read(|tx| changes::state(tx, a, DataType::Email)).unwrap();
+    let s0 = kv
+        .read(|tx| changes::state(tx, a, DataType::Email))
+        .unwrap();
     assert_eq!(s0, 0);
     let d1 = store
         .deliver(&message("one", "1@x", "", "x"), &[Recipient::inbox(a)])
-        .unwrap().remove(0)
+        .unwrap()
+        .remove(0)
         .unwrap();
-    let s1 = kv.read(|tx| changes::state(tx, a, DataType::Email)).unwrap();
+    let s1 = kv
+        .read(|tx| changes::state(tx, a, DataType::Email))
+        .unwrap();
     let d2 = store
         .deliver(&message("two", "2@x", "", "x"), &[Recipient::inbox(a)])
-        .unwrap().remove(0)
+        .unwrap()
+        .remove(0)
         .unwrap();
     kv.transact(|tx| -> tern_store::Result<()> {
         let mut w = Writer::begin(tx, a)?;
@@ -258,7 +307,8 @@ fn changes_are_exact_and_merge_created_then_destroyed() {
     assert!(c.has_more);
     assert_eq!(c.new_state, s1);
     // A truncated log refuses older states.
-    kv.transact(|tx| changes::truncate(tx, a, DataType::Email, s1)).unwrap();
+    kv.transact(|tx| changes::truncate(tx, a, DataType::Email, s1))
+        .unwrap();
     assert!(matches!(
         kv.read(|tx| changes::changes(tx, a, DataType::Email, s0, 10)),
         Err(Error::CannotCalculateChanges)
@@ -270,9 +320,17 @@ fn destroying_the_last_reference_lets_the_collector_free_the_blob() {
     let (_dir, store) = store();
     let a = store.create_account("a@example.com", "pw").unwrap();
     let raw = message("gc", "gc@x", "", "bytes");
-    let d = store.deliver(&raw, &[Recipient::inbox(a)]).unwrap().remove(0).unwrap();
+    let d = store
+        .deliver(&raw, &[Recipient::inbox(a)])
+        .unwrap()
+        .remove(0)
+        .unwrap();
     let hash = tern_store::BlobHash::of(&raw);
-    assert_eq!(blob::collect(store.kv(), 0).unwrap(), 0, "referenced blob kept");
+    assert_eq!(
+        blob::collect(store.kv(), 0).unwrap(),
+        0,
+        "referenced blob kept"
+    );
     store
         .kv()
         .transact(|tx| -> tern_store::Result<()> {
@@ -287,23 +345,43 @@ fn destroying_the_last_reference_lets_the_collector_free_the_blob() {
         .read(|tx| tern_store::account::used_bytes(tx, a))
         .unwrap();
     assert_eq!(used, 0);
-    assert_eq!(blob::collect(store.kv(), 3600).unwrap(), 0, "grace period holds");
+    assert_eq!(
+        blob::collect(store.kv(), 3600).unwrap(),
+        0,
+        "grace period holds"
+    );
     assert_eq!(blob::collect(store.kv(), 0).unwrap(), 1);
-    assert!(store.kv().read(|tx| blob::read(tx, &hash)).unwrap().is_none());
+    assert!(
+        store
+            .kv()
+            .read(|tx| blob::read(tx, &hash))
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[test]
 fn large_messages_are_chunked_and_read_back_exactly() {
     let (_dir, store) = store();
     let a = store.create_account("a@example.com", "pw").unwrap();
-    let body: String = (0..(25 << 20) / 64)
-        .map(|i| format!("{i:063}\n"))
-        .collect();
+    let body: String = (0..(25 << 20) / 64).map(|i| format!("{i:063}\n")).collect();
     let raw = message("big", "big@x", "", &body);
     assert!(raw.len() > 25 << 20);
-    let d = store.deliver(&raw, &[Recipient::inbox(a)]).unwrap().remove(0).unwrap();
-    let meta = store.kv().read(|tx| email::get(tx, a, d.email)).unwrap().unwrap();
-    let back = store.kv().read(|tx| blob::read(tx, &meta.blob)).unwrap().unwrap();
+    let d = store
+        .deliver(&raw, &[Recipient::inbox(a)])
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    let meta = store
+        .kv()
+        .read(|tx| email::get(tx, a, d.email))
+        .unwrap()
+        .unwrap();
+    let back = store
+        .kv()
+        .read(|tx| blob::read(tx, &meta.blob))
+        .unwrap()
+        .unwrap();
     assert!(back == raw);
     let slice = store
         .kv()
@@ -320,7 +398,10 @@ fn malformed_mime_is_stored_and_non_messages_are_refused() {
     let broken = b"Subject: =?utf-8?B?broken\r\nContent-Type: multipart/mixed; boundary=\"zz\"\r\n\r\n--zz\r\nno end";
     let d = store.deliver(broken, &[Recipient::inbox(a)]).unwrap();
     assert!(d[0].is_ok());
-    assert!(matches!(store.deliver(b"", &[Recipient::inbox(a)]), Err(Error::NotAMessage(_))));
+    assert!(matches!(
+        store.deliver(b"", &[Recipient::inbox(a)]),
+        Err(Error::NotAMessage(_))
+    ));
     assert!(matches!(
         store.deliver(b"\r\n\r\n", &[Recipient::inbox(a)]),
         Err(Error::NotAMessage(_))
@@ -341,7 +422,10 @@ fn a_recipient_over_quota_fails_alone() {
         })
         .unwrap();
     let out = store
-        .deliver(&message("q", "q@x", "", "x"), &[Recipient::inbox(a), Recipient::inbox(b)])
+        .deliver(
+            &message("q", "q@x", "", "x"),
+            &[Recipient::inbox(a), Recipient::inbox(b)],
+        )
         .unwrap();
     assert!(out[0].is_ok());
     assert!(matches!(out[1], Err(Error::OverQuota { .. })));
@@ -350,8 +434,16 @@ fn a_recipient_over_quota_fails_alone() {
         folder: Folder::Role("junk"),
         keywords: vec!["$junk".into()],
     };
-    let d = store.deliver(&message("j", "j@x", "", "x"), &[junk]).unwrap().remove(0).unwrap();
-    let junk_id = store.kv().read(|tx| mailbox::by_role(tx, a, "junk")).unwrap().unwrap();
+    let d = store
+        .deliver(&message("j", "j@x", "", "x"), &[junk])
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    let junk_id = store
+        .kv()
+        .read(|tx| mailbox::by_role(tx, a, "junk"))
+        .unwrap()
+        .unwrap();
     assert_eq!(d.mailbox, junk_id);
 }
 
@@ -371,7 +463,10 @@ fn removing_an_account_purges_its_data() {
         .unwrap();
     assert!(left.is_empty());
     assert_eq!(blob::collect(store.kv(), 0).unwrap(), 1);
-    assert!(matches!(store.remove_account("a@example.com"), Err(Error::NotFound(_))));
+    assert!(matches!(
+        store.remove_account("a@example.com"),
+        Err(Error::NotFound(_))
+    ));
 }
 
 #[test]
@@ -385,8 +480,57 @@ fn the_format_version_is_checked_at_open() {
             .unwrap();
     }
     match MailStore::open(dir.path()) {
-        Err(Error::FormatVersion { found: 99, expected }) => assert_eq!(expected, keys::FORMAT_VERSION),
+        Err(Error::FormatVersion {
+            found: 99,
+            expected,
+        }) => assert_eq!(expected, keys::FORMAT_VERSION),
         other => panic!("expected a format version error, got {other:?}"),
     }
     let _ = KvError::Conflict;
+}
+
+#[test]
+fn concurrent_deliveries_to_one_account_are_all_stored_exactly_once() {
+    let (_dir, store) = store();
+    let a = store.create_account("a@example.com", "pw").unwrap();
+    let b = store.create_account("b@example.com", "pw").unwrap();
+    let threads = 8;
+    let per_thread = 40;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let store = &store;
+            s.spawn(move || {
+                for i in 0..per_thread {
+                    let raw = message(&format!("c{t}-{i}"), &format!("{t}.{i}@x"), "", "x");
+                    let to = if i % 4 == 0 {
+                        vec![Recipient::inbox(a), Recipient::inbox(b)]
+                    } else {
+                        vec![Recipient::inbox(a)]
+                    };
+                    let out = store.deliver(&raw, &to).unwrap();
+                    assert_eq!(out.len(), to.len());
+                    assert!(out.iter().all(|r| r.is_ok()));
+                }
+            });
+        }
+    });
+    let inbox_a = inbox(&store, a);
+    let counts = store.kv().read(|tx| mailbox::counts(tx, a, inbox_a)).unwrap();
+    assert_eq!(counts.total_emails, (threads * per_thread) as u64);
+    let listed = store
+        .kv()
+        .read(|tx| email::list_by_date(tx, a, Listing::Mailbox(inbox_a), true, None, 10_000))
+        .unwrap();
+    assert_eq!(listed.len(), threads * per_thread);
+    let counts_b = store
+        .kv()
+        .read(|tx| mailbox::counts(tx, b, inbox(&store, b)))
+        .unwrap();
+    assert_eq!(counts_b.total_emails, (threads * per_thread / 4) as u64);
+    // Every email was announced exactly once in the change log.
+    let c = store
+        .kv()
+        .read(|tx| changes::changes(tx, a, DataType::Email, 0, usize::MAX))
+        .unwrap();
+    assert_eq!(c.created.len(), threads * per_thread);
 }

@@ -1,0 +1,248 @@
+//! Delivery: storing one raw message for N local recipients atomically.
+//!
+//! Concurrent deliveries are *combined*: callers queue their (already
+//! parsed) message and one of them — the leader — stores everything queued
+//! in one transaction, then answers each caller. Writes to one account
+//! serialise on its change counter, so without combining sixteen concurrent
+//! deliveries to one mailbox would conflict and retry one fsync at a time;
+//! combined, they share one transaction and one fsync. A batch that fails
+//! is retried one job at a time so one bad message cannot fail the others.
+
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+
+use crate::changes::Writer;
+use crate::error::{Error, Result};
+use crate::kv::Kv;
+use crate::parse::ParsedMessage;
+use crate::types::{AccountId, BlobHash, DataType, DocumentId};
+use crate::{blob, email, mailbox};
+
+/// Most jobs stored in one transaction.
+const MAX_BATCH_JOBS: usize = 256;
+/// Most inline message bytes stored in one transaction (well under the
+/// 10 MB transaction limit, leaving room for metadata).
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// Where a delivered message is filed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Folder {
+    /// The mailbox with this role (`inbox`, `junk`, ...); the inbox when
+    /// the account has no such mailbox.
+    Role(&'static str),
+    /// A mailbox by id.
+    Mailbox(DocumentId),
+}
+
+/// One recipient of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// The account.
+    pub account: AccountId,
+    /// Where to file the message.
+    pub folder: Folder,
+    /// Keywords to set (e.g. `$junk`).
+    pub keywords: Vec<String>,
+}
+
+impl Recipient {
+    /// A recipient whose copy goes to the inbox.
+    pub fn inbox(account: AccountId) -> Self {
+        Self {
+            account,
+            folder: Folder::Role("inbox"),
+            keywords: Vec::new(),
+        }
+    }
+}
+
+/// A stored copy of a delivered message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// The account.
+    pub account: AccountId,
+    /// The new email.
+    pub email: DocumentId,
+    /// Its thread.
+    pub thread: DocumentId,
+    /// Its mailbox.
+    pub mailbox: DocumentId,
+}
+
+/// The outcome of one delivery: one slot per recipient.
+pub type Outcome = Vec<Result<Delivered>>;
+
+/// A message ready to store.
+#[derive(Debug)]
+pub(crate) struct Job {
+    /// The raw bytes, when small enough to store inside the transaction.
+    pub raw: Option<Vec<u8>>,
+    /// The blob, when stored beforehand (large messages).
+    pub blob: Option<BlobHash>,
+    pub size: u64,
+    pub parsed: ParsedMessage,
+    pub recipients: Vec<Recipient>,
+    pub received_at: i64,
+}
+
+enum Message {
+    Done(Result<Outcome>),
+    /// The leader finished its own job and hands the queue to this waiter.
+    Lead,
+}
+
+struct Queued {
+    job: Arc<Job>,
+    reply: Sender<Message>,
+}
+
+#[derive(Default)]
+struct State {
+    queue: Vec<Queued>,
+    leading: bool,
+}
+
+/// Combines concurrent deliveries into shared transactions.
+#[derive(Default)]
+pub(crate) struct Combiner {
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Combiner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Combiner").finish_non_exhaustive()
+    }
+}
+
+impl Combiner {
+    /// Stores `job`, possibly together with others, and returns its
+    /// outcome once durable.
+    pub(crate) fn submit(&self, kv: &Kv, job: Job) -> Result<Outcome> {
+        let job = Arc::new(job);
+        let (reply, wait): (Sender<Message>, Receiver<Message>) = crossbeam_channel::bounded(1);
+        let lead = {
+            let mut s = self.state.lock();
+            s.queue.push(Queued {
+                job: job.clone(),
+                reply,
+            });
+            !std::mem::replace(&mut s.leading, true)
+        };
+        if !lead {
+            match wait.recv() {
+                Ok(Message::Done(r)) => return r,
+                Ok(Message::Lead) => {}
+                Err(_) => {
+                    return Err(crate::kv::Error::Backend("delivery leader vanished".into()).into());
+                }
+            }
+        }
+        // Leading: store batches until our own job is answered, then hand
+        // the rest of the queue to the next waiter.
+        loop {
+            let batch = {
+                let mut s = self.state.lock();
+                take_batch(&mut s.queue)
+            };
+            run_batch(kv, batch);
+            if let Ok(Message::Done(r)) = wait.try_recv() {
+                let mut s = self.state.lock();
+                match s.queue.first() {
+                    Some(next) => {
+                        let _ = next.reply.send(Message::Lead);
+                    }
+                    None => s.leading = false,
+                }
+                return r;
+            }
+        }
+    }
+}
+
+fn take_batch(queue: &mut Vec<Queued>) -> Vec<Queued> {
+    let mut bytes = 0;
+    let mut n = 0;
+    for q in queue.iter() {
+        let size = q.job.raw.as_ref().map_or(0, Vec::len);
+        if n > 0 && (n >= MAX_BATCH_JOBS || bytes + size > MAX_BATCH_BYTES) {
+            break;
+        }
+        bytes += size;
+        n += 1;
+    }
+    queue.drain(..n).collect()
+}
+
+fn run_batch(kv: &Kv, batch: Vec<Queued>) {
+    let jobs: Vec<&Job> = batch.iter().map(|q| q.job.as_ref()).collect();
+    match kv.transact(|tx| {
+        jobs.iter()
+            .map(|job| store_job(tx, job))
+            .collect::<Result<Vec<Outcome>>>()
+    }) {
+        Ok(outcomes) => {
+            for (q, outcome) in batch.iter().zip(outcomes) {
+                let _ = q.reply.send(Message::Done(Ok(outcome)));
+            }
+        }
+        Err(e) if batch.len() == 1 => {
+            let _ = batch[0].reply.send(Message::Done(Err(e)));
+        }
+        Err(_) => {
+            // Isolate the failing job: store each on its own.
+            for q in &batch {
+                let r = kv.transact(|tx| store_job(tx, &q.job));
+                let _ = q.reply.send(Message::Done(r));
+            }
+        }
+    }
+}
+
+/// Stores one job for all its recipients inside `tx`.
+fn store_job(tx: &mut crate::kv::Transaction<'_>, job: &Job) -> Result<Outcome> {
+    let hash = match (&job.raw, job.blob) {
+        (_, Some(h)) => h,
+        (Some(raw), None) => blob::put_in_tx(tx, raw)?,
+        (None, None) => return Err(Error::Invalid("delivery without a message".into())),
+    };
+    let mut out = Vec::with_capacity(job.recipients.len());
+    for r in &job.recipients {
+        let mut w = Writer::begin(tx, r.account)?;
+        let mailbox = match r.folder {
+            Folder::Mailbox(id) => id,
+            Folder::Role(role) => match mailbox::by_role(w.tx, r.account, role)? {
+                Some(id) => id,
+                None => mailbox::by_role(w.tx, r.account, "inbox")?
+                    .ok_or_else(|| Error::NotFound(format!("inbox of account {}", r.account)))?,
+            },
+        };
+        let stored = email::insert(
+            &mut w,
+            email::NewEmail {
+                blob: hash,
+                size: job.size,
+                received_at: job.received_at,
+                mailbox_ids: vec![mailbox],
+                keywords: r.keywords.clone(),
+                parsed: &job.parsed,
+            },
+        );
+        match stored {
+            Ok((email, thread)) => {
+                w.touched(DataType::EmailDelivery);
+                w.finish()?;
+                out.push(Ok(Delivered {
+                    account: r.account,
+                    email,
+                    thread,
+                    mailbox,
+                }));
+            }
+            Err(e @ Error::OverQuota { .. }) => out.push(Err(e)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
