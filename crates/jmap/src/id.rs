@@ -124,7 +124,11 @@ mod tests {
         }
         assert_eq!(encode(Kind::Mailbox, 33), "M11");
         assert_eq!(decode(Kind::Email, "E"), None);
-        assert_eq!(decode(Kind::Email, "E01"), None, "no leading zeros: one spelling per id");
+        assert_eq!(
+            decode(Kind::Email, "E01"),
+            None,
+            "no leading zeros: one spelling per id"
+        );
         assert_eq!(decode(Kind::Email, "EZZ"), None);
         assert_eq!(decode(Kind::Email, "Evvvvvvvvvvvvv"), None);
         assert_eq!(parse_state("12"), Some(12));

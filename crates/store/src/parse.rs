@@ -358,10 +358,10 @@ pub fn base_subject(subject: &str) -> String {
     let mut s = subject.trim();
     loop {
         let before = s;
-        if s.starts_with('[') {
-            if let Some(end) = s.find(']') {
-                s = s[end + 1..].trim_start();
-            }
+        if s.starts_with('[')
+            && let Some(end) = s.find(']')
+        {
+            s = s[end + 1..].trim_start();
         }
         let lower = s.to_ascii_lowercase();
         for prefix in ["re", "fwd", "fw", "aw", "sv", "antw", "wg", "tr", "rif"] {

@@ -515,7 +515,10 @@ fn concurrent_deliveries_to_one_account_are_all_stored_exactly_once() {
         }
     });
     let inbox_a = inbox(&store, a);
-    let counts = store.kv().read(|tx| mailbox::counts(tx, a, inbox_a)).unwrap();
+    let counts = store
+        .kv()
+        .read(|tx| mailbox::counts(tx, a, inbox_a))
+        .unwrap();
     assert_eq!(counts.total_emails, (threads * per_thread) as u64);
     let listed = store
         .kv()

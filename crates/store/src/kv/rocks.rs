@@ -240,7 +240,7 @@ fn committer(shared: Arc<Shared>, queue: Receiver<Pending>, sync: bool) {
     let mut groups: u64 = 0;
     while let Ok(first) = queue.recv() {
         groups += 1;
-        if groups % 4096 == 0 {
+        if groups.is_multiple_of(4096) {
             prune_watches(&shared);
         }
         let mut group = vec![first];
