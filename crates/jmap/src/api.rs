@@ -189,7 +189,9 @@ fn resolve_references(args: Arguments, responses: &[Value]) -> Result<Arguments,
             r.get("name").and_then(Value::as_str),
             r.get("path").and_then(Value::as_str),
         ) else {
-            return Err(bad(format!("#{name} needs resultOf, name and path strings")));
+            return Err(bad(format!(
+                "#{name} needs resultOf, name and path strings"
+            )));
         };
         let Some(response) = responses.iter().find(|resp| resp[2] == result_of) else {
             return Err(bad(format!("no response to call {result_of:?}")));

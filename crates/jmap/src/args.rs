@@ -47,9 +47,9 @@ pub fn bool_arg(args: &Arguments, name: &str, default: bool) -> Result<bool, Met
 pub fn int_arg(args: &Arguments, name: &str, default: i64) -> Result<i64, MethodError> {
     match args.get(name) {
         None => Ok(default),
-        Some(v) => v.as_i64().ok_or_else(|| {
-            MethodError::invalid_arguments(format!("{name} must be an integer"))
-        }),
+        Some(v) => v
+            .as_i64()
+            .ok_or_else(|| MethodError::invalid_arguments(format!("{name} must be an integer"))),
     }
 }
 
@@ -86,7 +86,11 @@ pub fn opt_strings(args: &Arguments, name: &str) -> Result<Option<Vec<String>>, 
 /// (`#creationId`): the real id when it does, the string otherwise.
 pub fn resolve_ref(ctx: &Ctx<'_>, s: &str) -> String {
     match s.strip_prefix('#') {
-        Some(c) => ctx.created_ids.get(c).cloned().unwrap_or_else(|| s.to_string()),
+        Some(c) => ctx
+            .created_ids
+            .get(c)
+            .cloned()
+            .unwrap_or_else(|| s.to_string()),
         None => s.to_string(),
     }
 }
@@ -384,7 +388,10 @@ impl SetResponse {
 /// into nested objects that exist, never into arrays; no path may be a
 /// prefix of another. `null` removes the property (the caller restores
 /// defaults when validating).
-pub fn apply_patch(obj: &mut Map<String, Value>, patch: &Map<String, Value>) -> Result<(), SetError> {
+pub fn apply_patch(
+    obj: &mut Map<String, Value>,
+    patch: &Map<String, Value>,
+) -> Result<(), SetError> {
     let paths: Vec<Vec<String>> = patch
         .keys()
         .map(|k| {
@@ -510,10 +517,7 @@ pub fn window_response(
 
 /// Checks the sort argument's shape: an array of comparators whose
 /// property is one of `sortable`. Returns (property, ascending) pairs.
-pub fn parse_sort(
-    args: &Arguments,
-    sortable: &[&str],
-) -> Result<Vec<(String, bool)>, MethodError> {
+pub fn parse_sort(args: &Arguments, sortable: &[&str]) -> Result<Vec<(String, bool)>, MethodError> {
     let items = match args.get("sort") {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(items)) => items,
@@ -522,7 +526,9 @@ pub fn parse_sort(
     let mut out = Vec::new();
     for item in items {
         let Some(c) = item.as_object() else {
-            return Err(MethodError::invalid_arguments("a comparator must be an object"));
+            return Err(MethodError::invalid_arguments(
+                "a comparator must be an object",
+            ));
         };
         allow_only(c, &["property", "isAscending", "collation"])?;
         let Some(property) = c.get("property").and_then(Value::as_str) else {
@@ -551,15 +557,24 @@ mod tests {
 
     #[test]
     fn patch_rules() {
-        let mut o = json!({"a": 1, "b": {"c": 2}, "l": [1]}).as_object().unwrap().clone();
+        let mut o = json!({"a": 1, "b": {"c": 2}, "l": [1]})
+            .as_object()
+            .unwrap()
+            .clone();
         let p = json!({"b/c": 3, "a": null}).as_object().unwrap().clone();
         apply_patch(&mut o, &p).unwrap();
         assert_eq!(Value::Object(o.clone()), json!({"b": {"c": 3}, "l": [1]}));
         let bad = json!({"l/0": 2}).as_object().unwrap().clone();
         assert_eq!(apply_patch(&mut o, &bad).unwrap_err().kind, "invalidPatch");
         let prefix = json!({"b": {}, "b/c": 1}).as_object().unwrap().clone();
-        assert_eq!(apply_patch(&mut o, &prefix).unwrap_err().kind, "invalidPatch");
+        assert_eq!(
+            apply_patch(&mut o, &prefix).unwrap_err().kind,
+            "invalidPatch"
+        );
         let missing = json!({"x/y": 1}).as_object().unwrap().clone();
-        assert_eq!(apply_patch(&mut o, &missing).unwrap_err().kind, "invalidPatch");
+        assert_eq!(
+            apply_patch(&mut o, &missing).unwrap_err().kind,
+            "invalidPatch"
+        );
     }
 }

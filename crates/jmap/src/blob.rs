@@ -343,7 +343,10 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(ByteRange::parse("bytes=0-9"), Some(ByteRange::From(0, Some(9))));
+        assert_eq!(
+            ByteRange::parse("bytes=0-9"),
+            Some(ByteRange::From(0, Some(9)))
+        );
         assert_eq!(ByteRange::parse("bytes=5-"), Some(ByteRange::From(5, None)));
         assert_eq!(ByteRange::parse("bytes=-3"), Some(ByteRange::Suffix(3)));
         assert_eq!(ByteRange::parse("bytes=0-1,4-5"), None);

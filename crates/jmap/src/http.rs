@@ -58,7 +58,11 @@ struct Slot<'a> {
 }
 
 impl<'a> Slot<'a> {
-    fn take(map: &'a Mutex<HashMap<AccountId, usize>>, account: AccountId, max: usize) -> Option<Self> {
+    fn take(
+        map: &'a Mutex<HashMap<AccountId, usize>>,
+        account: AccountId,
+        max: usize,
+    ) -> Option<Self> {
         let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
         let n = m.entry(account).or_insert(0);
         if *n >= max {
@@ -111,7 +115,9 @@ fn add_cors(headers: &mut HeaderMap) {
     );
     headers.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Content-Disposition, Content-Range, Content-Length, WWW-Authenticate"),
+        HeaderValue::from_static(
+            "Content-Disposition, Content-Range, Content-Length, WWW-Authenticate",
+        ),
     );
 }
 
@@ -130,7 +136,10 @@ fn preflight(req_headers: &HeaderMap) -> Response<ResponseBody> {
             HeaderValue::from_static("Authorization, Content-Type, Accept, Last-Event-ID, Range")
         });
     h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow);
-    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
     r
 }
 
@@ -262,7 +271,10 @@ impl Jmap {
         let base = config.base_url();
         let prefix = base
             .split_once("://")
-            .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].trim_end_matches('/').to_string()))
+            .and_then(|(_, rest)| {
+                rest.find('/')
+                    .map(|i| rest[i..].trim_end_matches('/').to_string())
+            })
             .unwrap_or_default();
         let auth = Authenticator::new(store.clone(), config.auth_cache_ttl);
         let (shutdown_tx, _) = watch::channel(false);
@@ -313,7 +325,9 @@ impl Jmap {
         }
         let path = req.uri().path().to_string();
         let path = match path.strip_prefix(self.inner.prefix.as_str()) {
-            Some(rest) if !self.inner.prefix.is_empty() && rest.starts_with('/') => rest.to_string(),
+            Some(rest) if !self.inner.prefix.is_empty() && rest.starts_with('/') => {
+                rest.to_string()
+            }
             _ => path,
         };
         enum Route {
@@ -323,30 +337,31 @@ impl Jmap {
             Download(String, String, String),
             EventSource,
         }
-        let route = if path == "/.well-known/jmap" || path == "/jmap/session" || path == "/jmap/session/" {
-            Route::Session
-        } else if path == "/jmap/api" || path == "/jmap/api/" {
-            Route::Api
-        } else if let Some(rest) = path.strip_prefix("/jmap/upload/") {
-            Route::Upload(percent_decode(rest.trim_end_matches('/')))
-        } else if let Some(rest) = path.strip_prefix("/jmap/download/") {
-            let mut parts = rest.splitn(3, '/');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some(a), Some(b), Some(n)) if !a.is_empty() && !b.is_empty() => {
-                    Route::Download(percent_decode(a), percent_decode(b), percent_decode(n))
+        let route =
+            if path == "/.well-known/jmap" || path == "/jmap/session" || path == "/jmap/session/" {
+                Route::Session
+            } else if path == "/jmap/api" || path == "/jmap/api/" {
+                Route::Api
+            } else if let Some(rest) = path.strip_prefix("/jmap/upload/") {
+                Route::Upload(percent_decode(rest.trim_end_matches('/')))
+            } else if let Some(rest) = path.strip_prefix("/jmap/download/") {
+                let mut parts = rest.splitn(3, '/');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(a), Some(b), Some(n)) if !a.is_empty() && !b.is_empty() => {
+                        Route::Download(percent_decode(a), percent_decode(b), percent_decode(n))
+                    }
+                    _ => {
+                        return problem_response(&Problem::http(
+                            StatusCode::NOT_FOUND,
+                            "download URLs are /jmap/download/{accountId}/{blobId}/{name}",
+                        ));
+                    }
                 }
-                _ => {
-                    return problem_response(&Problem::http(
-                        StatusCode::NOT_FOUND,
-                        "download URLs are /jmap/download/{accountId}/{blobId}/{name}",
-                    ));
-                }
-            }
-        } else if path == "/jmap/eventsource" || path == "/jmap/eventsource/" {
-            Route::EventSource
-        } else {
-            return problem_response(&Problem::http(StatusCode::NOT_FOUND, "no such resource"));
-        };
+            } else if path == "/jmap/eventsource" || path == "/jmap/eventsource/" {
+                Route::EventSource
+            } else {
+                return problem_response(&Problem::http(StatusCode::NOT_FOUND, "no such resource"));
+            };
         let expected = match route {
             Route::Api | Route::Upload(_) => Method::POST,
             _ => Method::GET,
@@ -373,9 +388,12 @@ impl Jmap {
             Route::Download(account, blob_id, name) => {
                 self.download(principal, account, blob_id, name, req).await
             }
-            Route::EventSource => {
-                push::event_source(self.inner.clone(), principal, req.uri().query(), req.headers())
-            }
+            Route::EventSource => push::event_source(
+                self.inner.clone(),
+                principal,
+                req.uri().query(),
+                req.headers(),
+            ),
         }
     }
 
@@ -389,7 +407,8 @@ impl Jmap {
             return Ok(p);
         }
         let inner = self.inner.clone();
-        let result = tokio::task::spawn_blocking(move || inner.auth.authenticate(Some(&header))).await;
+        let result =
+            tokio::task::spawn_blocking(move || inner.auth.authenticate(Some(&header))).await;
         match result {
             Ok(Ok(p)) => Ok(p),
             Ok(Err(AuthError::Store(e))) => {
@@ -421,7 +440,11 @@ impl Jmap {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let limits = &self.inner.config.limits;
-        let Some(_slot) = Slot::take(&self.inner.api_inflight, principal.account, limits.max_concurrent_requests) else {
+        let Some(_slot) = Slot::take(
+            &self.inner.api_inflight,
+            principal.account,
+            limits.max_concurrent_requests,
+        ) else {
             return problem_response(&Problem::limit(
                 StatusCode::TOO_MANY_REQUESTS,
                 "maxConcurrentRequests",
@@ -432,7 +455,10 @@ impl Jmap {
             problem_response(&Problem::limit(
                 StatusCode::BAD_REQUEST,
                 "maxSizeRequest",
-                format!("the request is larger than {} bytes", limits.max_size_request),
+                format!(
+                    "the request is larger than {} bytes",
+                    limits.max_size_request
+                ),
             ))
         };
         if content_length(req.headers()).is_some_and(|n| n > limits.max_size_request as u64) {
@@ -457,13 +483,22 @@ impl Jmap {
             Ok(b) => b,
             Err(BodyError::TooLarge) => return too_large(),
             Err(BodyError::Io) => {
-                return problem_response(&Problem::http(StatusCode::BAD_REQUEST, "could not read the request body"));
+                return problem_response(&Problem::http(
+                    StatusCode::BAD_REQUEST,
+                    "could not read the request body",
+                ));
             }
         };
         let inner = self.inner.clone();
         let state = session::session_state(&self.session_object(&principal));
         let result = tokio::task::spawn_blocking(move || {
-            api::process(&inner.store, &inner.config.limits, &principal, &state, &body)
+            api::process(
+                &inner.store,
+                &inner.config.limits,
+                &principal,
+                &state,
+                &body,
+            )
         })
         .await;
         match result {
@@ -473,7 +508,12 @@ impl Jmap {
         }
     }
 
-    async fn upload<B>(&self, principal: Principal, account: String, req: Request<B>) -> Response<ResponseBody>
+    async fn upload<B>(
+        &self,
+        principal: Principal,
+        account: String,
+        req: Request<B>,
+    ) -> Response<ResponseBody>
     where
         B: Body + Send + 'static,
         B::Data: Send,
@@ -484,8 +524,11 @@ impl Jmap {
         }
         let config = &self.inner.config;
         let max = config.limits.max_size_upload;
-        let Some(_slot) = Slot::take(&self.inner.upload_inflight, principal.account, config.limits.max_concurrent_upload)
-        else {
+        let Some(_slot) = Slot::take(
+            &self.inner.upload_inflight,
+            principal.account,
+            config.limits.max_concurrent_upload,
+        ) else {
             return problem_response(&Problem::limit(
                 StatusCode::TOO_MANY_REQUESTS,
                 "maxConcurrentUpload",
@@ -502,19 +545,32 @@ impl Jmap {
         if content_length(req.headers()).is_some_and(|n| n > max) {
             return too_large();
         }
-        let media_type = safe_media_type(req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()));
+        let media_type = safe_media_type(
+            req.headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        );
         let body = match read_body(req.into_body(), max as usize).await {
             Ok(b) => b,
             Err(BodyError::TooLarge) => return too_large(),
             Err(BodyError::Io) => {
-                return problem_response(&Problem::http(StatusCode::BAD_REQUEST, "could not read the upload"));
+                return problem_response(&Problem::http(
+                    StatusCode::BAD_REQUEST,
+                    "could not read the upload",
+                ));
             }
         };
         let inner = self.inner.clone();
         let size = body.len();
         let result = tokio::task::spawn_blocking(move || {
             let c = &inner.config;
-            blob::upload(&inner.store, principal.account, &body, c.upload_ttl.as_secs().max(3600), c.upload_quota)
+            blob::upload(
+                &inner.store,
+                principal.account,
+                &body,
+                c.upload_ttl.as_secs().max(3600),
+                c.upload_quota,
+            )
         })
         .await;
         match result {
@@ -560,7 +616,10 @@ impl Jmap {
             .and_then(ByteRange::parse);
         let head = req.method() == Method::HEAD;
         let inner = self.inner.clone();
-        let result = tokio::task::spawn_blocking(move || blob::fetch(&inner.store, principal.account, &blob_id, range)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            blob::fetch(&inner.store, principal.account, &blob_id, range)
+        })
+        .await;
         let fetched = match result {
             Ok(Ok(f)) => f,
             Ok(Err(FetchError::NotFound)) => {
@@ -585,7 +644,11 @@ impl Jmap {
         };
         let len = fetched.bytes.len() as u64;
         let partial = range.is_some();
-        let mut r = Response::new(if head { full(Bytes::new()) } else { full(fetched.bytes) });
+        let mut r = Response::new(if head {
+            full(Bytes::new())
+        } else {
+            full(fetched.bytes)
+        });
         let h = r.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
@@ -597,7 +660,10 @@ impl Jmap {
             HeaderValue::from_static("private, immutable, max-age=31536000"),
         );
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
         h.insert(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static("sandbox; default-src 'none'"),
@@ -646,10 +712,22 @@ mod tests {
     #[test]
     fn helpers() {
         assert_eq!(percent_decode("a%20b%2Fc%zz%4"), "a b/c%zz%4");
-        assert_eq!(query_param(Some("x=1&type=text%2Fplain"), "type").as_deref(), Some("text/plain"));
-        assert_eq!(safe_media_type(Some("text/plain; charset=utf-8")), "text/plain; charset=utf-8");
-        assert_eq!(safe_media_type(Some("text/plain\r\nX: y")), "application/octet-stream");
-        assert_eq!(safe_media_type(Some("nonsense")), "application/octet-stream");
+        assert_eq!(
+            query_param(Some("x=1&type=text%2Fplain"), "type").as_deref(),
+            Some("text/plain")
+        );
+        assert_eq!(
+            safe_media_type(Some("text/plain; charset=utf-8")),
+            "text/plain; charset=utf-8"
+        );
+        assert_eq!(
+            safe_media_type(Some("text/plain\r\nX: y")),
+            "application/octet-stream"
+        );
+        assert_eq!(
+            safe_media_type(Some("nonsense")),
+            "application/octet-stream"
+        );
         assert_eq!(
             content_disposition("résumé \"1\".pdf"),
             "attachment; filename=\"r_sum_ _1_.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%221%22.pdf"

@@ -229,11 +229,13 @@ pub fn set(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
             let real = id::encode(Kind::Identity, new);
             let original = &req.create.iter().find(|(c, _)| c == cid).expect("cid").1;
             let mut out = with_id(new, obj);
-            out.retain(|k, _| k == "id" || k == "mayDelete" || !original.contains_key(k));
+            // Server-set, defaulted, and changed (the address lowercased).
+            out.retain(|k, v| {
+                k == "id" || k == "mayDelete" || original.get(k).is_none_or(|sent| sent != v)
+            });
             response.created.insert(cid.clone(), Value::Object(out));
             new_ids.push((cid.clone(), real));
         }
-        let destroying: BTreeSet<&str> = req.destroy.iter().map(String::as_str).collect();
         for (sid, patch) in &req.update {
             let current = match id::decode(Kind::Identity, sid) {
                 Some(i) => object::get(w.tx, account, Collection::Identity, i)?.map(|b| (i, b)),
@@ -247,10 +249,6 @@ pub fn set(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
                 response.not_updated(sid, SetError::new("invalidPatch"));
                 continue;
             };
-            if destroying.contains(sid.as_str()) {
-                response.not_updated(sid, SetError::new("willDestroy"));
-                continue;
-            }
             let before = with_id(i, decode(&bytes));
             let mut after = before.clone();
             if let Err(e) = args::apply_patch(&mut after, patch) {

@@ -6,6 +6,7 @@
 //! body costs memory proportional to its (bounded) size and no stack
 //! overflow.
 
+use std::cell::Cell;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -13,6 +14,9 @@ use serde_json::{Map, Value};
 
 /// Deepest nesting of arrays and objects accepted.
 pub const MAX_DEPTH: usize = 64;
+/// Most values (scalars, arrays, objects, member names) in one document:
+/// bounds the memory a small hostile body (`[0,0,0,...]`) expands to.
+pub const MAX_VALUES: usize = 1_000_000;
 
 /// Why a body is not acceptable JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,38 +32,49 @@ impl fmt::Display for JsonError {
 /// [`MAX_DEPTH`] are errors.
 pub fn parse(bytes: &[u8]) -> Result<Value, JsonError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = Strict { depth: 0 }
-        .deserialize(&mut de)
-        .map_err(|e| JsonError(e.to_string()))?;
+    let budget = Cell::new(MAX_VALUES);
+    let value = Strict {
+        depth: 0,
+        budget: &budget,
+    }
+    .deserialize(&mut de)
+    .map_err(|e| JsonError(e.to_string()))?;
     de.end().map_err(|e| JsonError(e.to_string()))?;
     Ok(value)
 }
 
 #[derive(Clone, Copy)]
-struct Strict {
+struct Strict<'b> {
     depth: usize,
+    budget: &'b Cell<usize>,
 }
 
-impl<'de> DeserializeSeed<'de> for Strict {
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
     type Value = Value;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        let left = self.budget.get();
+        if left == 0 {
+            return Err(de::Error::custom(format!("more than {MAX_VALUES} values")));
+        }
+        self.budget.set(left - 1);
         d.deserialize_any(self)
     }
 }
 
-impl Strict {
-    fn nested<E: de::Error>(self) -> Result<Strict, E> {
+impl<'b> Strict<'b> {
+    fn nested<E: de::Error>(self) -> Result<Strict<'b>, E> {
         if self.depth >= MAX_DEPTH {
             return Err(E::custom(format!("nested deeper than {MAX_DEPTH} levels")));
         }
         Ok(Strict {
             depth: self.depth + 1,
+            budget: self.budget,
         })
     }
 }
 
-impl<'de> Visitor<'de> for Strict {
+impl<'de> Visitor<'de> for Strict<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -186,19 +201,30 @@ mod tests {
     fn rejects_duplicates_and_deep_nesting() {
         assert!(parse(br#"{"a":1,"a":2}"#).is_err());
         assert!(parse(br#"{"a":{"b":1,"b":1}}"#).is_err());
-        assert_eq!(parse(br#"{"a":[1,{"b":null}]}"#).unwrap(), json!({"a":[1,{"b":null}]}));
+        assert_eq!(
+            parse(br#"{"a":[1,{"b":null}]}"#).unwrap(),
+            json!({"a":[1,{"b":null}]})
+        );
         let deep = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
         assert!(parse(deep.as_bytes()).is_err());
         let ok = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
         assert!(parse(ok.as_bytes()).is_ok());
         assert!(parse(b"{} x").is_err());
         assert!(parse(b"\xff").is_err());
+        let many = format!("[{}0]", "0,".repeat(MAX_VALUES));
+        assert!(parse(many.as_bytes()).is_err());
+        let fine = format!("[{}0]", "0,".repeat(1000));
+        assert!(parse(fine.as_bytes()).is_ok());
     }
 
     #[test]
     fn pointer_maps_star_and_flattens() {
-        let v = json!({"list": [{"ids": ["a", "b"], "x": 1}, {"ids": ["c"], "x": 2}], "a/b": {"~": 3}});
-        assert_eq!(evaluate_pointer(&v, "/list/*/ids").unwrap(), json!(["a", "b", "c"]));
+        let v =
+            json!({"list": [{"ids": ["a", "b"], "x": 1}, {"ids": ["c"], "x": 2}], "a/b": {"~": 3}});
+        assert_eq!(
+            evaluate_pointer(&v, "/list/*/ids").unwrap(),
+            json!(["a", "b", "c"])
+        );
         assert_eq!(evaluate_pointer(&v, "/list/*/x").unwrap(), json!([1, 2]));
         assert_eq!(evaluate_pointer(&v, "/list/1/x").unwrap(), json!(2));
         assert_eq!(evaluate_pointer(&v, "/a~1b/~0").unwrap(), json!(3));

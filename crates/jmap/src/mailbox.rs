@@ -31,7 +31,12 @@ pub const PROPERTIES: [&str; 11] = [
 
 /// The properties that change with counts only (Mailbox/changes
 /// updatedProperties).
-pub const COUNT_PROPERTIES: [&str; 4] = ["totalEmails", "unreadEmails", "totalThreads", "unreadThreads"];
+pub const COUNT_PROPERTIES: [&str; 4] = [
+    "totalEmails",
+    "unreadEmails",
+    "totalThreads",
+    "unreadThreads",
+];
 
 const SERVER_SET: [&str; 6] = [
     "id",
@@ -107,38 +112,39 @@ pub fn get(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
         .properties
         .as_ref()
         .is_none_or(|p| p.iter().any(|p| COUNT_PROPERTIES.contains(&p.as_str())));
+    let max = ctx.limits.max_objects_in_get;
     let (st, list, not_found) = ctx.store.kv().read(|tx| {
         let st = state(tx, account)?;
         let all = mailbox::list(tx, account)?;
-        let mut list = Vec::new();
+        let mut chosen: Vec<(DocumentId, &Mailbox)> = Vec::new();
         let mut not_found = Vec::new();
-        let mut emit = |tx: &mut Transaction<'_>, id: DocumentId, m: &Mailbox| {
-            let c = if need_counts {
-                mailbox::counts(tx, account, id)?
-            } else {
-                MailboxCounts::default()
-            };
-            list.push(args::select(to_json(id, m, &c), &req.properties));
-            Ok::<_, tern_store::Error>(())
-        };
         match &req.ids {
             None => {
-                if all.len() > ctx.limits.max_objects_in_get {
+                if all.len() > max {
                     return Ok(Err(MethodError::RequestTooLarge));
                 }
-                for (id, m) in &all {
-                    emit(tx, *id, m)?;
-                }
+                chosen.extend(all.iter().map(|(i, m)| (*i, m)));
             }
             Some(ids) => {
-                let by_id: HashMap<DocumentId, &Mailbox> = all.iter().map(|(i, m)| (*i, m)).collect();
+                let by_id: HashMap<DocumentId, &Mailbox> =
+                    all.iter().map(|(i, m)| (*i, m)).collect();
                 for s in ids {
-                    match id::decode(Kind::Mailbox, s).and_then(|i| by_id.get(&i).map(|m| (i, *m))) {
-                        Some((i, m)) => emit(tx, i, m)?,
+                    match id::decode(Kind::Mailbox, s).and_then(|i| by_id.get(&i).map(|m| (i, *m)))
+                    {
+                        Some(found) => chosen.push(found),
                         None => not_found.push(s.clone()),
                     }
                 }
             }
+        }
+        let mut list = Vec::with_capacity(chosen.len());
+        for (i, m) in chosen {
+            let c = if need_counts {
+                mailbox::counts(tx, account, i)?
+            } else {
+                MailboxCounts::default()
+            };
+            list.push(args::select(to_json(i, m, &c), &req.properties));
         }
         Ok::<_, tern_store::Error>(Ok((st, list, not_found)))
     })??;
@@ -183,7 +189,9 @@ fn parse_filter(ctx: &Ctx<'_>, v: &Value, depth: usize) -> Result<Filter, Method
         return Err(MethodError::invalid_arguments("filter must be an object"));
     };
     if depth > 16 {
-        return Err(MethodError::UnsupportedFilter("filter nested too deeply".into()));
+        return Err(MethodError::UnsupportedFilter(
+            "filter nested too deeply".into(),
+        ));
     }
     if let Some(op) = o.get("operator") {
         args::allow_only(o, &["operator", "conditions"])?;
@@ -192,7 +200,11 @@ fn parse_filter(ctx: &Ctx<'_>, v: &Value, depth: usize) -> Result<Filter, Method
                 .iter()
                 .map(|c| parse_filter(ctx, c, depth + 1))
                 .collect::<Result<Vec<_>, _>>()?,
-            _ => return Err(MethodError::invalid_arguments("conditions must be an array")),
+            _ => {
+                return Err(MethodError::invalid_arguments(
+                    "conditions must be an array",
+                ));
+            }
         };
         return match op.as_str() {
             Some("AND") => Ok(Filter::And(conditions)),
@@ -262,16 +274,20 @@ fn parse_query(ctx: &Ctx<'_>, args: &Arguments) -> Result<Query, MethodError> {
     })
 }
 
-fn compare(sort: &[(String, bool)], a: (DocumentId, &Mailbox), b: (DocumentId, &Mailbox)) -> Ordering {
+fn compare(
+    sort: &[(String, bool)],
+    a: (DocumentId, &Mailbox),
+    b: (DocumentId, &Mailbox),
+) -> Ordering {
     for (property, ascending) in sort {
         let o = match property.as_str() {
             "sortOrder" => a.1.sort_order.cmp(&b.1.sort_order),
-            "name" => a
-                .1
-                .name
-                .to_lowercase()
-                .cmp(&b.1.name.to_lowercase())
-                .then_with(|| a.1.name.cmp(&b.1.name)),
+            "name" => {
+                a.1.name
+                    .to_lowercase()
+                    .cmp(&b.1.name.to_lowercase())
+                    .then_with(|| a.1.name.cmp(&b.1.name))
+            }
             _ => Ordering::Equal,
         };
         let o = if *ascending { o } else { o.reverse() };
@@ -364,10 +380,9 @@ pub fn query(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
     let account = ctx.account(&args)?;
     let q = parse_query(ctx, &args)?;
     let window = args::parse_window(ctx, &args)?;
-    let (st, all) = ctx
-        .store
-        .kv()
-        .read(|tx| Ok::<_, tern_store::Error>((state(tx, account)?, mailbox::list(tx, account)?)))?;
+    let (st, all) = ctx.store.kv().read(|tx| {
+        Ok::<_, tern_store::Error>((state(tx, account)?, mailbox::list(tx, account)?))
+    })?;
     let ids: Vec<String> = run_query(&q, &all)
         .into_iter()
         .map(|i| id::encode(Kind::Mailbox, i))
@@ -400,7 +415,11 @@ pub fn query_changes(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
     let q = parse_query(ctx, &args)?;
     let since = match args.get("sinceQueryState") {
         Some(Value::String(s)) => id::parse_state(s).ok_or(MethodError::CannotCalculateChanges)?,
-        _ => return Err(MethodError::invalid_arguments("sinceQueryState is required")),
+        _ => {
+            return Err(MethodError::invalid_arguments(
+                "sinceQueryState is required",
+            ));
+        }
     };
     let max = match args.get("maxChanges") {
         None | Some(Value::Null) => usize::MAX,
@@ -432,7 +451,10 @@ pub fn query_changes(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
         // A change to one mailbox may move or hide its whole subtree.
         changed.extend(results.iter().copied());
     }
-    let mut removed: Vec<String> = changed.iter().map(|&i| id::encode(Kind::Mailbox, i)).collect();
+    let mut removed: Vec<String> = changed
+        .iter()
+        .map(|&i| id::encode(Kind::Mailbox, i))
+        .collect();
     removed.sort();
     let fresh: BTreeSet<DocumentId> = changed.iter().chain(c.created.iter()).copied().collect();
     let added: Vec<Value> = results
@@ -479,7 +501,10 @@ fn invalid(p: &str, d: impl Into<String>) -> SetError {
 }
 
 /// Reads the client-settable properties of a complete mailbox object.
-fn read_props(obj: &Map<String, Value>, created: &HashMap<String, String>) -> Result<Props, SetError> {
+fn read_props(
+    obj: &Map<String, Value>,
+    created: &HashMap<String, String>,
+) -> Result<Props, SetError> {
     let name = match obj.get("name") {
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(invalid("name", "name must be a string")),
@@ -496,12 +521,14 @@ fn read_props(obj: &Map<String, Value>, created: &HashMap<String, String>) -> Re
         Some(Value::String(s)) => match s.strip_prefix('#') {
             Some(cid) => match created.get(cid) {
                 Some(real) => Some(ParentRef::Id(
-                    id::decode(Kind::Mailbox, real).ok_or_else(|| invalid("parentId", "not a mailbox"))?,
+                    id::decode(Kind::Mailbox, real)
+                        .ok_or_else(|| invalid("parentId", "not a mailbox"))?,
                 )),
                 None => Some(ParentRef::Pending(cid.to_string())),
             },
             None => Some(ParentRef::Id(
-                id::decode(Kind::Mailbox, s).ok_or_else(|| invalid("parentId", "no such mailbox"))?,
+                id::decode(Kind::Mailbox, s)
+                    .ok_or_else(|| invalid("parentId", "no such mailbox"))?,
             )),
         },
         Some(_) => return Err(invalid("parentId", "parentId must be an id or null")),
@@ -621,7 +648,14 @@ pub fn set(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
         let mut created = ctx.created_ids.clone();
         let mut response = SetResponse::default();
         let mut new_ids = Vec::new();
-        apply_set(&mut w, &req, remove_emails, &mut created, &mut response, &mut new_ids)?;
+        apply_set(
+            &mut w,
+            &req,
+            remove_emails,
+            &mut created,
+            &mut response,
+            &mut new_ids,
+        )?;
         let wrote = w.finish()?.is_some();
         let new = if wrote { state(tx, account)? } else { old };
         Ok::<_, tern_store::Error>(Ok(SetOutcome {
@@ -634,9 +668,11 @@ pub fn set(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
     for (cid, real) in outcome.created_ids {
         ctx.created_ids.insert(cid, real);
     }
-    Ok(outcome
-        .response
-        .into_arguments(account, Some(id::state(outcome.old)), id::state(outcome.new)))
+    Ok(outcome.response.into_arguments(
+        account,
+        Some(id::state(outcome.old)),
+        id::state(outcome.new),
+    ))
 }
 
 fn apply_set(
@@ -648,7 +684,8 @@ fn apply_set(
     new_ids: &mut Vec<(String, String)>,
 ) -> tern_store::Result<()> {
     let account = w.account;
-    let mut all: BTreeMap<DocumentId, Mailbox> = mailbox::list(w.tx, account)?.into_iter().collect();
+    let mut all: BTreeMap<DocumentId, Mailbox> =
+        mailbox::list(w.tx, account)?.into_iter().collect();
 
     // Creates, in an order where a parent created in this call comes
     // before its children.
@@ -726,20 +763,18 @@ fn apply_set(
     }
 
     // Updates.
-    let destroying: BTreeSet<&str> = req.destroy.iter().map(String::as_str).collect();
     for (sid, patch) in &req.update {
         let Some(i) = id::decode(Kind::Mailbox, sid).filter(|i| all.contains_key(i)) else {
             response.not_updated(sid, SetError::new("notFound"));
             continue;
         };
         let Ok(patch) = patch else {
-            response.not_updated(sid, SetError::new("invalidPatch").with_description("a patch must be an object"));
+            response.not_updated(
+                sid,
+                SetError::new("invalidPatch").with_description("a patch must be an object"),
+            );
             continue;
         };
-        if destroying.contains(sid.as_str()) {
-            response.not_updated(sid, SetError::new("willDestroy"));
-            continue;
-        }
         let current = all[&i].clone();
         let counts = mailbox::counts(w.tx, account, i)?;
         let before = to_json(i, &current, &counts);
@@ -752,7 +787,10 @@ fn apply_set(
             response.not_updated(sid, invalid(bad, format!("unknown property {bad:?}")));
             continue;
         }
-        if let Some(bad) = SERVER_SET.iter().find(|k| after.get(**k) != before.get(**k)) {
+        if let Some(bad) = SERVER_SET
+            .iter()
+            .find(|k| after.get(**k) != before.get(**k))
+        {
             response.not_updated(sid, invalid(bad, format!("{bad} is set by the server")));
             continue;
         }
@@ -827,7 +865,10 @@ fn apply_set(
             continue;
         };
         if all[&i].role.as_deref() == Some("inbox") {
-            response.not_destroyed(sid, SetError::new("forbidden").with_description("the inbox cannot be destroyed"));
+            response.not_destroyed(
+                sid,
+                SetError::new("forbidden").with_description("the inbox cannot be destroyed"),
+            );
             continue;
         }
         if all.values().any(|m| m.parent_id == Some(i)) {
@@ -866,7 +907,12 @@ fn remove_all_emails(w: &mut Writer<'_, '_>, i: DocumentId) -> tern_store::Resul
             if meta.mailbox_ids.iter().all(|&m| m == i) {
                 email::destroy(w, *e)?;
             } else {
-                let rest: Vec<DocumentId> = meta.mailbox_ids.iter().copied().filter(|&m| m != i).collect();
+                let rest: Vec<DocumentId> = meta
+                    .mailbox_ids
+                    .iter()
+                    .copied()
+                    .filter(|&m| m != i)
+                    .collect();
                 email::update(w, *e, Some(rest), None)?;
             }
         }

@@ -12,10 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::Response;
 use hyper::body::Bytes;
 use hyper::header::{self, HeaderMap, HeaderValue};
-use http_body_util::BodyExt;
 use serde_json::{Map, Value, json};
 use tern_store::keys::{self, family};
 use tern_store::{AccountId, DataType, changes};
@@ -39,7 +39,7 @@ const TYPES: [(&str, Option<DataType>); 7] = [
 
 /// Smallest and largest ping interval honoured (RFC 8620: a server's
 /// minimum must be at most 30, its maximum at least 300).
-const MIN_PING: u64 = 5;
+const MIN_PING: u64 = 1;
 const MAX_PING: u64 = 600;
 
 type States = BTreeMap<&'static str, String>;
@@ -139,8 +139,14 @@ pub(crate) fn event_source(
     ));
     let mut r = Response::new(ChannelBody { rx }.boxed());
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store"),
+    );
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     r
 }
@@ -182,7 +188,8 @@ async fn run(
                     let mut accounts = Map::new();
                     accounts.insert(id::account_id(account), Value::Object(changed));
                     let data = json!({"@type": "StateChange", "changed": accounts});
-                    let event = format!("event: state\nid: {}\ndata: {data}\n\n", event_id(&states));
+                    let event =
+                        format!("event: state\nid: {}\ndata: {data}\n\n", event_id(&states));
                     if tx.send(Bytes::from(event)).await.is_err() {
                         break;
                     }

@@ -99,7 +99,12 @@ pub fn get(ctx: &mut Ctx<'_>, args: Arguments, mail: bool) -> MethodResult {
             }
         }
     }
-    Ok(args::get_response(req.account, snap.state(), list, not_found))
+    Ok(args::get_response(
+        req.account,
+        snap.state(),
+        list,
+        not_found,
+    ))
 }
 
 /// Quota/changes, with updatedProperties `["used"]` when only usage
@@ -117,7 +122,11 @@ pub fn changes(ctx: &mut Ctx<'_>, args: Arguments, mail: bool) -> MethodResult {
         return Err(MethodError::CannotCalculateChanges);
     }
     let changed = since != (snap.change, snap.limit);
-    let updated: Vec<&str> = if changed && mail { vec![QUOTA_ID] } else { vec![] };
+    let updated: Vec<&str> = if changed && mail {
+        vec![QUOTA_ID]
+    } else {
+        vec![]
+    };
     let mut out = Map::new();
     out.insert("accountId".into(), json!(id::account_id(account)));
     out.insert("oldState".into(), json!(format!("{}-{}", since.0, since.1)));
@@ -144,7 +153,9 @@ fn matches(filter: &Value, q: &Map<String, Value>) -> Result<bool, MethodError> 
     if let Some(op) = f.get("operator") {
         args::allow_only(f, &["operator", "conditions"])?;
         let Some(conds) = f.get("conditions").and_then(Value::as_array) else {
-            return Err(MethodError::invalid_arguments("conditions must be an array"));
+            return Err(MethodError::invalid_arguments(
+                "conditions must be an array",
+            ));
         };
         let results = conds
             .iter()
@@ -247,7 +258,11 @@ pub fn query_changes(ctx: &mut Ctx<'_>, args: Arguments, mail: bool) -> MethodRe
     let account = ctx.account(&args)?;
     let since = match args.get("sinceQueryState") {
         Some(Value::String(s)) => parse_state(s).ok_or(MethodError::CannotCalculateChanges)?,
-        _ => return Err(MethodError::invalid_arguments("sinceQueryState is required")),
+        _ => {
+            return Err(MethodError::invalid_arguments(
+                "sinceQueryState is required",
+            ));
+        }
     };
     let max = args::opt_uint(&args, "maxChanges")?;
     let calculate_total = args::bool_arg(&args, "calculateTotal", false)?;
@@ -291,7 +306,10 @@ pub(crate) fn state_in(
     account: AccountId,
 ) -> tern_store::Result<String> {
     let limit = account::get_account(tx, account)?.map_or(0, |r| r.quota_bytes);
-    let change = changes::state(tx, account, DataType::Email)?
-        .max(changes::state(tx, account, DataType::Quota)?);
+    let change = changes::state(tx, account, DataType::Email)?.max(changes::state(
+        tx,
+        account,
+        DataType::Quota,
+    )?);
     Ok(format!("{change}-{limit}"))
 }

@@ -56,7 +56,10 @@ pub fn is_utc_date(s: &str) -> bool {
     }
     let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
     let num = |r: std::ops::Range<usize>| -> u32 {
-        std::str::from_utf8(&b[r]).ok().and_then(|s| s.parse().ok()).unwrap_or(99)
+        std::str::from_utf8(&b[r])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(99)
     };
     let frac = &b[19..b.len() - 1];
     digits(0..4)

@@ -9,8 +9,8 @@ use serde_json::{Map, Value, json};
 use tern_store::BlobHash;
 use tern_store::parse::{BodyPart, EmailDetail};
 
-use super::headers::{self, HeaderProp};
 use super::PartContent;
+use super::headers::{self, HeaderProp};
 use crate::id;
 use crate::method::MethodError;
 
@@ -171,10 +171,7 @@ pub fn render_part(
         m.insert(name.clone(), v);
     }
     if tree && multipart && !subparts_done {
-        m.insert(
-            "subParts".into(),
-            sub_parts(detail, part, blob, opts, tree),
-        );
+        m.insert("subParts".into(), sub_parts(detail, part, blob, opts, tree));
     }
     Value::Object(m)
 }
@@ -290,12 +287,11 @@ pub fn truncate(s: &str, max: usize, html: bool) -> (&str, bool) {
         end -= 1;
     }
     let mut cut = &s[..end];
-    if html {
-        if let Some(open) = cut.rfind('<') {
-            if cut[open..].find('>').is_none() {
-                cut = &cut[..open];
-            }
-        }
+    if html
+        && let Some(open) = cut.rfind('<')
+        && !cut[open..].contains('>')
+    {
+        cut = &cut[..open];
     }
     (cut, true)
 }

@@ -211,8 +211,8 @@ fn check_raw(s: &str) -> Result<(), String> {
     for (i, &c) in b.iter().enumerate() {
         match c {
             0 => return Err("NUL in a raw value".into()),
-            b'\r' if b.get(i + 1) == Some(&b'\n')
-                && matches!(b.get(i + 2), Some(b' ' | b'\t')) => {}
+            b'\r' if b.get(i + 1) == Some(&b'\n') && matches!(b.get(i + 2), Some(b' ' | b'\t')) => {
+            }
             b'\n' if i > 0 && b[i - 1] == b'\r' => {}
             b'\r' | b'\n' => return Err("a raw value may only contain folded line breaks".into()),
             _ => {}
@@ -265,9 +265,8 @@ fn phrase(name: &str) -> String {
 /// Unstructured text: as is when it is plain printable ASCII, else RFC
 /// 2047 encoded words.
 fn encode_text(s: &str) -> String {
-    let plain = s.is_ascii()
-        && !s.contains("=?")
-        && !s.chars().any(|c| c.is_ascii_control() && c != '\t');
+    let plain =
+        s.is_ascii() && !s.contains("=?") && !s.chars().any(|c| c.is_ascii_control() && c != '\t');
     if plain {
         s.to_string()
     } else {
@@ -376,26 +375,25 @@ impl PartBuilder<'_, '_> {
         if depth > 16 {
             return Err(invalid(prop, "body structure nested too deeply"));
         }
-        let obj = v.as_object().ok_or_else(|| invalid(prop, "a body part is an object"))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| invalid(prop, "a body part is an object"))?;
         let mut fields = Fields::new();
         for (k, val) in obj {
             if k.starts_with("header:") {
                 let lower = k.to_ascii_lowercase();
                 if lower.starts_with("header:content-transfer-encoding") {
-                    return Err(invalid(prop, "Content-Transfer-Encoding is set by the server"));
+                    return Err(invalid(
+                        prop,
+                        "Content-Transfer-Encoding is set by the server",
+                    ));
                 }
                 fields.add_header_prop(k, val)?;
             } else if !PART_SETTABLE.contains(&k.as_str()) {
                 return Err(invalid(prop, format!("{k} cannot be set on a body part")));
             }
         }
-        let str_prop = |name: &str| -> Result<Option<&str>, BuildError> {
-            match obj.get(name) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s.as_str())),
-                Some(_) => Err(invalid(prop, format!("{name} is a string"))),
-            }
-        };
+        let str_prop = |name: &str| string_prop(obj, prop, name);
         let part_id = str_prop("partId")?;
         let blob_id = str_prop("blobId")?;
         let charset = str_prop("charset")?;
@@ -437,13 +435,19 @@ impl PartBuilder<'_, '_> {
             None
         };
         for (given, field) in [
-            (obj.contains_key("disposition") || obj.contains_key("name"), "content-disposition"),
+            (
+                obj.contains_key("disposition") || obj.contains_key("name"),
+                "content-disposition",
+            ),
             (cid.is_some(), "content-id"),
             (language.is_some(), "content-language"),
             (location.is_some(), "content-location"),
         ] {
             if given && fields.has(field) {
-                return Err(invalid(prop, format!("a property and header:{field} both set it")));
+                return Err(invalid(
+                    prop,
+                    format!("a property and header:{field} both set it"),
+                ));
             }
         }
         let ctype = raw_type
@@ -591,6 +595,19 @@ impl PartBuilder<'_, '_> {
     }
 }
 
+/// An optional string property of a body part.
+fn string_prop<'a>(
+    obj: &'a Map<String, Value>,
+    prop: &str,
+    name: &str,
+) -> Result<Option<&'a str>, BuildError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err(invalid(prop, format!("{name} is a string"))),
+    }
+}
+
 /// A parameter value: a token as is, else a quoted string (non-ASCII is
 /// kept as UTF-8, RFC 6532).
 fn param_value(v: &str) -> String {
@@ -684,8 +701,8 @@ fn quoted_printable(text: &[u8]) -> Vec<u8> {
         let mut col = 0;
         for (i, &b) in line.iter().enumerate() {
             let last = i + 1 == line.len();
-            let literal = (b == b' ' || b == b'\t') && !last
-                || (33..=126).contains(&b) && b != b'=';
+            let literal =
+                (b == b' ' || b == b'\t') && !last || (33..=126).contains(&b) && b != b'=';
             let piece: Vec<u8> = if literal {
                 vec![b]
             } else {
@@ -750,12 +767,12 @@ fn write_part(out: &mut Vec<u8>, part: &Part) {
             }
             write_fields(out, &fields);
             out.extend_from_slice(b"\r\n");
+            // The CRLF before each delimiter belongs to the delimiter
+            // (RFC 2046 section 5.1.1), not to the part before it.
             for r in &rendered {
                 out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
                 out.extend_from_slice(r);
-                if !r.ends_with(b"\r\n") {
-                    out.extend_from_slice(b"\r\n");
-                }
+                out.extend_from_slice(b"\r\n");
             }
             out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
         }
@@ -827,12 +844,17 @@ pub fn build(
             .and_then(Value::as_str)
             .and_then(|e| e.rsplit_once('@'))
             .map(|(_, d)| d.trim())
-            .filter(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_alphanumeric() || ".-".contains(c)))
+            .filter(|d| {
+                !d.is_empty()
+                    && d.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ".-".contains(c))
+            })
             .unwrap_or("tern.invalid")
             .to_string();
-        fields
-            .fields
-            .push(("Message-ID".into(), format!(" <{}@{domain}>", unique_token())));
+        fields.fields.push((
+            "Message-ID".into(),
+            format!(" <{}@{domain}>", unique_token()),
+        ));
     }
     if !fields.has("mime-version") {
         fields.fields.push(("MIME-Version".into(), " 1.0".into()));
@@ -860,7 +882,13 @@ pub fn build(
                 ));
             }
         }
-        let root = pb.part(&obj["bodyStructure"], "bodyStructure", "text/plain", None, 0)?;
+        let root = pb.part(
+            &obj["bodyStructure"],
+            "bodyStructure",
+            "text/plain",
+            None,
+            0,
+        )?;
         // The root part must not repeat a field of the Email.
         for (n, _) in &root.fields {
             if fields.has(&n.to_ascii_lowercase()) {
@@ -869,20 +897,21 @@ pub fn build(
         }
         root
     } else {
-        let single = |pb: &mut PartBuilder<'_, '_>, k: &str, ty: &str| -> Result<Option<Part>, BuildError> {
-            match obj.get(k) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::Array(l)) if l.len() == 1 => {
-                    if let Some(t) = l[0].get("type").and_then(Value::as_str) {
-                        if !t.eq_ignore_ascii_case(ty) {
+        let single =
+            |pb: &mut PartBuilder<'_, '_>, k: &str, ty: &str| -> Result<Option<Part>, BuildError> {
+                match obj.get(k) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::Array(l)) if l.len() == 1 => {
+                        if let Some(t) = l[0].get("type").and_then(Value::as_str)
+                            && !t.eq_ignore_ascii_case(ty)
+                        {
                             return Err(invalid(k, format!("{k} is one {ty} part")));
                         }
+                        Ok(Some(pb.part(&l[0], k, ty, None, 0)?))
                     }
-                    Ok(Some(pb.part(&l[0], k, ty, None, 0)?))
+                    Some(_) => Err(invalid(k, format!("{k} is one {ty} part"))),
                 }
-                Some(_) => Err(invalid(k, format!("{k} is one {ty} part"))),
-            }
-        };
+            };
         let text = single(&mut pb, "textBody", "text/plain")?;
         let html = single(&mut pb, "htmlBody", "text/html")?;
         let mut inline = Vec::new();
@@ -997,7 +1026,8 @@ mod tests {
         assert!(m.contains("Message-ID: <"));
         assert!(m.contains("@example.com>\r\n"));
         assert!(m.contains("Content-Type: text/plain; charset=utf-8\r\n"));
-        assert!(m.contains("Content-Language: en\r\n"));
+        // Raw form is written as given (no space was given).
+        assert!(m.contains("Content-Language:en\r\n"));
         assert!(m.ends_with("\r\n\r\nI have the most brilliant plan."));
     }
 
@@ -1011,7 +1041,10 @@ mod tests {
             "bodyValues": {"t": {"value": "ça va\nline 2"}}
         }))
         .unwrap();
-        assert!(m.contains("Subject: =?UTF-8?B?Q3LDqG1lIGJyw7tsw6ll?=\r\n"), "{m}");
+        assert!(
+            m.contains("Subject: =?UTF-8?B?Q3LDqG1lIGJyw7tsw6ll?=\r\n"),
+            "{m}"
+        );
         assert!(m.contains("From: =?UTF-8?B?"));
         assert!(m.lines().all(|l| l.len() <= 78), "{m}");
         assert!(m.contains("Content-Transfer-Encoding: quoted-printable\r\n"));
@@ -1033,7 +1066,10 @@ mod tests {
             ("invalidProperties", vec!["id".into(), "size".into()])
         );
         assert_eq!(
-            kind(build_str(json!({"from": [], "header:From:asAddresses": []}))).0,
+            kind(build_str(
+                json!({"from": [], "header:From:asAddresses": []})
+            ))
+            .0,
             "invalidProperties"
         );
         assert_eq!(
@@ -1041,7 +1077,10 @@ mod tests {
             "invalidProperties"
         );
         assert_eq!(
-            kind(build_str(json!({"header:From:asDate": "2018-07-10T11:03:11Z"}))).0,
+            kind(build_str(
+                json!({"header:From:asDate": "2018-07-10T11:03:11Z"})
+            ))
+            .0,
             "invalidProperties"
         );
         assert_eq!(
@@ -1095,7 +1134,12 @@ mod tests {
         });
         let raw = build(obj.as_object().unwrap(), &mut read, 0).unwrap();
         let p = tern_store::parse::parse_message(&raw).unwrap();
-        let types: Vec<&str> = p.detail.parts.iter().map(|x| x.content_type.as_str()).collect();
+        let types: Vec<&str> = p
+            .detail
+            .parts
+            .iter()
+            .map(|x| x.content_type.as_str())
+            .collect();
         assert_eq!(
             types,
             [

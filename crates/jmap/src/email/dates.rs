@@ -22,7 +22,15 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let mp = (5 * doy + 2) / 153;
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
 }
 
 struct Civil {
@@ -210,7 +218,10 @@ mod tests {
             "Tue, 10 Jul 2018 11:03:11 +1000"
         );
         let p = parse_rfc3339("2018-07-10T11:03:11+10:00").unwrap();
-        assert_eq!((p.unix, p.offset_minutes, p.zulu), (1_531_184_591, 600, false));
+        assert_eq!(
+            (p.unix, p.offset_minutes, p.zulu),
+            (1_531_184_591, 600, false)
+        );
         let p = parse_rfc3339("2018-07-10T01:03:11.25Z").unwrap();
         assert_eq!((p.unix, p.millis, p.zulu), (1_531_184_591, 250, true));
         assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z").unwrap().unix, -1);

@@ -261,9 +261,13 @@ fn addresses(list: &[EmailAddress]) -> Value {
     if list.is_empty() {
         return Value::Null;
     }
+    // Display names are unfolded and trimmed (RFC 8621 section 4.1.2.3).
     Value::Array(
         list.iter()
-            .map(|a| json!({ "name": a.name, "email": a.email }))
+            .map(|a| {
+                let name = a.name.as_deref().map(str::trim).filter(|n| !n.is_empty());
+                json!({ "name": name, "email": a.email })
+            })
             .collect(),
     )
 }

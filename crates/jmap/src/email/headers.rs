@@ -84,7 +84,9 @@ pub fn parse_prop(prop: &str) -> Option<Result<HeaderProp, String>> {
     }
     let lower = name.to_ascii_lowercase();
     if !form_allowed(&lower, form) {
-        return Some(Err(format!("{prop:?}: the field may not be parsed in that form")));
+        return Some(Err(format!(
+            "{prop:?}: the field may not be parsed in that form"
+        )));
     }
     Some(Ok(HeaderProp {
         name: name.to_string(),
@@ -150,7 +152,12 @@ pub fn form_allowed(lower: &str, form: Form) -> bool {
             "resent-cc",
             "resent-bcc",
         ],
-        Form::MessageIds => &["message-id", "in-reply-to", "references", "resent-message-id"],
+        Form::MessageIds => &[
+            "message-id",
+            "in-reply-to",
+            "references",
+            "resent-message-id",
+        ],
         Form::Date => &["date", "resent-date"],
         Form::Urls => &[
             "list-help",
@@ -294,7 +301,10 @@ pub fn message_ids(raw: &str) -> Option<Vec<String>> {
     while let Some(start) = rest.find('<') {
         let after = &rest[start + 1..];
         let end = after.find('>')?;
-        let id: String = after[..end].chars().filter(|c| !c.is_whitespace()).collect();
+        let id: String = after[..end]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
         if id.is_empty() {
             return None;
         }
@@ -328,23 +338,19 @@ pub fn date(raw: &str) -> Option<(i64, i16)> {
 /// `<...>`; `None` when there are none.
 pub fn urls(raw: &str) -> Option<Vec<String>> {
     let mut out = Vec::new();
-    let mut rest = raw;
     let mut depth = 0usize;
-    let mut chars = rest.char_indices();
-    // Skip comments while looking for angle brackets.
     let mut start = None;
-    while let Some((i, c)) = chars.next() {
+    for (i, c) in raw.char_indices() {
         match c {
+            '<' if depth == 0 && start.is_none() => start = Some(i + 1),
+            '>' => {
+                if let Some(s) = start.take() {
+                    out.push(raw[s..i].chars().filter(|c| !c.is_whitespace()).collect());
+                }
+            }
+            // Comments are skipped.
             '(' if start.is_none() => depth += 1,
             ')' if start.is_none() && depth > 0 => depth -= 1,
-            '<' if depth == 0 && start.is_none() => start = Some(i + 1),
-            '>' if start.is_some() => {
-                let s = start.take().expect("checked");
-                let url: String = rest[s..i].chars().filter(|c| !c.is_whitespace()).collect();
-                out.push(url);
-                rest = &rest[i + 1..];
-                chars = rest.char_indices();
-            }
             _ => {}
         }
     }
@@ -378,10 +384,19 @@ mod tests {
     fn property_names() {
         assert_eq!(parse_prop("subject"), None);
         let p = prop("header:Resent-To:asAddresses:all").unwrap();
-        assert_eq!((p.name.as_str(), p.form, p.all), ("Resent-To", Form::Addresses, true));
+        assert_eq!(
+            (p.name.as_str(), p.form, p.all),
+            ("Resent-To", Form::Addresses, true)
+        );
         let p = prop("header:X-Custom").unwrap();
-        assert_eq!((p.lower.as_str(), p.form, p.all), ("x-custom", Form::Raw, false));
-        assert!(prop("header:X-Custom:asDate").is_ok(), "undefined fields take any form");
+        assert_eq!(
+            (p.lower.as_str(), p.form, p.all),
+            ("x-custom", Form::Raw, false)
+        );
+        assert!(
+            prop("header:X-Custom:asDate").is_ok(),
+            "undefined fields take any form"
+        );
         assert!(prop("header:From:asDate").is_err());
         assert!(prop("header:Subject:asAddresses").is_err());
         assert!(prop("header:List-Post:asURLs").is_ok());

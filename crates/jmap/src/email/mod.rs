@@ -22,7 +22,7 @@ use tern_store::kv::TxError;
 use tern_store::{AccountId, BlobHash, DataType, MailStore, blob};
 
 use crate::blob::BlobRef;
-use crate::id::{self, Kind};
+use crate::id::Kind;
 use crate::method::{Arguments, Ctx, MethodError, MethodResult};
 
 /// Most mailboxes one email may be in (`maxMailboxesPerEmail`); more is

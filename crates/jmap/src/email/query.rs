@@ -138,7 +138,9 @@ fn uint_arg(v: &Value, name: &str) -> Result<u64, MethodError> {
 
 /// Text conditions: answered with unsupportedFilter until the search
 /// index serves them (never with wrong results).
-const TEXT_CONDITIONS: &[&str] = &["text", "from", "to", "cc", "bcc", "subject", "body", "header"];
+const TEXT_CONDITIONS: &[&str] = &[
+    "text", "from", "to", "cc", "bcc", "subject", "body", "header",
+];
 
 fn parse_filter(ctx: &Ctx<'_>, v: &Value, depth: usize) -> Result<Filter, MethodError> {
     if depth > 32 {
@@ -278,9 +280,7 @@ fn parse_sort(v: Option<&Value>) -> Result<Vec<Comparator>, MethodError> {
             Some(Value::String(s)) if s == "i;unicode-casemap" => Collation::UnicodeCasemap,
             Some(Value::String(_)) => return Err(MethodError::UnsupportedSort),
             Some(_) => {
-                return Err(MethodError::invalid_arguments(
-                    "collation must be a string",
-                ));
+                return Err(MethodError::invalid_arguments("collation must be a string"));
             }
         };
         let keyword = || -> Result<String, MethodError> {
@@ -409,15 +409,15 @@ fn cond_matches(c: &Cond, meta: &EmailMeta, threads: &Threads) -> bool {
         Cond::After(ms) => meta.received_at.saturating_mul(1000) >= *ms,
         Cond::MinSize(n) => meta.size >= *n,
         Cond::MaxSize(n) => meta.size < *n,
-        Cond::AllInThreadHaveKeyword(k) => thread_keywords(threads, meta)
-            .iter()
-            .all(|kw| has(kw, k)),
-        Cond::SomeInThreadHaveKeyword(k) => thread_keywords(threads, meta)
-            .iter()
-            .any(|kw| has(kw, k)),
-        Cond::NoneInThreadHaveKeyword(k) => !thread_keywords(threads, meta)
-            .iter()
-            .any(|kw| has(kw, k)),
+        Cond::AllInThreadHaveKeyword(k) => {
+            thread_keywords(threads, meta).iter().all(|kw| has(kw, k))
+        }
+        Cond::SomeInThreadHaveKeyword(k) => {
+            thread_keywords(threads, meta).iter().any(|kw| has(kw, k))
+        }
+        Cond::NoneInThreadHaveKeyword(k) => {
+            !thread_keywords(threads, meta).iter().any(|kw| has(kw, k))
+        }
         Cond::HasKeyword(k) => meta.has_keyword(k),
         Cond::NotKeyword(k) => !meta.has_keyword(k),
         Cond::HasAttachment(b) => meta.envelope.has_attachment == *b,
@@ -461,16 +461,12 @@ fn sort_value(c: &Comparator, id: DocumentId, meta: &EmailMeta, threads: &Thread
         SortKey::Subject => SortValue::Text(c.collation.fold(&env.base_subject)),
         SortKey::SentAt => SortValue::Int(env.sent_at.map_or(i64::MIN, |d| d.unix), 0),
         SortKey::HasKeyword(k) => SortValue::Bool(meta.has_keyword(k)),
-        SortKey::AllInThreadHaveKeyword(k) => SortValue::Bool(
-            thread_keywords(threads, meta)
-                .iter()
-                .all(|kw| has(kw, k)),
-        ),
-        SortKey::SomeInThreadHaveKeyword(k) => SortValue::Bool(
-            thread_keywords(threads, meta)
-                .iter()
-                .any(|kw| has(kw, k)),
-        ),
+        SortKey::AllInThreadHaveKeyword(k) => {
+            SortValue::Bool(thread_keywords(threads, meta).iter().all(|kw| has(kw, k)))
+        }
+        SortKey::SomeInThreadHaveKeyword(k) => {
+            SortValue::Bool(thread_keywords(threads, meta).iter().any(|kw| has(kw, k)))
+        }
     }
 }
 
@@ -486,7 +482,9 @@ fn full_results(
         Some(None) => Vec::new(),
         Some(Some(m)) if !needs_threads => {
             let mut out = Vec::new();
-            for (_, i) in email::list_by_date(tx, account, Listing::Mailbox(m), true, None, usize::MAX)? {
+            for (_, i) in
+                email::list_by_date(tx, account, Listing::Mailbox(m), true, None, usize::MAX)?
+            {
                 if let Some(meta) = email::get(tx, account, i)? {
                     out.push((i, meta));
                 }
@@ -747,10 +745,10 @@ pub fn query_changes(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
             .filter(|(_, (i, _))| touched.contains(i) || created.contains(i))
             .map(|(index, (i, _))| json!({ "id": id::encode(Kind::Email, *i), "index": index }))
             .collect();
-        if let Some(max) = max_changes {
-            if (removed.len() + added.len()) as u64 > max {
-                return Err(MethodError::TooManyChanges.into());
-            }
+        if let Some(max) = max_changes
+            && (removed.len() + added.len()) as u64 > max
+        {
+            return Err(MethodError::TooManyChanges.into());
         }
         let mut out = Map::new();
         out.insert("accountId".into(), json!(id::account_id(account)));

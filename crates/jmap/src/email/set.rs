@@ -227,9 +227,15 @@ fn current_value(
             max_bytes: 0,
         },
     };
-    let detail = if matches!(prop, Prop::Header(_) | Prop::Headers | Prop::BodyStructure
-        | Prop::TextBody | Prop::HtmlBody | Prop::Attachments)
-    {
+    let detail = if matches!(
+        prop,
+        Prop::Header(_)
+            | Prop::Headers
+            | Prop::BodyStructure
+            | Prop::TextBody
+            | Prop::HtmlBody
+            | Prop::Attachments
+    ) {
         email::detail(tx, account, doc)?
     } else {
         None
@@ -300,7 +306,10 @@ fn update_one(
                     continue;
                 }
                 mutable.insert(
-                    format!("keywords/{}", k.to_lowercase().replace('~', "~0").replace('/', "~1")),
+                    format!(
+                        "keywords/{}",
+                        k.to_lowercase().replace('~', "~0").replace('/', "~1")
+                    ),
                     value.clone(),
                 );
             }
@@ -309,7 +318,10 @@ fn update_one(
                     invalid.push("mailboxIds".to_string());
                     continue;
                 }
-                mutable.insert(format!("mailboxIds/{}", resolve(created_ids, m)), value.clone());
+                mutable.insert(
+                    format!("mailboxIds/{}", resolve(created_ids, m)),
+                    value.clone(),
+                );
             }
             ("keywords", None) => {
                 mutable.insert(path.clone(), value.clone());
@@ -326,9 +338,9 @@ fn update_one(
                 mutable.insert(path.clone(), resolved);
             }
             (_, Some(_)) => {
-                return Ok(Err(SetError::new("invalidPatch").with_description(format!(
-                    "{path}: only keywords and mailboxIds can be patched"
-                ))));
+                return Ok(Err(SetError::new("invalidPatch").with_description(
+                    format!("{path}: only keywords and mailboxIds can be patched"),
+                )));
             }
             (name, None) => match get::Prop::parse(name) {
                 Some(Ok(prop)) => {
@@ -369,7 +381,7 @@ fn update_one(
         Ok(_) => Ok(Ok(())),
         Err(Error::NotFound(_)) => Ok(Err(SetError::new("notFound"))),
         Err(Error::Invalid(d)) => Ok(Err(
-            SetError::invalid_properties(["mailboxIds"]).with_description(d),
+            SetError::invalid_properties(["mailboxIds"]).with_description(d)
         )),
         Err(e) => Err(e.into()),
     }
@@ -418,8 +430,9 @@ pub fn set(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
                 let id_str = resolve(&ids, id_str);
                 let outcome = match patch {
                     Ok(p) => update_one(&mut w, &ids, &id_str, p)?,
-                    Err(()) => Err(SetError::new("invalidPatch")
-                        .with_description("a patch is an object")),
+                    Err(()) => {
+                        Err(SetError::new("invalidPatch").with_description("a patch is an object"))
+                    }
                 };
                 updated.push((id_str, outcome));
             }
@@ -584,10 +597,16 @@ pub fn import(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
             }
         };
         let Some(mailbox_ids) = e.get("mailboxIds").cloned() else {
-            not_created.insert(cid.clone(), fail(SetError::invalid_properties(["mailboxIds"])));
+            not_created.insert(
+                cid.clone(),
+                fail(SetError::invalid_properties(["mailboxIds"])),
+            );
             continue;
         };
-        let blob_ref = e.get("blobId").and_then(Value::as_str).and_then(BlobRef::parse);
+        let blob_ref = e
+            .get("blobId")
+            .and_then(Value::as_str)
+            .and_then(BlobRef::parse);
         let raw = match blob_ref {
             Some(r) => read_blob_ref(ctx.store, account, &r)?.map(|raw| (r, raw)),
             None => None,

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Everything CI checks: formatting, lints (warnings are errors), all tests.
+# Runs every check even after a failure and exits non-zero if any failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh || exit 1
+
+failed=()
+run() {
+    printf '\n==> %s\n' "$*" >&2
+    "$@" || failed+=("$*")
+}
+run cargo fmt --all -- --check
+run cargo clippy --workspace --all-targets -- -D warnings
+run cargo test --workspace
+
+if [ ${#failed[@]} -ne 0 ]; then
+    printf '\ntest.sh: FAILED:\n' >&2
+    printf '  %s\n' "${failed[@]}" >&2
+    exit 1
+fi
+printf '\ntest.sh: all checks passed\n' >&2

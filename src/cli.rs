@@ -1,0 +1,195 @@
+//! Command-line arguments.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::admin::Request;
+
+/// Tern, a JMAP mail server.
+#[derive(Debug, Parser)]
+#[command(name = "tern", version)]
+pub struct Cli {
+    /// TOML config file (default: built-in defaults, data in ./data).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server until SIGTERM or Ctrl-C.
+    Serve {
+        /// Also ensure the domain `localhost` and the account
+        /// demo@localhost (password "demo") exist.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Manage accounts (works whether or not the server runs).
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Manage local domains (works whether or not the server runs).
+    #[command(subcommand)]
+    Domain(DomainCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// Create an account; its domain must be local.
+    Add {
+        /// The account's address, also its login.
+        address: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+    /// List accounts with their usage.
+    List,
+    /// Delete an account and all its mail.
+    Remove {
+        /// The account's address.
+        address: String,
+    },
+    /// Set an account's password.
+    Passwd {
+        /// The account's address.
+        address: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DomainCommand {
+    /// Add a local domain.
+    Add {
+        /// The domain, e.g. example.com.
+        domain: String,
+    },
+    /// List local domains.
+    List,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct PasswordArgs {
+    /// The password (visible to other local users in the process list;
+    /// prefer --password-stdin).
+    #[arg(long, value_name = "PW")]
+    password: Option<String>,
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+impl PasswordArgs {
+    fn resolve(self) -> anyhow::Result<String> {
+        let password = match self.password {
+            Some(password) => password,
+            None => {
+                let mut line = String::new();
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut line)
+                    .context("cannot read the password from standard input")?;
+                line.trim_end_matches(['\n', '\r']).to_owned()
+            }
+        };
+        if password.is_empty() {
+            bail!("the password must not be empty");
+        }
+        Ok(password)
+    }
+}
+
+impl AccountCommand {
+    pub fn into_request(self) -> anyhow::Result<Request> {
+        Ok(match self {
+            AccountCommand::Add { address, password } => Request::AccountAdd {
+                address,
+                password: password.resolve()?,
+            },
+            AccountCommand::List => Request::AccountList {},
+            AccountCommand::Remove { address } => Request::AccountRemove { address },
+            AccountCommand::Passwd { address, password } => Request::AccountPasswd {
+                address,
+                password: password.resolve()?,
+            },
+        })
+    }
+}
+
+impl DomainCommand {
+    pub fn into_request(self) -> Request {
+        match self {
+            DomainCommand::Add { domain } => Request::DomainAdd { domain },
+            DomainCommand::List => Request::DomainList {},
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tern").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn config_goes_before_or_after_the_command() {
+        for args in [
+            &["--config", "t.toml", "serve"][..],
+            &["serve", "--config", "t.toml"][..],
+        ] {
+            let cli = parse(args).unwrap();
+            assert_eq!(cli.config, Some(PathBuf::from("t.toml")));
+            assert!(matches!(cli.command, Command::Serve { demo: false }));
+        }
+    }
+
+    #[test]
+    fn account_add_needs_exactly_one_password_source() {
+        let cli = parse(&["account", "add", "a@example.com", "--password", "pw"]).unwrap();
+        let Command::Account(command) = cli.command else {
+            panic!("not an account command");
+        };
+        assert_eq!(
+            command.into_request().unwrap(),
+            Request::AccountAdd {
+                address: "a@example.com".into(),
+                password: "pw".into()
+            }
+        );
+        assert!(parse(&["account", "add", "a@example.com"]).is_err());
+        assert!(
+            parse(&[
+                "account",
+                "add",
+                "a@example.com",
+                "--password",
+                "pw",
+                "--password-stdin"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn empty_password_is_refused() {
+        let cli = parse(&["account", "passwd", "a@example.com", "--password", ""]).unwrap();
+        let Command::Account(command) = cli.command else {
+            panic!("not an account command");
+        };
+        assert!(command.into_request().is_err());
+    }
+}

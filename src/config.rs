@@ -1,0 +1,325 @@
+//! The TOML configuration file.
+//!
+//! One struct per section, each with `#[serde(default, deny_unknown_fields)]`
+//! and a `Default` that is the value a newcomer gets without a config file.
+//! To add a section for a new service (say `[jmap]`):
+//!
+//! 1. define `JmapConfig` here, deriving like [`ListenConfig`], with a
+//!    `Default` impl;
+//! 2. add `pub jmap: JmapConfig` to [`Config`];
+//! 3. document the section with its defaults in `resources/config.toml`
+//!    (a test checks that file parses to `Config::default()`);
+//! 4. check values serde cannot check in [`Config::validate`], naming the key.
+//!
+//! A config file is refused at start, with the key named, if it has an
+//! unknown key or a bad value: [`Config::parse`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the store keeps its files, and where `admin.sock` lives.
+    pub data_dir: PathBuf,
+    /// The name this server gives itself (SMTP greeting, Message-IDs).
+    pub hostname: String,
+    /// Local mail domains, ensured to exist in the store at `tern serve`.
+    pub domains: Vec<String>,
+    pub listen: ListenConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            hostname: machine_hostname(),
+            domains: vec!["localhost".to_owned()],
+            listen: ListenConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// `[listen]`: socket addresses of the network services.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// JMAP over HTTP.
+    pub jmap: SocketAddr,
+    /// SMTP for other mail servers (MX).
+    pub smtp: SocketAddr,
+    /// SMTP submission for users and applications (AUTH required).
+    pub submission: SocketAddr,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            jmap: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            smtp: SocketAddr::from(([127, 0, 0, 1], 2525)),
+            submission: SocketAddr::from(([127, 0, 0, 1], 5870)),
+        }
+    }
+}
+
+/// `[log]`: what is logged (to stderr) and how.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Overridden by the `TERN_LOG` environment variable (an env-filter
+    /// directive such as `debug` or `tern=debug,tern_store=info`).
+    pub level: LogLevel,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl Config {
+    /// The configuration for `--config FILE`, or the defaults without it.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("config file {} refused", path.display()))
+    }
+
+    /// Parses and validates a config file's text. Errors name the offending
+    /// key as a dotted path (`listen.smtp`, `domains[1]`).
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let config: Config = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|err| {
+                let key = err.path().to_string();
+                let detail = err.inner().to_string();
+                let detail = detail.trim_end();
+                if key == "." {
+                    // A syntax error: no key to name; toml shows line and column.
+                    anyhow::anyhow!("{detail}")
+                } else if detail.contains("unknown field") {
+                    anyhow::anyhow!("unknown key `{key}`: {detail}")
+                } else {
+                    anyhow::anyhow!("bad value for key `{key}`: {detail}")
+                }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot.
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.data_dir.as_os_str().is_empty() {
+            bail!("bad value for key `data_dir`: must not be empty");
+        }
+        if !is_domain_name(&self.hostname) {
+            bail!(
+                "bad value for key `hostname`: {:?} is not a host name",
+                self.hostname
+            );
+        }
+        for (i, domain) in self.domains.iter().enumerate() {
+            if !is_domain_name(domain) {
+                bail!("bad value for key `domains[{i}]`: {domain:?} is not a domain name");
+            }
+        }
+        let listen = [
+            ("listen.jmap", self.listen.jmap),
+            ("listen.smtp", self.listen.smtp),
+            ("listen.submission", self.listen.submission),
+        ];
+        for (i, (key, addr)) in listen.iter().enumerate() {
+            if let Some((other, _)) = listen[..i].iter().find(|(_, a)| a == addr) {
+                bail!("bad value for key `{key}`: {addr} is already used by `{other}`");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Letters, digits, `-` and `.`, in labels of 1..=63 characters.
+fn is_domain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// This machine's host name, or `localhost` when it has no usable one.
+fn machine_hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .map(|name| name.trim().to_owned())
+        .find(|name| is_domain_name(name))
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `text`, expecting a refusal whose message contains each of `expected`.
+    fn check_refused(text: &str, expected: &[&str]) {
+        let err = match Config::parse(text) {
+            Ok(config) => panic!("accepted {text:?} as {config:?}"),
+            Err(err) => format!("{err:#}"),
+        };
+        for want in expected {
+            assert!(
+                err.contains(want),
+                "error for {text:?} lacks {want:?}:\n{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn shipped_config_file_is_the_defaults() {
+        let text = include_str!("../resources/config.toml");
+        assert_eq!(Config::parse(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = Config::default();
+        assert_eq!(config.data_dir, Path::new("./data"));
+        assert_eq!(config.domains, ["localhost"]);
+        assert_eq!(config.listen.jmap.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.listen.smtp.to_string(), "127.0.0.1:2525");
+        assert_eq!(config.listen.submission.to_string(), "127.0.0.1:5870");
+        assert_eq!(config.log, LogConfig::default());
+        assert!(is_domain_name(&config.hostname));
+    }
+
+    #[test]
+    fn production_example_parses() {
+        let config = Config::parse(
+            r#"
+            data_dir = "/var/lib/tern"
+            hostname = "mx.example.com"
+            domains = ["example.com", "example.org"]
+            [listen]
+            jmap = "0.0.0.0:443"
+            smtp = "0.0.0.0:25"
+            submission = "0.0.0.0:587"
+            [log]
+            level = "debug"
+            format = "json"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.data_dir, Path::new("/var/lib/tern"));
+        assert_eq!(config.hostname, "mx.example.com");
+        assert_eq!(config.domains, ["example.com", "example.org"]);
+        assert_eq!(config.listen.jmap.to_string(), "0.0.0.0:443");
+        assert_eq!(config.listen.smtp.to_string(), "0.0.0.0:25");
+        assert_eq!(config.listen.submission.to_string(), "0.0.0.0:587");
+        assert_eq!(config.log.level, LogLevel::Debug);
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn partial_section_keeps_other_defaults() {
+        let config = Config::parse("[listen]\nsmtp = \"0.0.0.0:25\"\n").unwrap();
+        assert_eq!(config.listen.smtp.to_string(), "0.0.0.0:25");
+        assert_eq!(config.listen.jmap, ListenConfig::default().jmap);
+    }
+
+    #[test]
+    fn bad_socket_address_names_the_key() {
+        check_refused(
+            "[listen]\nsmtp = \"not-an-address\"\n",
+            &["`listen.smtp`", "line 2"],
+        );
+        check_refused("[listen]\nsubmission = 587\n", &["`listen.submission`"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        check_refused("colour = \"blue\"\n", &["unknown key `colour`"]);
+        check_refused(
+            "[listen]\nimap = \"127.0.0.1:143\"\n",
+            &["unknown key `listen.imap`"],
+        );
+        check_refused("[logging]\nlevel = \"info\"\n", &["unknown key `logging`"]);
+        check_refused("[log]\nlevle = \"info\"\n", &["unknown key `log.levle`"]);
+    }
+
+    #[test]
+    fn bad_enum_values_are_named() {
+        check_refused("[log]\nlevel = \"loud\"\n", &["`log.level`", "loud"]);
+        check_refused("[log]\nformat = \"xml\"\n", &["`log.format`", "xml"]);
+    }
+
+    #[test]
+    fn bad_types_are_named() {
+        check_refused("domains = \"example.com\"\n", &["`domains`"]);
+        check_refused("domains = [\"example.com\", 7]\n", &["`domains[1]`"]);
+        check_refused("listen = 3\n", &["`listen`"]);
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        check_refused(
+            "domains = [\"ok.example\", \"not a domain\"]\n",
+            &["`domains[1]`"],
+        );
+        check_refused("hostname = \"\"\n", &["`hostname`"]);
+        check_refused("data_dir = \"\"\n", &["`data_dir`"]);
+        check_refused(
+            "[listen]\nsmtp = \"127.0.0.1:2525\"\nsubmission = \"127.0.0.1:2525\"\n",
+            &["`listen.submission`", "`listen.smtp`"],
+        );
+    }
+
+    #[test]
+    fn syntax_errors_give_the_line() {
+        check_refused("data_dir = \n", &["line 1"]);
+    }
+}

@@ -1,0 +1,130 @@
+//! The `tern` binary: configuration, CLI and the wiring of the services.
+
+mod admin;
+mod cli;
+mod config;
+mod serve;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::admin::Response;
+use crate::cli::{Cli, Command};
+use crate::config::{Config, LogConfig, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve { demo } => {
+            init_logging(&config.log, config.log.level.as_str())?;
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+            runtime.block_on(serve::run(config, serve::ServeOptions { demo }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Account(command) => {
+            // Commands print their result; logs are for warnings unless asked.
+            init_logging(&config.log, "warn")?;
+            admin_command(&config, command.into_request()?)
+        }
+        Command::Domain(command) => {
+            init_logging(&config.log, "warn")?;
+            admin_command(&config, command.into_request())
+        }
+    }
+}
+
+/// Logs go to stderr. `TERN_LOG` (env-filter syntax) overrides `level`.
+fn init_logging(log: &LogConfig, level: &str) -> anyhow::Result<()> {
+    let filter = match std::env::var("TERN_LOG") {
+        Ok(directives) if !directives.is_empty() => {
+            EnvFilter::try_new(&directives).context("bad TERN_LOG")?
+        }
+        _ => EnvFilter::new(level),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn admin_command(config: &Config, request: admin::Request) -> anyhow::Result<ExitCode> {
+    let (route, response) = admin::client::run(&config.data_dir, request)?;
+    tracing::debug!(?route, "admin command answered");
+    match response {
+        Response::Done { message } => println!("{message}"),
+        Response::Domains { domains } => {
+            for domain in domains {
+                println!("{domain}");
+            }
+        }
+        Response::Accounts { accounts } => {
+            let width = accounts.iter().map(|a| a.address.len()).max().unwrap_or(0);
+            let width = width.max("ADDRESS".len());
+            println!(
+                "{:>6}  {:<width$}  {:>12}  {:>12}",
+                "ID", "ADDRESS", "USED", "QUOTA"
+            );
+            for account in accounts {
+                println!(
+                    "{:>6}  {:<width$}  {:>12}  {:>12}",
+                    account.id,
+                    account.address,
+                    human_size(account.used_bytes),
+                    human_size(account.quota_bytes)
+                );
+            }
+        }
+        Response::Error { message, .. } => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `1536` → `1.5 KiB`.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn human_size() {
+        assert_eq!(super::human_size(0), "0 B");
+        assert_eq!(super::human_size(1023), "1023 B");
+        assert_eq!(super::human_size(1536), "1.5 KiB");
+        assert_eq!(super::human_size(10 << 30), "10.0 GiB");
+    }
+}

@@ -1,0 +1,320 @@
+//! `tern serve`: open the store, start every service, stop them together.
+//!
+//! Each service is a future built from the config and a [`MailStore`]
+//! handle that runs until its [`Shutdown`] fires, then finishes its work in
+//! flight and returns. [`Services`] spawns them and, on SIGTERM/SIGINT (or
+//! when one service fails), signals all of them and waits, bounded by
+//! [`SHUTDOWN_GRACE`]. Adding a listener is one `services.spawn(..)` call in
+//! [`run`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use tern_store::MailStore;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::admin::server::AdminListener;
+use crate::config::Config;
+
+/// How long services get to finish their work in flight after a stop signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The demo account `tern serve --demo` ensures.
+pub const DEMO_ADDRESS: &str = "demo@localhost";
+pub const DEMO_PASSWORD: &str = "demo";
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServeOptions {
+    /// Ensure the `localhost` domain and the demo account exist.
+    pub demo: bool,
+}
+
+/// The shutdown signal a service watches. Cheap to clone. The protocol
+/// crates take the inner `watch::Receiver<bool>` (true = stop).
+#[derive(Debug, Clone)]
+pub struct Shutdown(pub watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Resolves once shutdown has begun (at once if it already has).
+    pub async fn wait(&mut self) {
+        // An error means the sender is gone, which also means: stop.
+        let _ = self.0.wait_for(|&stopping| stopping).await;
+    }
+}
+
+/// The running services and their common shutdown signal.
+#[derive(Debug)]
+struct Services {
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    stop: watch::Sender<bool>,
+}
+
+impl Services {
+    fn new() -> Services {
+        Services {
+            tasks: JoinSet::new(),
+            stop: watch::Sender::new(false),
+        }
+    }
+
+    fn shutdown(&self) -> Shutdown {
+        Shutdown(self.stop.subscribe())
+    }
+
+    fn spawn<F>(&mut self, name: &'static str, service: F)
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        tracing::debug!(service = name, "starting");
+        self.tasks.spawn(async move { (name, service.await) });
+    }
+
+    /// Resolves when a service ends before shutdown: that is a failure.
+    async fn first_exit(&mut self) -> anyhow::Error {
+        match self.tasks.join_next().await {
+            Some(Ok((name, Ok(())))) => anyhow::anyhow!("service {name} stopped unexpectedly"),
+            Some(Ok((name, Err(err)))) => err.context(format!("service {name} failed")),
+            Some(Err(err)) => anyhow::anyhow!("a service panicked: {err}"),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Signals every service to stop and waits up to `grace` for them.
+    /// Returns whether all of them stopped cleanly.
+    async fn stop(mut self, grace: Duration) -> bool {
+        self.stop.send_replace(true);
+        let mut clean = true;
+        let drained = tokio::time::timeout(grace, async {
+            while let Some(joined) = self.tasks.join_next().await {
+                match joined {
+                    Ok((name, Ok(()))) => tracing::debug!(service = name, "stopped"),
+                    Ok((name, Err(err))) => {
+                        tracing::error!(
+                            service = name,
+                            error = format!("{err:#}"),
+                            "failed while stopping"
+                        );
+                        clean = false;
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "a service panicked while stopping");
+                        clean = false;
+                    }
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                remaining = self.tasks.len(),
+                "services did not stop within {}s; aborting them",
+                grace.as_secs()
+            );
+            self.tasks.shutdown().await;
+            clean = false;
+        }
+        clean
+    }
+}
+
+/// Runs the server until SIGTERM/SIGINT. Returns `Ok` after a clean stop.
+pub async fn run(config: Config, options: ServeOptions) -> anyhow::Result<()> {
+    // Install the handlers first: a signal from now on stops us cleanly.
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+
+    let data_dir = config.data_dir.clone();
+    let store = blocking(move || {
+        MailStore::open(&data_dir).with_context(|| {
+            format!(
+                "cannot open the store in {} (is another tern process using it?)",
+                data_dir.display()
+            )
+        })
+    })
+    .await?;
+    tracing::info!(data_dir = %config.data_dir.display(), "store opened");
+
+    let mut domains = config.domains.clone();
+    if options.demo && !domains.iter().any(|d| d == "localhost") {
+        domains.push("localhost".to_owned());
+    }
+    let setup_store = store.clone();
+    blocking(move || ensure_setup(&setup_store, &domains, options.demo)).await?;
+
+    let mut services = Services::new();
+    let admin = AdminListener::bind(&config.data_dir)?;
+    let admin_path = admin.path().to_owned();
+    services.spawn("admin", admin.serve(store.clone(), services.shutdown()));
+    // The JMAP and SMTP listeners join here once tern-jmap and tern-smtp
+    // have a server, each as one call:
+    //   let (cfg, store, stop) = (jmap_config, store.clone(), services.shutdown().0);
+    //   services.spawn("jmap", async move { Ok(tern_jmap::server::serve(cfg, store, stop).await?) });
+
+    println!("{}", banner(&config, &admin_path, options));
+    tracing::info!(hostname = %config.hostname, "tern is running");
+
+    let outcome = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); Ok(()) }
+        _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); Ok(()) }
+        err = services.first_exit() => Err(err),
+    };
+    let clean = services.stop(SHUTDOWN_GRACE).await;
+    // The last handle: dropping it closes the store, which flushes.
+    blocking(move || {
+        drop(store);
+        Ok(())
+    })
+    .await?;
+    tracing::info!("stopped");
+    outcome?;
+    anyhow::ensure!(clean, "services did not stop cleanly");
+    Ok(())
+}
+
+async fn blocking<T, F>(f: F) -> anyhow::Result<T>
+where
+    F: FnOnce() -> anyhow::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("a blocking task panicked")?
+}
+
+/// Adds the configured domains the store lacks; with `demo`, ensures the
+/// demo account exists and has the demo password.
+fn ensure_setup(store: &MailStore, domains: &[String], demo: bool) -> anyhow::Result<()> {
+    let existing = store.list_domains().context("cannot list domains")?;
+    for domain in domains {
+        if !existing.contains(domain) {
+            match store.add_domain(domain) {
+                Ok(()) | Err(tern_store::Error::AlreadyExists { .. }) => {}
+                Err(err) => return Err(err).context(format!("cannot add domain {domain}")),
+            }
+            tracing::info!(%domain, "domain added from the config");
+        }
+    }
+    if demo {
+        match store.create_account(DEMO_ADDRESS, DEMO_PASSWORD) {
+            Ok(id) => tracing::info!(%id, "demo account created"),
+            // It exists: reset its password so the printed credentials work.
+            Err(tern_store::Error::AlreadyExists { .. }) => store
+                .set_password(DEMO_ADDRESS, DEMO_PASSWORD)
+                .context("cannot reset the demo account's password")?,
+            Err(err) => return Err(err).context("cannot create the demo account"),
+        }
+    }
+    Ok(())
+}
+
+/// What `tern serve` prints once it runs: how to reach it, and what is
+/// not built yet.
+fn banner(config: &Config, admin_path: &std::path::Path, options: ServeOptions) -> String {
+    let l = &config.listen;
+    let mut out = format!(
+        "Tern {} is running (data in {}).\n\
+         \x20 admin socket:  {} (used by `tern account …` and `tern domain …`)\n\
+         \x20 JMAP session:  (coming: {} once the JMAP server is built; not listening yet)\n\
+         \x20 SMTP (MX):     (coming: port {} on {}; not listening yet)\n\
+         \x20 submission:    (coming: port {} on {}; not listening yet)\n",
+        env!("CARGO_PKG_VERSION"),
+        config.data_dir.display(),
+        admin_path.display(),
+        session_url(config),
+        l.smtp.port(),
+        l.smtp.ip(),
+        l.submission.port(),
+        l.submission.ip(),
+    );
+    if options.demo {
+        out.push_str(&format!(
+            "  demo account:  {DEMO_ADDRESS}, password {DEMO_PASSWORD:?}\n"
+        ));
+    }
+    out.push_str("Stop with Ctrl-C or SIGTERM.");
+    out
+}
+
+/// The JMAP session URL a client on this machine would use.
+fn session_url(config: &Config) -> String {
+    let addr = config.listen.jmap;
+    let host = if addr.ip().is_unspecified() {
+        config.hostname.clone()
+    } else {
+        match addr {
+            SocketAddr::V4(v4) => v4.ip().to_string(),
+            SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+        }
+    };
+    format!("http://{host}:{}/.well-known/jmap", addr.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_url_for_defaults_and_production() {
+        let mut config = Config::default();
+        assert_eq!(
+            session_url(&config),
+            "http://127.0.0.1:8080/.well-known/jmap"
+        );
+        config.hostname = "mx.example.com".into();
+        config.listen.jmap = "0.0.0.0:443".parse().unwrap();
+        assert_eq!(
+            session_url(&config),
+            "http://mx.example.com:443/.well-known/jmap"
+        );
+        config.listen.jmap = "[::1]:8080".parse().unwrap();
+        assert_eq!(session_url(&config), "http://[::1]:8080/.well-known/jmap");
+    }
+
+    #[test]
+    fn banner_is_honest_about_missing_listeners() {
+        let config = Config::default();
+        let text = banner(
+            &config,
+            std::path::Path::new("data/admin.sock"),
+            ServeOptions { demo: true },
+        );
+        assert!(text.contains("(coming: http://127.0.0.1:8080/.well-known/jmap"));
+        assert!(text.contains("(coming: port 2525"));
+        assert!(text.contains("(coming: port 5870"));
+        assert!(text.contains("demo@localhost, password \"demo\""));
+    }
+
+    #[tokio::test]
+    async fn stop_waits_for_services_and_bounds_the_wait() {
+        let mut services = Services::new();
+        let mut shutdown = services.shutdown();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        services.spawn("polite", async move {
+            shutdown.wait().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = done_tx.send(());
+            Ok(())
+        });
+        assert!(services.stop(Duration::from_secs(5)).await);
+        done_rx
+            .await
+            .expect("the service finished its work before stop returned");
+
+        let mut services = Services::new();
+        services.spawn("stubborn", std::future::pending());
+        assert!(!services.stop(Duration::from_millis(50)).await);
+    }
+
+    #[tokio::test]
+    async fn a_failing_service_is_reported() {
+        let mut services = Services::new();
+        services.spawn("broken", async { anyhow::bail!("port taken") });
+        let err = services.first_exit().await;
+        assert!(format!("{err:#}").contains("service broken failed: port taken"));
+    }
+}
