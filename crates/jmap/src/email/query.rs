@@ -771,3 +771,139 @@ pub fn query_changes(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
     })?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(filter: Option<Filter>, sort: &[(SortKey, bool)], collapse: bool) -> Spec {
+        let mut sort: Vec<Comparator> = sort
+            .iter()
+            .map(|(key, ascending)| Comparator {
+                key: key.clone(),
+                ascending: *ascending,
+                collation: Collation::UnicodeCasemap,
+            })
+            .collect();
+        if sort.is_empty() {
+            sort.push(Comparator {
+                key: SortKey::ReceivedAt,
+                ascending: false,
+                collation: Collation::UnicodeCasemap,
+            });
+        }
+        Spec {
+            filter,
+            sort,
+            collapse,
+        }
+    }
+
+    fn unseen() -> Cond {
+        Cond::NotKeyword("$seen".into())
+    }
+
+    #[test]
+    fn date_index_answers_the_listing_queries_only() {
+        let newest = [(SortKey::ReceivedAt, false)];
+        let cases: Vec<(Option<Filter>, Option<Option<Listing>>)> = vec![
+            (None, Some(Some(Listing::All))),
+            (Some(Filter::Cond(vec![])), Some(Some(Listing::All))),
+            (
+                Some(Filter::Cond(vec![Cond::InMailbox(Some(3))])),
+                Some(Some(Listing::Mailbox(3))),
+            ),
+            (
+                Some(Filter::Cond(vec![Cond::InMailbox(Some(3)), unseen()])),
+                Some(Some(Listing::MailboxUnseen(3))),
+            ),
+            (
+                Some(Filter::And(vec![
+                    Filter::Cond(vec![unseen()]),
+                    Filter::Cond(vec![Cond::InMailbox(Some(3))]),
+                ])),
+                Some(Some(Listing::MailboxUnseen(3))),
+            ),
+            (Some(Filter::Cond(vec![Cond::InMailbox(None)])), Some(None)),
+            (Some(Filter::Cond(vec![unseen()])), None),
+            (
+                Some(Filter::Cond(vec![
+                    Cond::InMailbox(Some(3)),
+                    Cond::HasKeyword("$flagged".into()),
+                ])),
+                None,
+            ),
+            (
+                Some(Filter::Cond(vec![
+                    Cond::InMailbox(Some(3)),
+                    Cond::InMailbox(Some(4)),
+                ])),
+                None,
+            ),
+            (
+                Some(Filter::Or(vec![Filter::Cond(vec![Cond::InMailbox(Some(
+                    3,
+                ))])])),
+                None,
+            ),
+            (
+                Some(Filter::Not(vec![Filter::Cond(vec![Cond::InMailbox(
+                    Some(3),
+                )])])),
+                None,
+            ),
+        ];
+        for (filter, expected) in cases {
+            let s = spec(filter.clone(), &newest, false);
+            assert_eq!(s.index_listing(), expected, "{filter:?}");
+            // Collapsing threads still walks the index.
+            let s = spec(filter.clone(), &newest, true);
+            assert_eq!(s.index_listing(), expected, "{filter:?} collapsed");
+        }
+        let inbox = Some(Filter::Cond(vec![Cond::InMailbox(Some(0))]));
+        assert_eq!(
+            spec(inbox.clone(), &[], false).index_listing(),
+            Some(Some(Listing::Mailbox(0))),
+            "no sort means newest first"
+        );
+        for other in [
+            vec![(SortKey::ReceivedAt, true)],
+            vec![(SortKey::Size, false)],
+            vec![(SortKey::ReceivedAt, false), (SortKey::Size, false)],
+        ] {
+            assert_eq!(spec(inbox.clone(), &other, false).index_listing(), None);
+        }
+    }
+
+    #[test]
+    fn thread_dependence() {
+        let s = spec(
+            Some(Filter::Not(vec![Filter::Cond(vec![
+                Cond::SomeInThreadHaveKeyword("$seen".into()),
+            ])])),
+            &[],
+            false,
+        );
+        assert!(s.needs_threads());
+        let s = spec(
+            None,
+            &[(SortKey::AllInThreadHaveKeyword("$seen".into()), true)],
+            false,
+        );
+        assert!(s.needs_threads());
+        let s = spec(
+            Some(Filter::Cond(vec![Cond::HasKeyword("$seen".into())])),
+            &[(SortKey::HasKeyword("$seen".into()), true)],
+            true,
+        );
+        assert!(!s.needs_threads());
+        assert_eq!(
+            Filter::And(vec![Filter::Cond(vec![Cond::InMailbox(Some(2))])]).required_mailbox(),
+            Some(Some(2))
+        );
+        assert_eq!(
+            Filter::Or(vec![Filter::Cond(vec![Cond::InMailbox(Some(2))])]).required_mailbox(),
+            None
+        );
+    }
+}
