@@ -243,6 +243,14 @@ pub fn changes_method(
     Ok((out, c))
 }
 
+/// A patch object, or `Err` when the client sent something that is not an
+/// object (answered with an invalidPatch SetError).
+pub type Patch = Result<Map<String, Value>, ()>;
+
+/// One update's patch as given: `Err(())` when it is not an object (an
+/// invalidPatch SetError for that record).
+pub type PatchArg = Result<Map<String, Value>, ()>;
+
 /// A parsed /set request.
 #[derive(Debug)]
 pub struct SetRequest {
@@ -255,7 +263,7 @@ pub struct SetRequest {
     pub create: Vec<(String, Map<String, Value>)>,
     /// Id (creation references resolved) → patch; a patch that is not an
     /// object is kept as `Err` for an invalidPatch SetError.
-    pub update: Vec<(String, Result<Map<String, Value>, ()>)>,
+    pub update: Vec<(String, Patch)>,
     /// Ids to destroy (creation references resolved).
     pub destroy: Vec<String>,
 }

@@ -49,7 +49,7 @@ impl JmapConfig {
             base_url: None,
             limits: Limits::default(),
             tls: None,
-            auth_cache_ttl: Duration::from_secs(300),
+            auth_cache_ttl: Duration::from_secs(60),
             upload_ttl: Duration::from_secs(24 * 3600),
             upload_quota: 200_000_000,
         }

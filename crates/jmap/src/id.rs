@@ -111,6 +111,22 @@ pub fn parse_blob_id(s: &str) -> Option<BlobHash> {
     BlobHash::from_hex(s.strip_prefix('B')?)
 }
 
+/// A blobId for one MIME part of a stored message: `P` + hex SHA-256 of
+/// the raw message + `_` + the part's index in the email's body structure
+/// (`EmailDetail::parts`, deterministic for the same bytes).
+pub fn part_blob_id(hash: &BlobHash, part: u32) -> String {
+    format!("P{}_{}", hash.to_hex(), base32(part as u64))
+}
+
+/// The message blob and part index named by a part blobId.
+pub fn parse_part_blob_id(s: &str) -> Option<(BlobHash, u32)> {
+    let (hash, part) = s.strip_prefix('P')?.split_once('_')?;
+    Some((
+        BlobHash::from_hex(hash)?,
+        u32::try_from(parse_base32(part)?).ok()?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,20 +150,4 @@ mod tests {
         assert_eq!(parse_state("12"), Some(12));
         assert_eq!(parse_state("-1"), None);
     }
-}
-
-/// A blobId for one MIME part of a stored message: `P` + hex SHA-256 of
-/// the raw message + `_` + the part's index in the email's body structure
-/// (`EmailDetail::parts`, deterministic for the same bytes).
-pub fn part_blob_id(hash: &BlobHash, part: u32) -> String {
-    format!("P{}_{}", hash.to_hex(), base32(part as u64))
-}
-
-/// The message blob and part index named by a part blobId.
-pub fn parse_part_blob_id(s: &str) -> Option<(BlobHash, u32)> {
-    let (hash, part) = s.strip_prefix('P')?.split_once('_')?;
-    Some((
-        BlobHash::from_hex(hash)?,
-        u32::try_from(parse_base32(part)?).ok()?,
-    ))
 }

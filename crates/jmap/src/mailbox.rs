@@ -854,7 +854,7 @@ fn apply_set(
             (d, s)
         })
         .collect();
-    order.sort_by(|a, b| b.0.cmp(&a.0));
+    order.sort_by_key(|e| std::cmp::Reverse(e.0));
     let mut seen = BTreeSet::new();
     for (_, sid) in order {
         if !seen.insert(sid.clone()) {
