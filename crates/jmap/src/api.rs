@@ -16,6 +16,9 @@ use crate::method::{Arguments, Ctx, Limits, MethodError, MethodResult};
 use crate::problem::{self, Problem};
 use crate::session::{CAPABILITIES, CORE, MAIL, QUOTA, SUBMISSION, VACATION};
 
+/// The URN namespace of IETF JMAP capabilities (RFC 8620 section 9.3).
+const IETF_NAMESPACE: &str = "urn:ietf:params:jmap:";
+
 type Plain = fn(&mut Ctx<'_>, Arguments) -> MethodResult;
 type WithMail = fn(&mut Ctx<'_>, Arguments, bool) -> MethodResult;
 
@@ -132,7 +135,12 @@ fn parse_request(body: &[u8], limits: &Limits) -> Result<Request, Problem> {
         }
     }
     for u in &using {
-        if !CAPABILITIES.contains(&u.as_str()) {
+        // Capabilities of the IETF JMAP namespace that Tern does not
+        // implement (contacts, calendars, sieve, ...) are accepted and grant
+        // nothing (their methods answer unknownMethod): some clients, such
+        // as jmap-client, send the whole registry in every request. Any
+        // other unknown URI is refused.
+        if !CAPABILITIES.contains(&u.as_str()) && !u.starts_with(IETF_NAMESPACE) {
             return Err(Problem::new(
                 StatusCode::BAD_REQUEST,
                 problem::UNKNOWN_CAPABILITY,

@@ -25,8 +25,9 @@ pub const CAPABILITIES: [&str; 5] = [CORE, MAIL, SUBMISSION, VACATION, QUOTA];
 pub const MAX_MAILBOX_NAME: usize = 255;
 /// Deepest mailbox hierarchy (one more than the most ancestors).
 pub const MAX_MAILBOX_DEPTH: usize = 16;
-/// `Email/query` sort properties advertised in the mail capability.
-pub const EMAIL_QUERY_SORT_OPTIONS: [&str; 7] = [
+/// `Email/query` sort properties advertised in the mail capability (the
+/// ones `crate::email` sorts by).
+pub const EMAIL_QUERY_SORT_OPTIONS: [&str; 9] = [
     "receivedAt",
     "sentAt",
     "size",
@@ -34,6 +35,8 @@ pub const EMAIL_QUERY_SORT_OPTIONS: [&str; 7] = [
     "to",
     "subject",
     "hasKeyword",
+    "allInThreadHaveKeyword",
+    "someInThreadHaveKeyword",
 ];
 
 /// The session object for `principal`, with URLs under `base` (no
@@ -51,7 +54,7 @@ pub fn session(principal: &Principal, limits: &Limits, base: &str) -> Value {
         "collationAlgorithms": ["i;ascii-casemap", "i;unicode-casemap"],
     });
     let mail_account = json!({
-        "maxMailboxesPerEmail": null,
+        "maxMailboxesPerEmail": crate::email::MAX_MAILBOXES_PER_EMAIL,
         "maxMailboxDepth": MAX_MAILBOX_DEPTH,
         "maxSizeMailboxName": MAX_MAILBOX_NAME,
         "maxSizeAttachmentsPerEmail": limits.max_size_upload,

@@ -105,7 +105,6 @@ async fn exercise(client: &Client) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "KNOWN FAILURE: jmap-client sends capabilities (sieve, calendars) the server refuses with unknownCapability; see the session note"]
 async fn jmap_client_discovers_the_session_and_manages_mailboxes_and_blobs() {
     let (_dir, store) = store();
     let (base, shutdown, server) = start(store, None).await;
@@ -136,7 +135,6 @@ async fn jmap_client_discovers_the_session_and_manages_mailboxes_and_blobs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "KNOWN FAILURE: jmap-client sends capabilities (sieve, calendars) the server refuses with unknownCapability; see the session note"]
 async fn jmap_over_tls_negotiates_http2() {
     let (dir, store) = store();
     let cert =
