@@ -16,6 +16,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -31,6 +32,10 @@ pub struct Config {
     /// Local mail domains, ensured to exist in the store at `tern serve`.
     pub domains: Vec<String>,
     pub listen: ListenConfig,
+    pub tls: TlsConfig,
+    pub jmap: JmapSection,
+    pub smtp: SmtpSection,
+    pub dns: DnsSection,
     pub log: LogConfig,
 }
 
@@ -41,6 +46,10 @@ impl Default for Config {
             hostname: machine_hostname(),
             domains: vec!["localhost".to_owned()],
             listen: ListenConfig::default(),
+            tls: TlsConfig::default(),
+            jmap: JmapSection::default(),
+            smtp: SmtpSection::default(),
+            dns: DnsSection::default(),
             log: LogConfig::default(),
         }
     }
@@ -56,6 +65,8 @@ pub struct ListenConfig {
     pub smtp: SocketAddr,
     /// SMTP submission for users and applications (AUTH required).
     pub submission: SocketAddr,
+    /// SMTP submission over implicit TLS (port 465); off unless set.
+    pub submissions: Option<SocketAddr>,
 }
 
 impl Default for ListenConfig {
@@ -64,6 +75,144 @@ impl Default for ListenConfig {
             jmap: SocketAddr::from(([127, 0, 0, 1], 8080)),
             smtp: SocketAddr::from(([127, 0, 0, 1], 2525)),
             submission: SocketAddr::from(([127, 0, 0, 1], 5870)),
+            submissions: None,
+        }
+    }
+}
+
+/// `[tls]`: the certificate of this server, for JMAP (HTTPS) and SMTP
+/// (STARTTLS and implicit TLS). Both keys or neither. Without them JMAP
+/// serves plain HTTP (put it behind a TLS proxy) and SMTP uses a
+/// self-signed certificate generated at first start in `<data_dir>/tls/`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM), leaf first.
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+/// `[jmap]`: the JMAP server's public URL and limits (advertised in the
+/// session resource and enforced).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JmapSection {
+    /// The URL clients reach the server at, used for the session's
+    /// absolute URLs. Default: `http(s)://<listen.jmap>`.
+    pub base_url: Option<String>,
+    /// maxSizeUpload, bytes. At least 50 MB so 25 MB attachments fit after
+    /// base64.
+    pub max_upload_size: u64,
+    /// maxConcurrentUpload per account.
+    pub max_concurrent_uploads: usize,
+    /// maxSizeRequest, bytes.
+    pub max_request_size: usize,
+    /// maxConcurrentRequests per account.
+    pub max_concurrent_requests: usize,
+    /// maxCallsInRequest.
+    pub max_calls_in_request: usize,
+    /// maxObjectsInGet.
+    pub max_objects_in_get: usize,
+    /// maxObjectsInSet.
+    pub max_objects_in_set: usize,
+}
+
+impl Default for JmapSection {
+    fn default() -> Self {
+        let limits = tern_jmap::Limits::default();
+        JmapSection {
+            base_url: None,
+            max_upload_size: limits.max_size_upload,
+            max_concurrent_uploads: limits.max_concurrent_upload,
+            max_request_size: limits.max_size_request,
+            max_concurrent_requests: limits.max_concurrent_requests,
+            max_calls_in_request: limits.max_calls_in_request,
+            max_objects_in_get: limits.max_objects_in_get,
+            max_objects_in_set: limits.max_objects_in_set,
+        }
+    }
+}
+
+/// `[smtp]`: limits and policy of the SMTP listeners.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpSection {
+    /// Largest message in bytes (SIZE, DATA, BDAT).
+    pub max_message_size: usize,
+    /// Recipients per message.
+    pub max_recipients: usize,
+    /// Offer AUTH on submission connections without TLS. Leave off in
+    /// production: passwords would travel in clear text.
+    pub allow_plaintext_auth: bool,
+    /// Simultaneous connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Simultaneous connections in all.
+    pub max_connections: usize,
+    /// New connections from one IP address per minute.
+    pub connections_per_minute: u32,
+    /// Seconds to wait for a command.
+    pub command_timeout: u64,
+    /// Seconds to wait for the next piece of message data.
+    pub data_timeout: u64,
+    pub checks: ChecksSection,
+}
+
+impl Default for SmtpSection {
+    fn default() -> Self {
+        let limits = tern_smtp::Limits::default();
+        SmtpSection {
+            max_message_size: limits.max_message_size,
+            max_recipients: limits.max_recipients,
+            allow_plaintext_auth: false,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            max_connections: limits.max_connections,
+            connections_per_minute: limits.rate_limit,
+            command_timeout: limits.command_timeout.as_secs(),
+            data_timeout: limits.data_timeout.as_secs(),
+            checks: ChecksSection::default(),
+        }
+    }
+}
+
+/// `[smtp.checks]`: sender authentication on the MX listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChecksSection {
+    /// SPF, DKIM, ARC, DMARC and iprev, recorded in Authentication-Results.
+    pub enabled: bool,
+    /// Refuse mail failing DMARC of a domain whose policy is `reject`.
+    pub dmarc_reject: bool,
+    /// File mail failing DMARC of a `quarantine` domain in Junk.
+    pub dmarc_quarantine: bool,
+}
+
+impl Default for ChecksSection {
+    fn default() -> Self {
+        let checks = tern_smtp::ChecksConfig::default();
+        ChecksSection {
+            enabled: checks.enabled,
+            dmarc_reject: checks.dmarc_reject,
+            dmarc_quarantine: checks.dmarc_quarantine,
+        }
+    }
+}
+
+/// `[dns]`: the resolver used for SPF, DKIM, DMARC and iprev.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsSection {
+    /// Nameservers as "ip:port". Empty: the system's (/etc/resolv.conf).
+    pub nameservers: Vec<SocketAddr>,
+    /// Seconds one query may take.
+    pub timeout: u64,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        DnsSection {
+            nameservers: Vec::new(),
+            timeout: tern_smtp::DnsConfig::default().timeout.as_secs(),
         }
     }
 }
@@ -159,17 +308,153 @@ impl Config {
                 bail!("bad value for key `domains[{i}]`: {domain:?} is not a domain name");
             }
         }
-        let listen = [
+        let mut listen = vec![
             ("listen.jmap", self.listen.jmap),
             ("listen.smtp", self.listen.smtp),
             ("listen.submission", self.listen.submission),
         ];
+        if let Some(addr) = self.listen.submissions {
+            listen.push(("listen.submissions", addr));
+        }
         for (i, (key, addr)) in listen.iter().enumerate() {
             if let Some((other, _)) = listen[..i].iter().find(|(_, a)| a == addr) {
                 bail!("bad value for key `{key}`: {addr} is already used by `{other}`");
             }
         }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            let missing = if self.tls.cert.is_none() {
+                "cert"
+            } else {
+                "key"
+            };
+            bail!("bad value for key `tls.{missing}`: `tls.cert` and `tls.key` go together");
+        }
+        if let Some(url) = &self.jmap.base_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            bail!("bad value for key `jmap.base_url`: {url:?} is not an http(s) URL");
+        }
+        let minimums = [
+            ("jmap.max_upload_size", self.jmap.max_upload_size, 1),
+            (
+                "jmap.max_concurrent_uploads",
+                self.jmap.max_concurrent_uploads as u64,
+                1,
+            ),
+            (
+                "jmap.max_request_size",
+                self.jmap.max_request_size as u64,
+                1024,
+            ),
+            (
+                "jmap.max_concurrent_requests",
+                self.jmap.max_concurrent_requests as u64,
+                1,
+            ),
+            (
+                "jmap.max_calls_in_request",
+                self.jmap.max_calls_in_request as u64,
+                1,
+            ),
+            (
+                "jmap.max_objects_in_get",
+                self.jmap.max_objects_in_get as u64,
+                1,
+            ),
+            (
+                "jmap.max_objects_in_set",
+                self.jmap.max_objects_in_set as u64,
+                1,
+            ),
+            (
+                "smtp.max_message_size",
+                self.smtp.max_message_size as u64,
+                1024,
+            ),
+            ("smtp.max_recipients", self.smtp.max_recipients as u64, 1),
+            (
+                "smtp.max_connections_per_ip",
+                self.smtp.max_connections_per_ip as u64,
+                1,
+            ),
+            ("smtp.max_connections", self.smtp.max_connections as u64, 1),
+            (
+                "smtp.connections_per_minute",
+                u64::from(self.smtp.connections_per_minute),
+                1,
+            ),
+            ("smtp.command_timeout", self.smtp.command_timeout, 1),
+            ("smtp.data_timeout", self.smtp.data_timeout, 1),
+            ("dns.timeout", self.dns.timeout, 1),
+        ];
+        for (key, value, min) in minimums {
+            if value < min {
+                bail!("bad value for key `{key}`: must be at least {min}");
+            }
+        }
         Ok(())
+    }
+
+    /// The JMAP server's configuration.
+    pub fn jmap_config(&self) -> tern_jmap::JmapConfig {
+        let mut jmap = tern_jmap::JmapConfig::new(self.listen.jmap);
+        jmap.base_url = self.jmap.base_url.clone();
+        jmap.tls = match (&self.tls.cert, &self.tls.key) {
+            (Some(cert), Some(key)) => Some(tern_jmap::TlsConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        let limits = &mut jmap.limits;
+        limits.max_size_upload = self.jmap.max_upload_size;
+        limits.max_concurrent_upload = self.jmap.max_concurrent_uploads;
+        limits.max_size_request = self.jmap.max_request_size;
+        limits.max_concurrent_requests = self.jmap.max_concurrent_requests;
+        limits.max_calls_in_request = self.jmap.max_calls_in_request;
+        limits.max_objects_in_get = self.jmap.max_objects_in_get;
+        limits.max_objects_in_set = self.jmap.max_objects_in_set;
+        jmap
+    }
+
+    /// The SMTP server's configuration.
+    pub fn smtp_config(&self) -> tern_smtp::SmtpConfig {
+        let defaults = tern_smtp::SmtpConfig::default();
+        let s = &self.smtp;
+        tern_smtp::SmtpConfig {
+            hostname: self.hostname.clone(),
+            data_dir: self.data_dir.clone(),
+            listen: tern_smtp::ListenConfig {
+                smtp: Some(self.listen.smtp),
+                submission: Some(self.listen.submission),
+                submissions: self.listen.submissions,
+            },
+            tls: tern_smtp::TlsConfig {
+                cert: self.tls.cert.clone(),
+                key: self.tls.key.clone(),
+            },
+            allow_plaintext_auth: s.allow_plaintext_auth,
+            limits: tern_smtp::Limits {
+                max_message_size: s.max_message_size,
+                max_recipients: s.max_recipients,
+                max_connections_per_ip: s.max_connections_per_ip,
+                max_connections: s.max_connections,
+                rate_limit: s.connections_per_minute,
+                rate_period: Duration::from_secs(60),
+                command_timeout: Duration::from_secs(s.command_timeout),
+                data_timeout: Duration::from_secs(s.data_timeout),
+                ..defaults.limits
+            },
+            dns: tern_smtp::DnsConfig {
+                nameservers: self.dns.nameservers.clone(),
+                timeout: Duration::from_secs(self.dns.timeout),
+            },
+            checks: tern_smtp::ChecksConfig {
+                enabled: s.checks.enabled,
+                dmarc_reject: s.checks.dmarc_reject,
+                dmarc_quarantine: s.checks.dmarc_quarantine,
+            },
+        }
     }
 }
 

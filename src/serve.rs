@@ -20,8 +20,10 @@ use tokio::task::JoinSet;
 use crate::admin::server::AdminListener;
 use crate::config::Config;
 
-/// How long services get to finish their work in flight after a stop signal.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long services get to finish their work in flight after a stop
+/// signal: longer than the JMAP server's 30-second drain, so that it, not
+/// an abort, ends slow requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(35);
 
 /// The demo account `tern serve --demo` ensures.
 pub const DEMO_ADDRESS: &str = "demo@localhost";
@@ -150,10 +152,22 @@ pub async fn run(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     let admin = AdminListener::bind(&config.data_dir)?;
     let admin_path = admin.path().to_owned();
     services.spawn("admin", admin.serve(store.clone(), services.shutdown()));
-    // The JMAP and SMTP listeners join here once tern-jmap and tern-smtp
-    // have a server, each as one call:
-    //   let (cfg, store, stop) = (jmap_config, store.clone(), services.shutdown().0);
-    //   services.spawn("jmap", async move { Ok(tern_jmap::server::serve(cfg, store, stop).await?) });
+    let mut jmap = config.jmap_config();
+    // Session URLs must be absolute and reachable: never 0.0.0.0.
+    jmap.base_url = Some(public_base_url(&config));
+    let (jmap_store, stop) = (store.clone(), services.shutdown().0);
+    let jmap_addr = jmap.listen;
+    services.spawn("jmap", async move {
+        tern_jmap::serve(jmap, jmap_store, stop)
+            .await
+            .with_context(|| format!("JMAP on {jmap_addr}"))
+    });
+    let (smtp, smtp_store, stop) = (config.smtp_config(), store.clone(), services.shutdown().0);
+    services.spawn("smtp", async move {
+        tern_smtp::serve(smtp, smtp_store, stop)
+            .await
+            .context("SMTP")
+    });
 
     println!("{}", banner(&config, &admin_path, options));
     tracing::info!(hostname = %config.hostname, "tern is running");
@@ -212,25 +226,27 @@ fn ensure_setup(store: &MailStore, domains: &[String], demo: bool) -> anyhow::Re
     Ok(())
 }
 
-/// What `tern serve` prints once it runs: how to reach it, and what is
-/// not built yet.
+/// What `tern serve` prints once it runs: how to reach it.
 fn banner(config: &Config, admin_path: &std::path::Path, options: ServeOptions) -> String {
     let l = &config.listen;
     let mut out = format!(
         "Tern {} is running (data in {}).\n\
-         \x20 admin socket:  {} (used by `tern account …` and `tern domain …`)\n\
-         \x20 JMAP session:  (coming: {} once the JMAP server is built; not listening yet)\n\
-         \x20 SMTP (MX):     (coming: port {} on {}; not listening yet)\n\
-         \x20 submission:    (coming: port {} on {}; not listening yet)\n",
+         \x20 JMAP session:  {}\n\
+         \x20 SMTP (MX):     {} (unauthenticated; local domains only)\n\
+         \x20 submission:    {} (STARTTLS, then AUTH PLAIN/LOGIN)\n",
         env!("CARGO_PKG_VERSION"),
         config.data_dir.display(),
-        admin_path.display(),
         session_url(config),
-        l.smtp.port(),
-        l.smtp.ip(),
-        l.submission.port(),
-        l.submission.ip(),
+        l.smtp,
+        l.submission,
     );
+    if let Some(addr) = l.submissions {
+        out.push_str(&format!("  submissions:   {addr} (implicit TLS)\n"));
+    }
+    out.push_str(&format!(
+        "  admin socket:  {} (used by `tern account …` and `tern domain …`)\n",
+        admin_path.display()
+    ));
     if options.demo {
         out.push_str(&format!(
             "  demo account:  {DEMO_ADDRESS}, password {DEMO_PASSWORD:?}\n"
@@ -240,9 +256,23 @@ fn banner(config: &Config, admin_path: &std::path::Path, options: ServeOptions) 
     out
 }
 
-/// The JMAP session URL a client on this machine would use.
+/// The JMAP session URL a client would use: under `jmap.base_url` when set.
 fn session_url(config: &Config) -> String {
+    format!("{}/.well-known/jmap", public_base_url(config))
+}
+
+/// `jmap.base_url`, or the listener's address (the hostname when it
+/// listens on every interface).
+fn public_base_url(config: &Config) -> String {
+    if let Some(url) = &config.jmap.base_url {
+        return url.trim_end_matches('/').to_owned();
+    }
     let addr = config.listen.jmap;
+    let scheme = if config.tls.cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let host = if addr.ip().is_unspecified() {
         config.hostname.clone()
     } else {
@@ -251,7 +281,7 @@ fn session_url(config: &Config) -> String {
             SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
         }
     };
-    format!("http://{host}:{}/.well-known/jmap", addr.port())
+    format!("{scheme}://{host}:{}", addr.port())
 }
 
 #[cfg(test)]
@@ -276,17 +306,29 @@ mod tests {
     }
 
     #[test]
-    fn banner_is_honest_about_missing_listeners() {
-        let config = Config::default();
+    fn banner_tells_how_to_reach_every_listener() {
+        let mut config = Config::default();
         let text = banner(
             &config,
             std::path::Path::new("data/admin.sock"),
             ServeOptions { demo: true },
         );
-        assert!(text.contains("(coming: http://127.0.0.1:8080/.well-known/jmap"));
-        assert!(text.contains("(coming: port 2525"));
-        assert!(text.contains("(coming: port 5870"));
+        assert!(text.contains("JMAP session:  http://127.0.0.1:8080/.well-known/jmap"));
+        assert!(text.contains("SMTP (MX):     127.0.0.1:2525"));
+        assert!(text.contains("submission:    127.0.0.1:5870"));
+        assert!(!text.contains("submissions:"));
         assert!(text.contains("demo@localhost, password \"demo\""));
+
+        config.listen.submissions = Some("127.0.0.1:4650".parse().unwrap());
+        config.jmap.base_url = Some("https://mail.example.com/".into());
+        let text = banner(
+            &config,
+            std::path::Path::new("data/admin.sock"),
+            ServeOptions { demo: false },
+        );
+        assert!(text.contains("submissions:   127.0.0.1:4650 (implicit TLS)"));
+        assert!(text.contains("JMAP session:  https://mail.example.com/.well-known/jmap"));
+        assert!(!text.contains("demo account"));
     }
 
     #[tokio::test]

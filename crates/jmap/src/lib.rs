@@ -35,4 +35,5 @@ pub mod vacation;
 pub use auth::create_app_token;
 pub use config::{JmapConfig, TlsConfig};
 pub use http::{Jmap, ResponseBody};
+pub use method::Limits;
 pub use server::{serve, serve_on};
