@@ -33,7 +33,9 @@ pub use email::EmailMeta;
 pub use error::{Error, Result};
 pub use types::{AccountId, BlobHash, Collection, DataType, DocumentId, now};
 
-use kv::{Kv, RocksOptions};
+#[cfg(feature = "rocksdb")]
+use kv::RocksOptions;
+use kv::Kv;
 
 /// Messages up to this size share the delivery transaction with their
 /// metadata (one commit); larger ones are written in their own transactions
@@ -52,11 +54,13 @@ pub struct MailStore {
 impl MailStore {
     /// Opens (creating if needed) the store under `data_dir`, on the
     /// embedded RocksDB backend, and checks the format version.
+    #[cfg(feature = "rocksdb")]
     pub fn open(data_dir: &Path) -> Result<Self> {
         Self::open_with(data_dir, RocksOptions::default())
     }
 
     /// [`MailStore::open`] with backend options.
+    #[cfg(feature = "rocksdb")]
     pub fn open_with(data_dir: &Path, options: RocksOptions) -> Result<Self> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| kv::Error::Backend(format!("{}: {e}", data_dir.display())))?;

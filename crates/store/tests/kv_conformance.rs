@@ -128,9 +128,10 @@ fn open_foundationdb() -> Option<Store> {
     static SKIPPED: Once = Once::new();
     let reason = match std::env::var_os("FDB_CLUSTER_FILE") {
         None => "FDB_CLUSTER_FILE is unset",
-        // When the backend lands, open it here with a random per-case prefix
-        // and return the store instead.
-        Some(_) => "this build has no FoundationDB backend yet",
+        #[cfg(feature = "foundationdb")]
+        Some(cluster_file) => return Some(foundationdb_store(&cluster_file)),
+        #[cfg(not(feature = "foundationdb"))]
+        Some(_) => "built without the `foundationdb` feature",
     };
     SKIPPED.call_once(|| {
         // Straight to the stream: the test harness captures `eprintln!`.
@@ -140,6 +141,31 @@ fn open_foundationdb() -> Option<Store> {
         );
     });
     None
+}
+
+/// A fresh random prefix on the cluster. The network starts once for the
+/// test process and is never stopped: the harness gives no hook to stop it
+/// before exit, which FoundationDB tolerates for a process that ends.
+#[cfg(feature = "foundationdb")]
+fn foundationdb_store(cluster_file: &std::ffi::OsStr) -> Store {
+    use std::sync::OnceLock;
+    static NETWORK: OnceLock<tern_fdb_network::Network> = OnceLock::new();
+    NETWORK.get_or_init(|| tern_fdb_network::Network::start().expect("FoundationDB network"));
+    let kv = Kv::open_foundationdb(Some(std::path::Path::new(cluster_file)))
+        .expect("open the FoundationDB cluster");
+    let mut prefix = b"tern-conformance/".to_vec();
+    prefix.extend_from_slice(format!("{:016x}/", rand_u64()).as_bytes());
+    Store {
+        kv,
+        prefix,
+        _dir: None,
+    }
+}
+
+#[cfg(feature = "foundationdb")]
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
 macro_rules! cases {

@@ -13,6 +13,9 @@
 //! Nothing outside the backend modules names a backend's library.
 
 mod error;
+#[cfg(feature = "foundationdb")]
+mod fdb;
+#[cfg(feature = "rocksdb")]
 mod rocks;
 mod tx;
 
@@ -244,7 +247,18 @@ impl TxError for Error {
 const MAX_ATTEMPTS: u32 = 100;
 
 impl Kv {
+    /// Opens the FoundationDB cluster named by `cluster_file` (`None`: the
+    /// default cluster file). The process must hold a running
+    /// `tern_fdb_network::Network`.
+    #[cfg(feature = "foundationdb")]
+    pub fn open_foundationdb(cluster_file: Option<&Path>) -> Result<Self> {
+        Ok(Self::from_backend(Arc::new(fdb::FdbBackend::open(
+            cluster_file,
+        )?)))
+    }
+
     /// Opens (creating if needed) the embedded RocksDB backend at `path`.
+    #[cfg(feature = "rocksdb")]
     pub fn open_rocksdb(path: &Path, options: RocksOptions) -> Result<Self> {
         Ok(Self::from_backend(Arc::new(rocks::RocksBackend::open(
             path, options,
