@@ -33,6 +33,10 @@ command -v clang >/dev/null 2>&1 || installed clang || missing+=(clang)
 installed libclang-dev || missing+=(libclang-dev)
 # End-to-end SMTP tests drive the server with swaks (a real third-party client).
 command -v swaks >/dev/null 2>&1 || missing+=(swaks)
+# A C/C++ compiler cache: RocksDB's C++ build (many minutes on two cores) is
+# redone whenever a dependency change alters librocksdb-sys's build hash;
+# with ccache that is a cache hit. test.sh and demo.sh use it when present.
+command -v ccache >/dev/null 2>&1 || missing+=(ccache)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -4,6 +4,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh || exit 1
+if command -v ccache >/dev/null 2>&1; then
+    export CC="ccache cc" CXX="ccache c++" CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-12G}"
+fi
 
 failed=()
 run() {
