@@ -42,7 +42,9 @@ impl fmt::Display for StartError {
             StartError::AlreadyStarted => {
                 f.write_str("the FoundationDB network was already started in this process")
             }
-            StartError::Fdb(message) => write!(f, "cannot start the FoundationDB network: {message}"),
+            StartError::Fdb(message) => {
+                write!(f, "cannot start the FoundationDB network: {message}")
+            }
         }
     }
 }

@@ -33,9 +33,9 @@ pub use email::EmailMeta;
 pub use error::{Error, Result};
 pub use types::{AccountId, BlobHash, Collection, DataType, DocumentId, now};
 
+use kv::Kv;
 #[cfg(feature = "rocksdb")]
 use kv::RocksOptions;
-use kv::Kv;
 
 /// Messages up to this size share the delivery transaction with their
 /// metadata (one commit); larger ones are written in their own transactions

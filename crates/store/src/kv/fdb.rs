@@ -32,7 +32,9 @@ use foundationdb::options::{ConflictRangeType, MutationType, StreamingMode};
 use foundationdb::{Database, FdbError, RangeOption, Transaction as FdbTransaction};
 use futures_executor::block_on;
 
-use super::{Backend, Commit, Error, KeyRange, Mutation, Result, ScanIter, Snapshot, Version, Watch};
+use super::{
+    Backend, Commit, Error, KeyRange, Mutation, Result, ScanIter, Snapshot, Version, Watch,
+};
 
 /// FoundationDB error codes the contract maps.
 const NOT_COMMITTED: i32 = 1020;
