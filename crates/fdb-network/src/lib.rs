@@ -10,14 +10,17 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+#[cfg(feature = "foundationdb")]
 use foundationdb::api::NetworkAutoStop;
 
+#[cfg(feature = "foundationdb")]
 static STARTED: AtomicBool = AtomicBool::new(false);
 static RUNNING: AtomicBool = AtomicBool::new(false);
 
 /// The running network thread. Dropping it stops the network; FoundationDB
 /// cannot start it again in the same process.
 pub struct Network {
+    #[cfg(feature = "foundationdb")]
     _guard: NetworkAutoStop,
 }
 
@@ -32,6 +35,8 @@ impl fmt::Debug for Network {
 pub enum StartError {
     /// It was started before in this process (FoundationDB allows once).
     AlreadyStarted,
+    /// This build has no FoundationDB client (the `foundationdb` feature).
+    NotBuilt,
     /// The client library refused (e.g. an API version it lacks).
     Fdb(String),
 }
@@ -42,6 +47,9 @@ impl fmt::Display for StartError {
             StartError::AlreadyStarted => {
                 f.write_str("the FoundationDB network was already started in this process")
             }
+            StartError::NotBuilt => f.write_str(
+                "this build of Tern has no FoundationDB client (feature `foundationdb`)",
+            ),
             StartError::Fdb(message) => {
                 write!(f, "cannot start the FoundationDB network: {message}")
             }
@@ -52,7 +60,14 @@ impl fmt::Display for StartError {
 impl std::error::Error for StartError {}
 
 impl Network {
+    /// Without the `foundationdb` feature: always [`StartError::NotBuilt`].
+    #[cfg(not(feature = "foundationdb"))]
+    pub fn start() -> Result<Network, StartError> {
+        Err(StartError::NotBuilt)
+    }
+
     /// Selects the API version and starts the network thread.
+    #[cfg(feature = "foundationdb")]
     pub fn start() -> Result<Network, StartError> {
         if STARTED.swap(true, Ordering::SeqCst) {
             return Err(StartError::AlreadyStarted);
