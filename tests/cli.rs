@@ -244,7 +244,7 @@ fn cli_works_through_a_running_server_and_without_one() {
         Some(0),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    assert!(stdout.contains("(coming: "), "{stdout}");
+    assert!(stdout.contains("SMTP (MX):     127.0.0.1:"), "{stdout}");
     assert!(!setup.socket().exists(), "socket left after a clean stop");
     // Addresses are personal data: not logged at info.
     assert!(!stderr.contains("alice@example.com"), "{stderr}");
@@ -270,7 +270,7 @@ fn cli_works_through_a_running_server_and_without_one() {
 }
 
 #[test]
-fn demo_mode_creates_the_demo_account_and_says_what_is_missing() {
+fn demo_mode_creates_the_demo_account_and_prints_the_endpoints() {
     let setup = Setup::new();
     let server = setup.serve(&["--demo"]);
     let list = setup.ok(&["account", "list"]);
@@ -282,7 +282,7 @@ fn demo_mode_creates_the_demo_account_and_says_what_is_missing() {
     assert_eq!(status.code(), Some(0));
     assert!(stdout.contains("demo@localhost"), "{stdout}");
     assert!(stdout.contains("/.well-known/jmap"), "{stdout}");
-    assert!(stdout.contains("(coming: "), "{stdout}");
+    assert!(stdout.contains("SMTP (MX):     127.0.0.1:"), "{stdout}");
 
     // A second start finds the account already there.
     let server = setup.serve(&["--demo"]);
