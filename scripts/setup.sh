@@ -33,6 +33,9 @@ command -v clang >/dev/null 2>&1 || installed clang || missing+=(clang)
 installed libclang-dev || missing+=(libclang-dev)
 # End-to-end SMTP tests drive the server with swaks (a real third-party client).
 command -v swaks >/dev/null 2>&1 || missing+=(swaks)
+# The virus-scanning tests start ClamAV's daemon with their own config and
+# signature file (no freshclam, no public database).
+[ -x /usr/sbin/clamd ] || installed clamav-daemon || missing+=(clamav-daemon)
 # A C/C++ compiler cache: RocksDB's C++ build (many minutes on two cores) is
 # redone whenever a dependency change alters librocksdb-sys's build hash;
 # with ccache that is a cache hit. test.sh and demo.sh use it when present.

@@ -35,6 +35,18 @@ pub enum Command {
     /// Manage local domains (works whether or not the server runs).
     #[command(subcommand)]
     Domain(DomainCommand),
+    /// Manage app tokens: Bearer credentials for JMAP (works whether or
+    /// not the server runs).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Inspect and manage the outbound queue (works whether or not the
+    /// server runs).
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Spam filter: train the classifier (`tern spam train --spam DIR
+    /// --ham DIR [--account ADDRESS]`).
+    #[command(subcommand)]
+    Spam(crate::spam::SpamCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,13 +76,101 @@ pub enum AccountCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum DomainCommand {
-    /// Add a local domain.
+    /// Add a local domain with a DKIM key, and print the DNS records to
+    /// publish (MX, SPF, DKIM, DMARC).
     Add {
         /// The domain, e.g. example.com.
+        domain: String,
+        /// The DKIM key's algorithm (default: `[dkim] algorithm`).
+        #[arg(long, value_enum)]
+        dkim: Option<DkimArg>,
+    },
+    /// Print the DNS records a local domain publishes.
+    Dns {
+        /// The domain.
         domain: String,
     },
     /// List local domains.
     List,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DkimArg {
+    /// Ed25519-SHA256 (RFC 8463).
+    Ed25519,
+    /// RSA-SHA256, 2048 bits.
+    Rsa,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// List queued messages.
+    List {
+        /// Only the error queue (messages held for an operator).
+        #[arg(long)]
+        errors: bool,
+    },
+    /// Show a message's envelope and each recipient's status.
+    Show {
+        /// The queue id (hex, from `tern queue list`).
+        id: String,
+    },
+    /// Try a message now (also releases it from the error queue).
+    Retry {
+        /// The queue id.
+        id: String,
+    },
+    /// Remove a message from the queue without notifying its sender.
+    Cancel {
+        /// The queue id.
+        id: String,
+    },
+}
+
+impl QueueCommand {
+    pub fn into_request(self) -> Request {
+        match self {
+            QueueCommand::List { errors } => Request::QueueList {
+                errors_only: errors,
+            },
+            QueueCommand::Show { id } => Request::QueueShow { id },
+            QueueCommand::Retry { id } => Request::QueueRetry { id },
+            QueueCommand::Cancel { id } => Request::QueueCancel { id },
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token for an account and print its secret (shown once).
+    Create {
+        /// The account's address.
+        address: String,
+        /// A label to recognise the token by in `tern token list`.
+        #[arg(long, value_name = "LABEL")]
+        name: Option<String>,
+    },
+    /// List tokens (id, account, label, creation time), never secrets.
+    List {
+        /// Only this account's tokens.
+        address: Option<String>,
+    },
+    /// Revoke a token by the id `tern token list` shows; it stops working
+    /// at once.
+    Revoke {
+        /// The token's id.
+        id: String,
+    },
+}
+
+impl TokenCommand {
+    pub fn into_request(self) -> Request {
+        match self {
+            TokenCommand::Create { address, name } => Request::TokenCreate { address, name },
+            TokenCommand::List { address } => Request::TokenList { address },
+            TokenCommand::Revoke { id } => Request::TokenRevoke { id },
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -123,9 +223,23 @@ impl AccountCommand {
 }
 
 impl DomainCommand {
-    pub fn into_request(self) -> Request {
+    pub fn into_request(self, config: &crate::config::Config) -> Request {
+        use crate::config::DkimKind;
         match self {
-            DomainCommand::Add { domain } => Request::DomainAdd { domain },
+            DomainCommand::Add { domain, dkim } => Request::DomainSetup {
+                domain,
+                dkim: match dkim {
+                    Some(DkimArg::Ed25519) => DkimKind::Ed25519,
+                    Some(DkimArg::Rsa) => DkimKind::Rsa,
+                    None => config.dkim.algorithm,
+                },
+                selector: config.dkim.selector.clone(),
+                hostname: config.hostname.clone(),
+            },
+            DomainCommand::Dns { domain } => Request::DomainDns {
+                domain,
+                hostname: config.hostname.clone(),
+            },
             DomainCommand::List => Request::DomainList {},
         }
     }
@@ -182,6 +296,26 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn token_commands() {
+        let cli = parse(&["token", "create", "a@example.com", "--name", "phone"]).unwrap();
+        let Command::Token(command) = cli.command else {
+            panic!("not a token command");
+        };
+        assert_eq!(
+            command.into_request(),
+            Request::TokenCreate {
+                address: "a@example.com".into(),
+                name: Some("phone".into())
+            }
+        );
+        let Command::Token(command) = parse(&["token", "list"]).unwrap().command else {
+            panic!("not a token command");
+        };
+        assert_eq!(command.into_request(), Request::TokenList { address: None });
+        assert!(parse(&["token", "revoke"]).is_err());
     }
 
     #[test]

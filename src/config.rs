@@ -37,6 +37,13 @@ pub struct Config {
     pub smtp: SmtpSection,
     pub dns: DnsSection,
     pub log: LogConfig,
+    pub queue: QueueSection,
+    /// `[routes]`: domain (or `*`) = "host:port": where mail for a domain
+    /// goes instead of its MX hosts (smart hosts, tests).
+    pub routes: std::collections::BTreeMap<String, String>,
+    pub dkim: DkimSection,
+    pub spam: SpamSection,
+    pub virus: VirusSection,
 }
 
 impl Default for Config {
@@ -51,6 +58,11 @@ impl Default for Config {
             smtp: SmtpSection::default(),
             dns: DnsSection::default(),
             log: LogConfig::default(),
+            queue: QueueSection::default(),
+            routes: std::collections::BTreeMap::new(),
+            dkim: DkimSection::default(),
+            spam: SpamSection::default(),
+            virus: VirusSection::default(),
         }
     }
 }
@@ -67,6 +79,9 @@ pub struct ListenConfig {
     pub submission: SocketAddr,
     /// SMTP submission over implicit TLS (port 465); off unless set.
     pub submissions: Option<SocketAddr>,
+    /// Prometheus metrics (`GET /metrics`). Keep it on loopback or behind
+    /// a firewall. A port in use is logged, not fatal.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for ListenConfig {
@@ -76,6 +91,7 @@ impl Default for ListenConfig {
             smtp: SocketAddr::from(([127, 0, 0, 1], 2525)),
             submission: SocketAddr::from(([127, 0, 0, 1], 5870)),
             submissions: None,
+            metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
         }
     }
 }
@@ -116,6 +132,53 @@ pub struct JmapSection {
     pub max_objects_in_get: usize,
     /// maxObjectsInSet.
     pub max_objects_in_set: usize,
+    pub push: PushSection,
+}
+
+/// `[jmap.push]`: push notifications (event source, WebSocket, push
+/// subscriptions).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushSection {
+    /// During a burst of changes to one account, the shortest time between
+    /// two notifications, in milliseconds (the first change after a quiet
+    /// spell is pushed at once).
+    pub coalesce_ms: u64,
+    /// Seconds between WebSocket pings; a client silent for three
+    /// intervals is disconnected.
+    pub websocket_ping: u64,
+    /// PEM files of certificate authorities trusted for push subscription
+    /// URLs, besides the system's.
+    pub ca_files: Vec<PathBuf>,
+    /// Allow push subscription URLs on loopback, private and link-local
+    /// addresses (off: a subscription cannot probe this server's network).
+    pub allow_private_addresses: bool,
+    /// Milliseconds before the first retry of a failed push delivery; the
+    /// wait doubles with each failure up to `retry_max`.
+    pub retry_initial_ms: u64,
+    /// Longest wait between two delivery attempts, in seconds.
+    pub retry_max: u64,
+    /// Failed delivery attempts in a row after which a push subscription is
+    /// removed.
+    pub max_failures: u32,
+    /// Seconds one delivery may take.
+    pub timeout: u64,
+}
+
+impl Default for PushSection {
+    fn default() -> Self {
+        let push = tern_jmap::PushConfig::default();
+        PushSection {
+            coalesce_ms: push.coalesce.as_millis() as u64,
+            websocket_ping: push.websocket_ping.as_secs(),
+            ca_files: push.extra_roots,
+            allow_private_addresses: push.allow_private_addresses,
+            retry_initial_ms: push.retry_initial.as_millis() as u64,
+            retry_max: push.retry_max.as_secs(),
+            max_failures: push.max_failures,
+            timeout: push.timeout.as_secs(),
+        }
+    }
 }
 
 impl Default for JmapSection {
@@ -130,6 +193,7 @@ impl Default for JmapSection {
             max_calls_in_request: limits.max_calls_in_request,
             max_objects_in_get: limits.max_objects_in_get,
             max_objects_in_set: limits.max_objects_in_set,
+            push: PushSection::default(),
         }
     }
 }
@@ -198,6 +262,125 @@ impl Default for ChecksSection {
     }
 }
 
+/// `[spam]`: spam scoring of received mail and limits on submissions
+/// (tern-smtp's `spam` module).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpamSection {
+    /// Score mail; off: no spam headers, nothing filed in Junk.
+    pub enabled: bool,
+    /// From this score mail goes to Junk.
+    pub junk_threshold: Points,
+    /// From this score mail is refused at DATA (550 5.7.1).
+    pub reject_threshold: Points,
+    /// DNS blocklist zones for the client's IP; empty: no DNS query.
+    pub dnsbl_zones: Vec<String>,
+    /// Domain blocklist zones for link domains.
+    pub uribl_zones: Vec<String>,
+    /// Learn each user's spam from moves into and out of Junk.
+    pub learning: bool,
+    /// A rules file replacing the shipped resources/spam/rules.toml.
+    pub rules_file: Option<PathBuf>,
+    pub outbound: SpamOutboundSection,
+}
+
+/// A score (points); compared bit for bit so the config stays `Eq`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(transparent)]
+pub struct Points(pub f64);
+
+impl PartialEq for Points {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for Points {}
+
+impl Default for SpamSection {
+    fn default() -> Self {
+        let d = tern_smtp::SpamConfig::default();
+        SpamSection {
+            enabled: d.enabled,
+            junk_threshold: Points(d.junk_threshold),
+            reject_threshold: Points(d.reject_threshold),
+            dnsbl_zones: d.dnsbl_zones,
+            uribl_zones: d.uribl_zones,
+            learning: d.learning,
+            rules_file: d.rules_file,
+            outbound: SpamOutboundSection::default(),
+        }
+    }
+}
+
+/// `[spam.outbound]`: per-account limits on submissions.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpamOutboundSection {
+    /// Messages one account may submit per hour (0: unlimited).
+    pub messages_per_hour: u32,
+    /// Recipients one account may send to per hour (0: unlimited).
+    pub recipients_per_hour: u32,
+    /// From this score a submission is refused as spam.
+    pub spam_threshold: Points,
+    /// Spam-scored submissions within an hour that suspend the account's
+    /// sending (0: never).
+    pub max_strikes: u32,
+    /// Minutes a suspension lasts.
+    pub block_minutes: u64,
+}
+
+impl Default for SpamOutboundSection {
+    fn default() -> Self {
+        let d = tern_smtp::spam::OutboundConfig::default();
+        SpamOutboundSection {
+            messages_per_hour: d.messages_per_hour,
+            recipients_per_hour: d.recipients_per_hour,
+            spam_threshold: Points(d.spam_threshold),
+            max_strikes: d.max_strikes,
+            block_minutes: d.block_for.as_secs() / 60,
+        }
+    }
+}
+
+/// `[virus]`: virus scanning with clamd.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VirusSection {
+    /// clamd's address: "tcp:HOST:PORT" or "unix:PATH". Unset: no scanning.
+    pub clamd: Option<String>,
+    /// When clamd cannot be reached: "tempfail" (451 4.7.1) or "accept"
+    /// (delivered with X-Virus-Status: Unscanned).
+    pub on_unreachable: OnUnreachable,
+    /// Seconds one scan may take.
+    pub timeout: u64,
+    /// Bytes of a message sent to clamd at most (its StreamMaxLength).
+    pub max_size: usize,
+    /// Scan submissions too, not only received mail.
+    pub scan_submissions: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnreachable {
+    #[default]
+    Tempfail,
+    Accept,
+}
+
+impl Default for VirusSection {
+    fn default() -> Self {
+        let d = tern_smtp::VirusConfig::default();
+        VirusSection {
+            clamd: None,
+            on_unreachable: OnUnreachable::Tempfail,
+            timeout: d.timeout.as_secs(),
+            max_size: d.max_size,
+            scan_submissions: d.scan_submissions,
+        }
+    }
+}
+
 /// `[dns]`: the resolver used for SPF, DKIM, DMARC and iprev.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -213,6 +396,95 @@ impl Default for DnsSection {
         DnsSection {
             nameservers: Vec::new(),
             timeout: tern_smtp::DnsConfig::default().timeout.as_secs(),
+        }
+    }
+}
+
+/// `[queue]`: outbound delivery: retries, expiry, concurrency.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSection {
+    /// Seconds before the first retry of a temporary failure; the delay
+    /// doubles with each attempt (with ±20% jitter).
+    pub retry_initial: u64,
+    /// Longest delay between attempts, seconds.
+    pub retry_max: u64,
+    /// Seconds a message is tried before it bounces.
+    pub expiry: u64,
+    /// Seconds after which the sender gets a delay notice; 0: never.
+    pub delay_notice: u64,
+    /// Seconds a delivery worker holds a message before another may take
+    /// it over (after a crash).
+    pub lease: u64,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// Connections to one destination domain at once.
+    pub per_domain: usize,
+    /// Port of MX hosts (25; other values are for tests).
+    pub smtp_port: u16,
+    /// Use STARTTLS when the next server offers it (any certificate is
+    /// accepted: opportunistic TLS).
+    pub starttls: bool,
+    /// Seconds to wait for a connection.
+    pub connect_timeout: u64,
+}
+
+impl Default for QueueSection {
+    fn default() -> Self {
+        let d = tern_smtp::outbound::OutboundConfig::default();
+        QueueSection {
+            retry_initial: d.retry_initial.as_secs(),
+            retry_max: d.retry_max.as_secs(),
+            expiry: d.expiry.as_secs(),
+            delay_notice: 0,
+            lease: d.lease.as_secs(),
+            concurrency: d.concurrency,
+            per_domain: d.per_domain,
+            smtp_port: d.smtp_port,
+            starttls: d.starttls,
+            connect_timeout: d.connect_timeout.as_secs(),
+        }
+    }
+}
+
+/// `[dkim]`: signing of outgoing mail.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DkimSection {
+    /// Sign outgoing mail with the From domain's key when it has one.
+    pub sign: bool,
+    /// The selector of keys made by `tern domain add` and at start for
+    /// configured domains without a key.
+    pub selector: String,
+    /// The algorithm of new keys.
+    pub algorithm: DkimKind,
+}
+
+impl Default for DkimSection {
+    fn default() -> Self {
+        DkimSection {
+            sign: true,
+            selector: tern_smtp::outbound::dkim::DEFAULT_SELECTOR.to_owned(),
+            algorithm: DkimKind::Ed25519,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DkimKind {
+    /// Ed25519-SHA256 (RFC 8463).
+    #[default]
+    Ed25519,
+    /// RSA-SHA256 with a 2048-bit key.
+    Rsa,
+}
+
+impl DkimKind {
+    pub fn algorithm(self) -> tern_store::dkim::DkimAlgorithm {
+        match self {
+            DkimKind::Ed25519 => tern_store::dkim::DkimAlgorithm::Ed25519Sha256,
+            DkimKind::Rsa => tern_store::dkim::DkimAlgorithm::RsaSha256,
         }
     }
 }
@@ -316,6 +588,9 @@ impl Config {
         if let Some(addr) = self.listen.submissions {
             listen.push(("listen.submissions", addr));
         }
+        if let Some(addr) = self.listen.metrics {
+            listen.push(("listen.metrics", addr));
+        }
         for (i, (key, addr)) in listen.iter().enumerate() {
             if let Some((other, _)) = listen[..i].iter().find(|(_, a)| a == addr) {
                 bail!("bad value for key `{key}`: {addr} is already used by `{other}`");
@@ -386,11 +661,51 @@ impl Config {
             ("smtp.command_timeout", self.smtp.command_timeout, 1),
             ("smtp.data_timeout", self.smtp.data_timeout, 1),
             ("dns.timeout", self.dns.timeout, 1),
+            ("queue.retry_initial", self.queue.retry_initial, 1),
+            ("queue.retry_max", self.queue.retry_max, 1),
+            ("queue.expiry", self.queue.expiry, 1),
+            ("queue.lease", self.queue.lease, 1),
+            ("queue.concurrency", self.queue.concurrency as u64, 1),
+            ("queue.per_domain", self.queue.per_domain as u64, 1),
+            ("queue.smtp_port", u64::from(self.queue.smtp_port), 1),
+            ("queue.connect_timeout", self.queue.connect_timeout, 1),
+            ("jmap.push.websocket_ping", self.jmap.push.websocket_ping, 1),
+            ("jmap.push.retry_max", self.jmap.push.retry_max, 1),
+            (
+                "jmap.push.max_failures",
+                u64::from(self.jmap.push.max_failures),
+                1,
+            ),
+            ("jmap.push.timeout", self.jmap.push.timeout, 1),
         ];
         for (key, value, min) in minimums {
             if value < min {
                 bail!("bad value for key `{key}`: must be at least {min}");
             }
+        }
+        self.validate_spam()?;
+        if self.queue.retry_max < self.queue.retry_initial {
+            bail!("bad value for key `queue.retry_max`: must be at least `queue.retry_initial`");
+        }
+        for (domain, target) in &self.routes {
+            if domain != "*" && !is_domain_name(domain) {
+                bail!(
+                    "bad value for key `routes.{domain}`: the key must be a domain name or \"*\""
+                );
+            }
+            let valid =
+                tern_smtp::outbound::route::split_host_port(target, 25).is_some_and(|(host, _)| {
+                    is_domain_name(&host) || host.parse::<std::net::IpAddr>().is_ok()
+                });
+            if !valid {
+                bail!("bad value for key `routes.{domain}`: {target:?} is not \"host:port\"");
+            }
+        }
+        if !is_domain_name(&self.dkim.selector) {
+            bail!(
+                "bad value for key `dkim.selector`: {:?} is not a DNS label",
+                self.dkim.selector
+            );
         }
         Ok(())
     }
@@ -414,7 +729,44 @@ impl Config {
         limits.max_calls_in_request = self.jmap.max_calls_in_request;
         limits.max_objects_in_get = self.jmap.max_objects_in_get;
         limits.max_objects_in_set = self.jmap.max_objects_in_set;
+        let p = &self.jmap.push;
+        jmap.push = tern_jmap::PushConfig {
+            coalesce: Duration::from_millis(p.coalesce_ms),
+            websocket_ping: Duration::from_secs(p.websocket_ping),
+            extra_roots: p.ca_files.clone(),
+            allow_private_addresses: p.allow_private_addresses,
+            retry_initial: Duration::from_millis(p.retry_initial_ms),
+            retry_max: Duration::from_secs(p.retry_max),
+            max_failures: p.max_failures,
+            timeout: Duration::from_secs(p.timeout),
+        };
         jmap
+    }
+
+    /// Outbound delivery's configuration.
+    pub fn outbound_config(&self) -> tern_smtp::outbound::OutboundConfig {
+        let q = &self.queue;
+        let secs = Duration::from_secs;
+        tern_smtp::outbound::OutboundConfig {
+            hostname: self.hostname.clone(),
+            dns: tern_smtp::DnsConfig {
+                nameservers: self.dns.nameservers.clone(),
+                timeout: secs(self.dns.timeout),
+            },
+            routes: self.routes.clone(),
+            smtp_port: q.smtp_port,
+            retry_initial: secs(q.retry_initial),
+            retry_max: secs(q.retry_max),
+            expiry: secs(q.expiry),
+            delay_notice: (q.delay_notice > 0).then(|| secs(q.delay_notice)),
+            lease: secs(q.lease),
+            concurrency: q.concurrency,
+            per_domain: q.per_domain,
+            starttls: q.starttls,
+            dkim: self.dkim.sign,
+            connect_timeout: secs(q.connect_timeout),
+            ..Default::default()
+        }
     }
 
     /// The SMTP server's configuration.
@@ -454,6 +806,97 @@ impl Config {
                 dmarc_reject: s.checks.dmarc_reject,
                 dmarc_quarantine: s.checks.dmarc_quarantine,
             },
+            spam: self.spam_config(),
+            virus: self.virus_config(),
+        }
+    }
+
+    /// `[spam]` and `[virus]`: what `validate` cannot see from types.
+    fn validate_spam(&self) -> anyhow::Result<()> {
+        let s = &self.spam;
+        let (junk, reject) = (s.junk_threshold.0, s.reject_threshold.0);
+        if !junk.is_finite() {
+            bail!("bad value for key `spam.junk_threshold`: must be a number");
+        }
+        if !reject.is_finite() || reject <= junk {
+            bail!("bad value for key `spam.reject_threshold`: must be above `spam.junk_threshold`");
+        }
+        if !s.outbound.spam_threshold.0.is_finite() {
+            bail!("bad value for key `spam.outbound.spam_threshold`: must be a number");
+        }
+        for (key, zones) in [
+            ("spam.dnsbl_zones", &s.dnsbl_zones),
+            ("spam.uribl_zones", &s.uribl_zones),
+        ] {
+            for (i, zone) in zones.iter().enumerate() {
+                if !is_domain_name(zone) {
+                    bail!("bad value for key `{key}[{i}]`: {zone:?} is not a DNS zone");
+                }
+            }
+        }
+        if let Some(path) = &s.rules_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "bad value for key `spam.rules_file`: {}: {e}",
+                    path.display()
+                )
+            })?;
+            if let Err(err) = tern_smtp::spam::Rules::parse(&text) {
+                bail!(
+                    "bad value for key `spam.rules_file`: {}: {err}",
+                    path.display()
+                );
+            }
+        }
+        if let Some(addr) = &self.virus.clamd
+            && tern_smtp::ClamdAddress::parse(addr).is_none()
+        {
+            bail!(
+                "bad value for key `virus.clamd`: {addr:?} is not \"tcp:HOST:PORT\" or \"unix:PATH\""
+            );
+        }
+        if self.virus.timeout == 0 {
+            bail!("bad value for key `virus.timeout`: must be at least 1");
+        }
+        if self.virus.max_size < 1024 {
+            bail!("bad value for key `virus.max_size`: must be at least 1024");
+        }
+        Ok(())
+    }
+
+    /// The spam filter's configuration.
+    pub fn spam_config(&self) -> tern_smtp::SpamConfig {
+        let s = &self.spam;
+        tern_smtp::SpamConfig {
+            enabled: s.enabled,
+            junk_threshold: s.junk_threshold.0,
+            reject_threshold: s.reject_threshold.0,
+            dnsbl_zones: s.dnsbl_zones.clone(),
+            uribl_zones: s.uribl_zones.clone(),
+            learning: s.learning,
+            rules_file: s.rules_file.clone(),
+            outbound: tern_smtp::spam::OutboundConfig {
+                messages_per_hour: s.outbound.messages_per_hour,
+                recipients_per_hour: s.outbound.recipients_per_hour,
+                spam_threshold: s.outbound.spam_threshold.0,
+                max_strikes: s.outbound.max_strikes,
+                block_for: Duration::from_secs(s.outbound.block_minutes * 60),
+            },
+        }
+    }
+
+    /// The virus scanner's configuration.
+    pub fn virus_config(&self) -> tern_smtp::VirusConfig {
+        let v = &self.virus;
+        tern_smtp::VirusConfig {
+            clamd: v.clamd.as_deref().and_then(tern_smtp::ClamdAddress::parse),
+            on_unreachable: match v.on_unreachable {
+                OnUnreachable::Tempfail => tern_smtp::Unreachable::TempFail,
+                OnUnreachable::Accept => tern_smtp::Unreachable::Accept,
+            },
+            timeout: Duration::from_secs(v.timeout),
+            max_size: v.max_size,
+            scan_submissions: v.scan_submissions,
         }
     }
 }
@@ -600,6 +1043,54 @@ mod tests {
         check_refused(
             "[listen]\nsmtp = \"127.0.0.1:2525\"\nsubmission = \"127.0.0.1:2525\"\n",
             &["`listen.submission`", "`listen.smtp`"],
+        );
+    }
+
+    #[test]
+    fn spam_and_virus_sections_map_and_validate() {
+        let config = Config::parse(
+            "[spam]\njunk_threshold = 4.5\nreject_threshold = 12\ndnsbl_zones = [\"zen.example\"]\n\
+             learning = false\n[spam.outbound]\nmessages_per_hour = 10\nblock_minutes = 5\n\
+             [virus]\nclamd = \"unix:/run/clamav/clamd.ctl\"\non_unreachable = \"accept\"\n",
+        )
+        .unwrap();
+        let spam = config.spam_config();
+        assert_eq!(spam.junk_threshold, 4.5);
+        assert_eq!(spam.reject_threshold, 12.0);
+        assert_eq!(spam.dnsbl_zones, ["zen.example"]);
+        assert!(!spam.learning);
+        assert_eq!(spam.outbound.messages_per_hour, 10);
+        assert_eq!(spam.outbound.block_for, Duration::from_secs(300));
+        let virus = config.virus_config();
+        assert_eq!(
+            virus.clamd,
+            Some(tern_smtp::ClamdAddress::Unix(
+                "/run/clamav/clamd.ctl".into()
+            ))
+        );
+        assert_eq!(virus.on_unreachable, tern_smtp::Unreachable::Accept);
+        assert_eq!(Config::default().virus_config().clamd, None);
+        check_refused(
+            "[spam]\njunk_threshold = 9\nreject_threshold = 8\n",
+            &["`spam.reject_threshold`"],
+        );
+        check_refused(
+            "[spam]\ndnsbl_zones = [\"not a zone\"]\n",
+            &["`spam.dnsbl_zones[0]`"],
+        );
+        check_refused("[spam]\nthreshold = 3\n", &["unknown key `spam.threshold`"]);
+        check_refused(
+            "[spam.outbound]\nrate = 3\n",
+            &["unknown key `spam.outbound.rate`"],
+        );
+        check_refused("[virus]\nclamd = \"somewhere\"\n", &["`virus.clamd`"]);
+        check_refused(
+            "[virus]\non_unreachable = \"drop\"\n",
+            &["`virus.on_unreachable`"],
+        );
+        check_refused(
+            "[spam]\nrules_file = \"/nonexistent/rules.toml\"\n",
+            &["`spam.rules_file`"],
         );
     }
 

@@ -4,6 +4,7 @@ mod admin;
 mod cli;
 mod config;
 mod serve;
+mod spam;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -43,7 +44,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Domain(command) => {
             init_logging(&config.log, "warn")?;
+            let request = command.into_request(&config);
+            admin_command(&config, request)
+        }
+        Command::Queue(command) => {
+            init_logging(&config.log, "warn")?;
             admin_command(&config, command.into_request())
+        }
+        Command::Token(command) => {
+            init_logging(&config.log, "warn")?;
+            admin_command(&config, command.into_request())
+        }
+        Command::Spam(command) => {
+            init_logging(&config.log, "warn")?;
+            spam::run(&config, command)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -72,6 +87,7 @@ fn admin_command(config: &Config, request: admin::Request) -> anyhow::Result<Exi
     tracing::debug!(?route, "admin command answered");
     match response {
         Response::Done { message } => println!("{message}"),
+        Response::Text { text } => print!("{text}"),
         Response::Domains { domains } => {
             for domain in domains {
                 println!("{domain}");
@@ -94,12 +110,60 @@ fn admin_command(config: &Config, request: admin::Request) -> anyhow::Result<Exi
                 );
             }
         }
+        Response::TokenCreated { token, secret } => {
+            // The secret alone on stdout, so scripts can capture it; the
+            // rest on stderr.
+            eprintln!(
+                "token {} created for {}; the secret below is shown only now:",
+                token.id, token.address
+            );
+            println!("{secret}");
+        }
+        Response::Tokens { tokens } => {
+            let width = tokens.iter().map(|t| t.address.len()).max().unwrap_or(0);
+            let width = width.max("ADDRESS".len());
+            println!(
+                "{:<12}  {:<width$}  {:<20}  NAME",
+                "ID", "ADDRESS", "CREATED"
+            );
+            for t in tokens {
+                println!(
+                    "{:<12}  {:<width$}  {:<20}  {}",
+                    t.id,
+                    t.address,
+                    utc_time(t.created),
+                    t.name
+                );
+            }
+        }
         Response::Error { message, .. } => {
             eprintln!("error: {message}");
             return Ok(ExitCode::FAILURE);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
+fn utc_time(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// `1536` → `1.5 KiB`.
@@ -120,6 +184,13 @@ fn human_size(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn utc_time() {
+        assert_eq!(super::utc_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc_time(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::utc_time(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
     #[test]
     fn human_size() {
         assert_eq!(super::human_size(0), "0 B");

@@ -147,6 +147,25 @@ pub async fn run(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     }
     let setup_store = store.clone();
     blocking(move || ensure_setup(&setup_store, &domains, options.demo)).await?;
+    // Configured domains get a DKIM key on first start.
+    let (keys_store, dkim) = (store.clone(), config.dkim.clone());
+    let key_domains = config.domains.clone();
+    blocking(move || {
+        for domain in &key_domains {
+            let made = crate::admin::sending::ensure_dkim_key(
+                &keys_store,
+                domain,
+                dkim.algorithm,
+                &dkim.selector,
+            )
+            .map_err(|e| anyhow::anyhow!("cannot make a DKIM key for {domain}: {e}"))?;
+            if made {
+                tracing::info!(%domain, "DKIM key made; `tern domain dns` prints its record");
+            }
+        }
+        Ok(())
+    })
+    .await?;
 
     let mut services = Services::new();
     let admin = AdminListener::bind(&config.data_dir)?;
@@ -167,6 +186,39 @@ pub async fn run(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         tern_smtp::serve(smtp, smtp_store, stop)
             .await
             .context("SMTP")
+    });
+    // Spam training from users' moves into and out of Junk.
+    let (learning, learn_store, stop) = (
+        config.spam.enabled && config.spam.learning,
+        store.clone(),
+        services.shutdown().0,
+    );
+    services.spawn("spam-learning", async move {
+        tern_smtp::spam::learner(learn_store, learning, Duration::from_secs(1), stop).await;
+        Ok(())
+    });
+
+    let outbound = tern_smtp::outbound::Outbound::new(config.outbound_config(), store.clone())
+        .context("outbound delivery")?;
+    if let Some(addr) = config.listen.metrics {
+        match tern_smtp::outbound::metrics::bind(addr).await {
+            Ok(listener) => {
+                let (metrics, metrics_store) = (outbound.metrics(), store.clone());
+                let stop = services.shutdown().0;
+                services.spawn("metrics", async move {
+                    tern_smtp::outbound::metrics::serve(listener, metrics_store, metrics, stop)
+                        .await
+                        .with_context(|| format!("metrics on {addr}"))
+                });
+            }
+            Err(err) => {
+                tracing::warn!(%addr, error = %err, "metrics endpoint not started");
+            }
+        }
+    }
+    let stop = services.shutdown().0;
+    services.spawn("outbound", async move {
+        outbound.run(stop).await.context("outbound delivery")
     });
 
     println!("{}", banner(&config, &admin_path, options));

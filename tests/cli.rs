@@ -15,6 +15,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_tern");
 struct Setup {
     dir: tempfile::TempDir,
     config: PathBuf,
+    /// The JMAP listener's port.
+    jmap_port: u16,
 }
 
 impl Setup {
@@ -41,7 +43,11 @@ impl Setup {
             ),
         )
         .unwrap();
-        Setup { dir, config }
+        Setup {
+            dir,
+            config,
+            jmap_port: ports[0],
+        }
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -244,7 +250,7 @@ fn cli_works_through_a_running_server_and_without_one() {
         Some(0),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    assert!(stdout.contains("SMTP (MX):     127.0.0.1:"), "{stdout}");
+    assert!(stdout.contains("JMAP session:"), "{stdout}");
     assert!(!setup.socket().exists(), "socket left after a clean stop");
     // Addresses are personal data: not logged at info.
     assert!(!stderr.contains("alice@example.com"), "{stderr}");
@@ -282,7 +288,7 @@ fn demo_mode_creates_the_demo_account_and_prints_the_endpoints() {
     assert_eq!(status.code(), Some(0));
     assert!(stdout.contains("demo@localhost"), "{stdout}");
     assert!(stdout.contains("/.well-known/jmap"), "{stdout}");
-    assert!(stdout.contains("SMTP (MX):     127.0.0.1:"), "{stdout}");
+    assert!(stdout.contains("JMAP session:"), "{stdout}");
 
     // A second start finds the account already there.
     let server = setup.serve(&["--demo"]);
@@ -332,4 +338,128 @@ fn a_bad_config_is_refused_with_the_key_named() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
+
+/// `GET path` on the JMAP listener with an Authorization header, over a
+/// raw HTTP/1.1 connection; returns the status code and the body.
+fn jmap_get(port: u16, path: &str, authorization: &str) -> (u16, String) {
+    use std::io::Read;
+    // The JMAP listener starts right after the admin socket: allow it a
+    // moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > deadline => panic!("JMAP port {port}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {authorization}\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn app_tokens_from_the_cli_authenticate_jmap_until_revoked() {
+    let setup = Setup::new();
+    let server = setup.serve(&[]);
+    setup.ok(&["account", "add", "alice@example.com", "--password", "pw"]);
+    setup.ok(&["account", "add", "bob@example.com", "--password", "pw"]);
+
+    let out = setup.tern(
+        &["token", "create", "alice@example.com", "--name", "phone"],
+        "",
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(secret.starts_with("tern_"), "{secret}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("route=Socket"),
+        "not via the socket: {stderr}"
+    );
+    assert!(stderr.contains("shown only now"), "{stderr}");
+    let bob_secret = setup.ok(&["token", "create", "bob@example.com"]);
+    let err = setup.fails(&["token", "create", "nobody@example.com"]);
+    assert!(err.contains("not found"), "{err}");
+
+    // The token authenticates JMAP on the running server.
+    let bearer = format!("Bearer {secret}");
+    let (status, body) = jmap_get(setup.jmap_port, "/.well-known/jmap", &bearer);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"username\":\"alice@example.com\""),
+        "{body}"
+    );
+
+    // Listed by id, with the label, never with the secret.
+    let list = setup.ok(&["token", "list", "alice@example.com"]);
+    assert!(!list.contains(&secret), "{list}");
+    let rows: Vec<&str> = list.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{list}");
+    assert!(
+        rows[0].contains("alice@example.com") && rows[0].ends_with("phone"),
+        "{list}"
+    );
+    let id = rows[0].split_whitespace().next().unwrap().to_owned();
+    assert_eq!(id.len(), 12, "{list}");
+    let all = setup.ok(&["token", "list"]);
+    assert_eq!(all.lines().count(), 3, "{all}");
+    assert!(!all.contains(bob_secret.trim()), "{all}");
+
+    // Revoked: the very next request is refused.
+    setup.ok(&["token", "revoke", &id]);
+    let (status, _) = jmap_get(setup.jmap_port, "/.well-known/jmap", &bearer);
+    assert_eq!(status, 401);
+    let err = setup.fails(&["token", "revoke", &id]);
+    assert!(err.contains("not found"), "{err}");
+    let (status, _) = jmap_get(
+        setup.jmap_port,
+        "/.well-known/jmap",
+        &format!("Bearer {}", bob_secret.trim()),
+    );
+    assert_eq!(status, 200);
+
+    // Without a server the CLI manages tokens on the store directly.
+    let (status, _, stderr) = server.terminate();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let list = setup.ok(&["token", "list"]);
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert!(list.contains("bob@example.com"), "{list}");
+    let bob_id = list
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    setup.ok(&["token", "revoke", &bob_id]);
+    let server = setup.serve(&[]);
+    let (status, _) = jmap_get(
+        setup.jmap_port,
+        "/.well-known/jmap",
+        &format!("Bearer {}", bob_secret.trim()),
+    );
+    assert_eq!(status, 401);
+    let (status, _, stderr) = server.terminate();
+    assert_eq!(status.code(), Some(0), "{stderr}");
 }

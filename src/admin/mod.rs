@@ -9,10 +9,13 @@
 //! runs through [`execute`], so both paths behave the same.
 
 pub mod client;
+pub mod sending;
 pub mod server;
 
 use serde::{Deserialize, Serialize};
 use tern_store::MailStore;
+
+use crate::config::DkimKind;
 
 /// The socket's file name inside the data directory.
 pub const SOCKET_NAME: &str = "admin.sock";
@@ -21,24 +24,125 @@ pub const SOCKET_NAME: &str = "admin.sock";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    AccountAdd { address: String, password: String },
+    AccountAdd {
+        address: String,
+        password: String,
+    },
     // `{}` rather than unit variants: serde ignores unknown fields next to
     // the tag of a unit variant, and these should be refused like the rest.
     AccountList {},
-    AccountRemove { address: String },
-    AccountPasswd { address: String, password: String },
-    DomainAdd { domain: String },
+    AccountRemove {
+        address: String,
+    },
+    AccountPasswd {
+        address: String,
+        password: String,
+    },
+    DomainAdd {
+        domain: String,
+    },
     DomainList {},
+    /// Create an app token; the answer holds its secret, the only time
+    /// the secret is ever shown.
+    TokenCreate {
+        address: String,
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// Tokens of one account, or all.
+    TokenList {
+        #[serde(default)]
+        address: Option<String>,
+    },
+    TokenRevoke {
+        id: String,
+    },
+    /// `tern domain add`: the domain, a DKIM key, the DNS records.
+    DomainSetup {
+        domain: String,
+        dkim: DkimKind,
+        selector: String,
+        hostname: String,
+    },
+    /// `tern domain dns`: the DNS records to publish.
+    DomainDns {
+        domain: String,
+        hostname: String,
+    },
+    QueueList {
+        errors_only: bool,
+    },
+    QueueShow {
+        id: String,
+    },
+    QueueRetry {
+        id: String,
+    },
+    QueueCancel {
+        id: String,
+    },
+    /// `tern spam train`: train messages read from these files.
+    SpamTrain {
+        /// "spam" or "ham".
+        class: String,
+        /// The account whose model to train; none: the global model.
+        #[serde(default)]
+        account: Option<String>,
+        paths: Vec<String>,
+    },
 }
 
 /// The answer to one [`Request`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    Done { message: String },
-    Accounts { accounts: Vec<AccountRow> },
-    Domains { domains: Vec<String> },
-    Error { kind: ErrorKind, message: String },
+    Done {
+        message: String,
+    },
+    Accounts {
+        accounts: Vec<AccountRow>,
+    },
+    Domains {
+        domains: Vec<String>,
+    },
+    /// A token just created, with its secret.
+    TokenCreated {
+        token: TokenRow,
+        secret: String,
+    },
+    Tokens {
+        tokens: Vec<TokenRow>,
+    },
+    /// Lines to print as they are.
+    Text {
+        text: String,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+/// An app token as listed: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRow {
+    /// Public id (what `tern token revoke` takes).
+    pub id: String,
+    pub address: String,
+    pub name: String,
+    /// Creation time, unix seconds.
+    pub created: i64,
+}
+
+impl From<tern_store::account::TokenInfo> for TokenRow {
+    fn from(info: tern_store::account::TokenInfo) -> TokenRow {
+        TokenRow {
+            id: info.id,
+            address: info.address,
+            name: info.label,
+            created: info.created,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +178,11 @@ impl Response {
 /// callers run it on the blocking pool.
 pub fn execute(store: &MailStore, request: Request) -> Response {
     match request {
+        Request::SpamTrain {
+            class,
+            account,
+            paths,
+        } => crate::spam::execute_train(store, &class, account.as_deref(), &paths),
         Request::AccountAdd { address, password } => {
             if password.is_empty() {
                 return Response::error(ErrorKind::Invalid, "the password must not be empty");
@@ -137,9 +246,47 @@ pub fn execute(store: &MailStore, request: Request) -> Response {
             }
             Err(err) => store_error(err, "domain", &domain),
         },
+        Request::DomainSetup {
+            domain,
+            dkim,
+            selector,
+            hostname,
+        } => sending::domain_setup(store, &domain, dkim, &selector, &hostname),
+        Request::DomainDns { domain, hostname } => sending::domain_dns(store, &domain, &hostname),
+        Request::QueueList { errors_only } => sending::queue_list(store, errors_only),
+        Request::QueueShow { id } => sending::queue_show(store, &id),
+        Request::QueueRetry { id } => sending::queue_retry(store, &id),
+        Request::QueueCancel { id } => sending::queue_cancel(store, &id),
         Request::DomainList {} => match store.list_domains() {
             Ok(domains) => Response::Domains { domains },
             Err(err) => store_error(err, "domain", ""),
+        },
+        Request::TokenCreate { address, name } => {
+            match store.create_token(&address, name.as_deref().unwrap_or("")) {
+                Ok((secret, info)) => {
+                    tracing::info!(token = %info.id, account = %info.account, "app token created");
+                    Response::TokenCreated {
+                        token: info.into(),
+                        secret,
+                    }
+                }
+                Err(err) => store_error(err, "account", &address),
+            }
+        }
+        Request::TokenList { address } => match store.list_tokens(address.as_deref()) {
+            Ok(tokens) => Response::Tokens {
+                tokens: tokens.into_iter().map(TokenRow::from).collect(),
+            },
+            Err(err) => store_error(err, "account", address.as_deref().unwrap_or("")),
+        },
+        Request::TokenRevoke { id } => match store.revoke_token(&id) {
+            Ok(info) => {
+                tracing::info!(token = %info.id, account = %info.account, "app token revoked");
+                Response::Done {
+                    message: format!("token {} revoked", info.id),
+                }
+            }
+            Err(err) => store_error(err, "token", &id),
         },
     }
 }
@@ -293,5 +440,64 @@ mod tests {
             Response::Accounts { accounts: vec![] }
         );
         assert_eq!(store.authenticate("a@example.com", "pw2").unwrap(), None);
+    }
+
+    #[test]
+    fn token_lifecycle() {
+        let (_dir, store) = store();
+        store.add_domain("example.com").unwrap();
+        store.create_account("a@example.com", "pw").unwrap();
+        let parsed: Request =
+            serde_json::from_str(r#"{"op":"token_create","address":"a@example.com"}"#).unwrap();
+        assert_eq!(
+            parsed,
+            Request::TokenCreate {
+                address: "a@example.com".into(),
+                name: None
+            }
+        );
+        let Response::TokenCreated { token, secret } = execute(
+            &store,
+            Request::TokenCreate {
+                address: "a@example.com".into(),
+                name: Some("laptop".into()),
+            },
+        ) else {
+            panic!("expected a token");
+        };
+        assert_eq!(token.name, "laptop");
+        assert_eq!(token.address, "a@example.com");
+        assert!(store.authenticate_token(&secret).unwrap().is_some());
+        assert_eq!(
+            execute(&store, Request::TokenList { address: None }),
+            Response::Tokens {
+                tokens: vec![token.clone()]
+            }
+        );
+        assert_eq!(
+            error_kind(execute(
+                &store,
+                Request::TokenCreate {
+                    address: "nobody@example.com".into(),
+                    name: None
+                }
+            )),
+            ErrorKind::NotFound
+        );
+        done(execute(
+            &store,
+            Request::TokenRevoke {
+                id: token.id.clone(),
+            },
+        ));
+        assert_eq!(store.authenticate_token(&secret).unwrap(), None);
+        assert_eq!(
+            error_kind(execute(&store, Request::TokenRevoke { id: token.id })),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            error_kind(execute(&store, Request::TokenRevoke { id: "xyz".into() })),
+            ErrorKind::Invalid
+        );
     }
 }

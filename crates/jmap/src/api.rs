@@ -21,6 +21,8 @@ const IETF_NAMESPACE: &str = "urn:ietf:params:jmap:";
 
 type Plain = fn(&mut Ctx<'_>, Arguments) -> MethodResult;
 type WithMail = fn(&mut Ctx<'_>, Arguments, bool) -> MethodResult;
+type WithImplicit =
+    fn(&mut Ctx<'_>, Arguments) -> (MethodResult, Option<(&'static str, MethodResult)>);
 
 #[derive(Clone, Copy)]
 enum Handler {
@@ -28,6 +30,9 @@ enum Handler {
     /// Gets whether the request uses the mail capability (Quota methods
     /// hide types the client did not opt into).
     WithMail(WithMail),
+    /// May call for an implicit method (EmailSubmission/set's Email/set),
+    /// whose response follows with the same call id.
+    WithImplicit(WithImplicit),
 }
 
 fn echo(_ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
@@ -36,10 +41,12 @@ fn echo(_ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
 
 /// The capability a method belongs to and its handler.
 fn lookup(name: &str) -> Option<(&'static str, Handler)> {
-    use Handler::{Plain as P, WithMail as M};
+    use Handler::{Plain as P, WithImplicit as I, WithMail as M};
     Some(match name {
         "Core/echo" => (CORE, P(echo)),
         "Blob/copy" => (CORE, P(crate::blob::copy)),
+        "PushSubscription/get" => (CORE, P(crate::push_subscription::get)),
+        "PushSubscription/set" => (CORE, P(crate::push_subscription::set)),
         "Mailbox/get" => (MAIL, P(crate::mailbox::get)),
         "Mailbox/changes" => (MAIL, P(crate::mailbox::changes)),
         "Mailbox/query" => (MAIL, P(crate::mailbox::query)),
@@ -54,9 +61,15 @@ fn lookup(name: &str) -> Option<(&'static str, Handler)> {
         "Email/queryChanges" => (MAIL, P(crate::email::query_changes)),
         "Email/import" => (MAIL, P(crate::email::import)),
         "Email/parse" => (MAIL, P(crate::email::parse)),
+        "SearchSnippet/get" => (MAIL, P(crate::snippet::get)),
         "Identity/get" => (SUBMISSION, P(crate::identity::get)),
         "Identity/changes" => (SUBMISSION, P(crate::identity::changes)),
         "Identity/set" => (SUBMISSION, P(crate::identity::set)),
+        "EmailSubmission/get" => (SUBMISSION, P(crate::submission::get)),
+        "EmailSubmission/changes" => (SUBMISSION, P(crate::submission::changes)),
+        "EmailSubmission/query" => (SUBMISSION, P(crate::submission::query)),
+        "EmailSubmission/queryChanges" => (SUBMISSION, P(crate::submission::query_changes)),
+        "EmailSubmission/set" => (SUBMISSION, I(crate::submission::set_with_implicit)),
         "VacationResponse/get" => (VACATION, P(crate::vacation::get)),
         "VacationResponse/set" => (VACATION, P(crate::vacation::set)),
         "Quota/get" => (QUOTA, M(crate::quota::get)),
@@ -230,6 +243,7 @@ pub fn process(
     let uses_mail = request.using.contains(MAIL);
     let mut responses: Vec<Value> = Vec::with_capacity(request.calls.len());
     for call in request.calls {
+        let mut implicit: Option<(&'static str, MethodResult)> = None;
         let result = (|| -> MethodResult {
             let (capability, handler) = lookup(&call.name).ok_or(MethodError::UnknownMethod)?;
             if !request.using.contains(capability) {
@@ -245,6 +259,11 @@ pub fn process(
             let run = AssertUnwindSafe(|| match handler {
                 Handler::Plain(f) => f(&mut ctx, args),
                 Handler::WithMail(f) => f(&mut ctx, args, uses_mail),
+                Handler::WithImplicit(f) => {
+                    let (result, then) = f(&mut ctx, args);
+                    implicit = then;
+                    result
+                }
             });
             match catch_unwind(run) {
                 Ok(r) => r,
@@ -258,6 +277,12 @@ pub fn process(
             Ok(args) => json!([call.name, Value::Object(args), call.id]),
             Err(e) => json!(["error", Value::Object(e.to_arguments()), call.id]),
         });
+        if let Some((name, result)) = implicit {
+            responses.push(match result {
+                Ok(args) => json!([name, Value::Object(args), call.id]),
+                Err(e) => json!(["error", Value::Object(e.to_arguments()), call.id]),
+            });
+        }
     }
     let mut out = Map::new();
     out.insert("methodResponses".into(), Value::Array(responses));

@@ -55,6 +55,14 @@ impl Authenticator {
     /// The principal of a cached Basic credential, without blocking.
     pub fn cached(&self, header: Option<&str>) -> Option<Principal> {
         let header = header?;
+        // Only Basic credentials are remembered; a Bearer token is looked up
+        // every time so that revoking it takes effect at once.
+        if !header
+            .get(..6)
+            .is_some_and(|s| s.eq_ignore_ascii_case("basic "))
+        {
+            return None;
+        }
         let key: [u8; 32] = Sha256::digest(header.as_bytes()).into();
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache
@@ -103,17 +111,14 @@ impl Authenticator {
     }
 
     fn bearer(&self, token: &str) -> Result<Principal, AuthError> {
-        if token.is_empty() || token.len() > 512 {
-            return Err(AuthError::Invalid);
-        }
-        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let found = self
+        // Never cached: a token revoked with `tern token revoke` fails on
+        // the next request.
+        let account = self
             .store
-            .kv()
-            .read(|tx| account::get_token(tx, &hash))
+            .authenticate_token(token)
             .map_err(AuthError::Store)?
             .ok_or(AuthError::Invalid)?;
-        self.principal(found.account)
+        self.principal(account)
     }
 
     fn principal(&self, id: AccountId) -> Result<Principal, AuthError> {
@@ -128,37 +133,4 @@ impl Authenticator {
             username: record.address,
         })
     }
-}
-
-/// Creates an app token (a Bearer credential) for the account whose login
-/// is `address`, labelled `label`. Returns the secret, which is shown once:
-/// only its SHA-256 is stored. Blocks.
-pub fn create_app_token(
-    store: &MailStore,
-    address: &str,
-    label: &str,
-) -> Result<String, tern_store::Error> {
-    use rand::RngCore;
-    let address = account::normalize_address(address)?;
-    let mut secret = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut secret);
-    let token = format!(
-        "tern_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
-    );
-    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    store.kv().transact(|tx| {
-        let id = account::lookup_login(tx, &address)?
-            .ok_or_else(|| tern_store::Error::NotFound(format!("account {address}")))?;
-        account::add_token(
-            tx,
-            &hash,
-            &account::Token {
-                account: id,
-                label: label.to_string(),
-                created: tern_store::now(),
-            },
-        )
-    })?;
-    Ok(token)
 }

@@ -30,6 +30,8 @@ pub struct JmapConfig {
     /// Most bytes of unreferenced uploads an account may hold; older
     /// uploads are released first when a new one would exceed it.
     pub upload_quota: u64,
+    /// Push: event source, WebSocket, push subscriptions.
+    pub push: crate::push::PushConfig,
 }
 
 /// PEM files for TLS.
@@ -52,6 +54,7 @@ impl JmapConfig {
             auth_cache_ttl: Duration::from_secs(60),
             upload_ttl: Duration::from_secs(24 * 3600),
             upload_quota: 200_000_000,
+            push: crate::push::PushConfig::default(),
         }
     }
 

@@ -22,7 +22,7 @@ use crate::auth::{AuthError, Authenticator, Principal};
 use crate::blob::{self, ByteRange, FetchError, UploadError};
 use crate::config::JmapConfig;
 use crate::problem::Problem;
-use crate::{api, id, push, session};
+use crate::{api, id, push, session, ws};
 
 /// The body of every response: a full buffer, or a stream (event source).
 pub type ResponseBody = BoxBody<Bytes, Infallible>;
@@ -37,12 +37,14 @@ pub struct Jmap {
 pub(crate) struct Inner {
     pub(crate) store: MailStore,
     pub(crate) config: JmapConfig,
-    base: String,
+    pub(crate) base: String,
     prefix: String,
     auth: Authenticator,
     api_inflight: Mutex<HashMap<AccountId, usize>>,
     upload_inflight: Mutex<HashMap<AccountId, usize>>,
     shutdown_tx: watch::Sender<bool>,
+    /// Push notifiers and WebSocket connections (`crate::push`).
+    pub(crate) push: push::PushRuntime,
 }
 
 impl Inner {
@@ -183,7 +185,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (percent_decode(k) == name).then(|| percent_decode(v))
@@ -278,6 +280,8 @@ impl Jmap {
             .unwrap_or_default();
         let auth = Authenticator::new(store.clone(), config.auth_cache_ttl);
         let (shutdown_tx, _) = watch::channel(false);
+        let push =
+            push::PushRuntime::new(store.clone(), config.push.clone(), shutdown_tx.subscribe());
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -288,6 +292,7 @@ impl Jmap {
                 api_inflight: Mutex::new(HashMap::new()),
                 upload_inflight: Mutex::new(HashMap::new()),
                 shutdown_tx,
+                push,
             }),
         }
     }
@@ -295,6 +300,20 @@ impl Jmap {
     /// Ends open event-source streams (server shutdown).
     pub fn shutdown(&self) {
         self.inner.shutdown_tx.send_replace(true);
+    }
+
+    /// After [`Jmap::shutdown`]: waits until every WebSocket connection has
+    /// been closed (with a close frame), at most `limit`. Returns whether
+    /// they all closed.
+    pub async fn wait_websockets_closed(&self, limit: std::time::Duration) -> bool {
+        self.inner.push.wait_closed(limit).await
+    }
+
+    /// Starts delivering push subscriptions' notifications (RFC 8620
+    /// section 7.2) until [`Jmap::shutdown`]. Call once, inside a Tokio
+    /// runtime.
+    pub fn start_push_delivery(&self) {
+        crate::push_delivery::start(self.inner.clone());
     }
 
     /// The public base URL the session's URLs start with.
@@ -336,6 +355,7 @@ impl Jmap {
             Upload(String),
             Download(String, String, String),
             EventSource,
+            WebSocket,
         }
         let route =
             if path == "/.well-known/jmap" || path == "/jmap/session" || path == "/jmap/session/" {
@@ -359,6 +379,8 @@ impl Jmap {
                 }
             } else if path == "/jmap/eventsource" || path == "/jmap/eventsource/" {
                 Route::EventSource
+            } else if path == ws::PATH || path == "/jmap/ws/" {
+                Route::WebSocket
             } else {
                 return problem_response(&Problem::http(StatusCode::NOT_FOUND, "no such resource"));
             };
@@ -394,6 +416,7 @@ impl Jmap {
                 req.uri().query(),
                 req.headers(),
             ),
+            Route::WebSocket => ws::upgrade(self.inner.clone(), principal, req),
         }
     }
 

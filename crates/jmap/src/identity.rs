@@ -75,7 +75,7 @@ fn ensure_default(w: &mut Writer<'_, '_>) -> tern_store::Result<bool> {
 }
 
 /// Makes sure the default identity exists (one write the first time).
-fn initialize(ctx: &Ctx<'_>, account: AccountId) -> Result<(), MethodError> {
+pub(crate) fn initialize(ctx: &Ctx<'_>, account: AccountId) -> Result<(), MethodError> {
     let done = ctx.store.kv().read(|tx| {
         Ok::<_, tern_store::Error>(object::allocated(tx, account, Collection::Identity)? > 0)
     })?;

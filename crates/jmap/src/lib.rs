@@ -6,7 +6,9 @@
 //!
 //! Map of the crate:
 //! - [`http`]: routing, CORS, auth, limits, the session/API/upload/download
-//!   endpoints; [`push`]: the event source; [`server`]: the listener.
+//!   endpoints; [`push`]: push settings and the event source; [`ws`]: JMAP
+//!   over WebSocket; [`push_subscription`]: PushSubscription/get, set;
+//!   [`server`]: the listener.
 //! - [`api`]: request validation, result references, dispatch table.
 //! - [`args`]: the standard /get, /changes, /set, /query scaffolding.
 //! - one module per data type: [`mailbox`], [`thread`], [`email`] (its own
@@ -24,16 +26,22 @@ pub mod identity;
 pub mod json;
 pub mod mailbox;
 pub mod method;
+mod notify;
 pub mod problem;
 pub mod push;
+mod push_delivery;
+pub mod push_subscription;
 pub mod quota;
 pub mod server;
 pub mod session;
+pub mod snippet;
+pub mod submission;
 pub mod thread;
 pub mod vacation;
+pub mod ws;
 
-pub use auth::create_app_token;
 pub use config::{JmapConfig, TlsConfig};
 pub use http::{Jmap, ResponseBody};
 pub use method::Limits;
+pub use push::PushConfig;
 pub use server::{serve, serve_on};

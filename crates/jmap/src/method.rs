@@ -180,6 +180,13 @@ impl From<tern_store::Error> for MethodError {
     fn from(e: tern_store::Error) -> Self {
         match e {
             tern_store::Error::CannotCalculateChanges => MethodError::CannotCalculateChanges,
+            // Conflicts that outlasted every retry, or a transaction that
+            // outlived the backend's history: the same call may succeed
+            // later (RFC 8620 section 3.6.2, serverUnavailable).
+            tern_store::Error::Kv(ref kv) if kv.is_retryable() => {
+                tracing::warn!(error = %kv, "store busy in method");
+                MethodError::ServerUnavailable
+            }
             other => {
                 tracing::error!(error = %other, "store error in method");
                 MethodError::ServerFail(other.to_string())
@@ -238,5 +245,37 @@ impl SetError {
             );
         }
         Value::Object(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_map_to_method_errors() {
+        use tern_store::kv::Error as Kv;
+        let cases = [
+            (
+                tern_store::Error::CannotCalculateChanges,
+                "cannotCalculateChanges",
+            ),
+            (tern_store::Error::Kv(Kv::Conflict), "serverUnavailable"),
+            (
+                tern_store::Error::Kv(Kv::TransactionTooOld),
+                "serverUnavailable",
+            ),
+            (
+                tern_store::Error::Kv(Kv::Backend("disk".into())),
+                "serverFail",
+            ),
+            (tern_store::Error::Invalid("x".into()), "serverFail"),
+        ];
+        for (e, expected) in cases {
+            let m: MethodError = e.into();
+            assert_eq!(m.type_name(), expected);
+            // serverFail's detail is for the log, not the client.
+            assert!(m.to_arguments().get("description").is_none());
+        }
     }
 }

@@ -69,6 +69,7 @@ pub async fn serve_on(
 ) -> io::Result<()> {
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let jmap = Jmap::new(config, store);
+    jmap.start_push_delivery();
     let builder = Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     tracing::info!(addr = %listener.local_addr()?, base = jmap.base_url(), "JMAP listening");
@@ -135,7 +136,9 @@ pub async fn serve_on(
     drop(listener);
     jmap.shutdown();
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        // WebSocket connections left hyper at their upgrade: wait for
+        // their close handshakes too.
+        _ = async { graceful.shutdown().await; jmap.wait_websockets_closed(DRAIN).await } => {}
         _ = tokio::time::sleep(DRAIN) => {
             tracing::warn!("JMAP: in-flight requests still running after {DRAIN:?}; stopping");
         }

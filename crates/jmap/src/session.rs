@@ -62,14 +62,19 @@ pub fn session(principal: &Principal, limits: &Limits, base: &str) -> Value {
         "mayCreateTopLevelMailbox": true,
     });
     let submission_account = json!({
-        "maxDelayedSend": 0,
-        "submissionExtensions": {},
+        "maxDelayedSend": crate::submission::MAX_DELAYED_SEND,
+        "submissionExtensions": crate::submission::submission_extensions(),
     });
     let mut capabilities = Map::new();
     capabilities.insert(CORE.into(), core);
     for c in [MAIL, SUBMISSION, VACATION, QUOTA] {
         capabilities.insert(c.into(), json!({}));
     }
+    // RFC 8887: JMAP over WebSocket, with push.
+    capabilities.insert(
+        crate::ws::CAPABILITY.into(),
+        json!({"url": crate::ws::url(base), "supportsPush": true}),
+    );
     let mut account_caps = Map::new();
     account_caps.insert(MAIL.into(), mail_account);
     account_caps.insert(SUBMISSION.into(), submission_account);

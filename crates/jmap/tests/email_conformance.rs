@@ -46,6 +46,7 @@ fn handler(name: &str) -> Option<Handler> {
         "Email/queryChanges" => tern_jmap::email::query_changes,
         "Email/import" => tern_jmap::email::import,
         "Email/parse" => tern_jmap::email::parse,
+        "SearchSnippet/get" => tern_jmap::snippet::get,
         _ => return None,
     })
 }
@@ -281,6 +282,18 @@ fn run_case(case: &Value) -> Result<(), String> {
             .as_str()
             .ok_or_else(|| format!("step {n}: no call"))?;
         let h = handler(method).ok_or_else(|| format!("step {n}: unknown method {method}"))?;
+        if matches!(
+            method,
+            "Email/query" | "Email/queryChanges" | "SearchSnippet/get"
+        ) {
+            // Text conditions read the search index: bring it up to date
+            // as the server's indexer does.
+            let index =
+                tern_search::SearchIndex::for_store(&fx.store).map_err(|e| e.to_string())?;
+            tern_search::Indexer::new(fx.store.clone(), index)
+                .drain()
+                .map_err(|e| e.to_string())?;
+        }
         let Value::Object(args) = fx.substitute(&step["args"]) else {
             return Err(format!("step {n}: args must be an object"));
         };

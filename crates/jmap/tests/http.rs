@@ -23,7 +23,7 @@ fn setup() -> (tempfile::TempDir, MailStore, AccountId, Jmap) {
 }
 
 fn token(store: &MailStore) -> String {
-    tern_jmap::create_app_token(store, USER, "tests").unwrap()
+    store.create_token(USER, "tests").unwrap().0
 }
 
 async fn send(jmap: &Jmap, req: Request<Full<Bytes>>) -> Response<ResponseBody> {
@@ -42,18 +42,30 @@ async fn api(jmap: &Jmap, auth: &str, body: Value) -> Value {
 }
 
 /// The next chunk of a streaming body, or `None` at its end.
+/// Whether an event-stream block only sets the last event id (the stream
+/// starts with one: the current push state).
+fn is_id_only(text: &str) -> bool {
+    text.lines().all(|l| l.is_empty() || l.starts_with("id:"))
+}
+
 async fn next_chunk(body: &mut ResponseBody, wait: Duration) -> Option<String> {
-    let frame = tokio::time::timeout(wait, body.frame())
-        .await
-        .expect("the stream produced nothing in time")?;
-    let frame = frame.unwrap();
-    Some(String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap())
+    loop {
+        let frame = tokio::time::timeout(wait, body.frame())
+            .await
+            .expect("the stream produced nothing in time")?;
+        let frame = frame.unwrap();
+        let text = String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap();
+        if !is_id_only(&text) {
+            return Some(text);
+        }
+    }
 }
 
 #[tokio::test]
-async fn bearer_app_tokens_authenticate_and_unknown_ones_do_not() {
+async fn bearer_app_tokens_authenticate_and_unknown_or_revoked_ones_do_not() {
     let (_dir, store, account, jmap) = setup();
-    let bearer = format!("Bearer {}", token(&store));
+    let secret = token(&store);
+    let bearer = format!("Bearer {secret}");
     let req = Request::get("/jmap/session")
         .header("authorization", &bearer)
         .body(Full::new(Bytes::new()))
@@ -72,6 +84,15 @@ async fn bearer_app_tokens_authenticate_and_unknown_ones_do_not() {
     let r = send(&jmap, req).await;
     assert_eq!(r.status(), 401);
     assert!(r.headers().get_all("www-authenticate").iter().count() >= 1);
+
+    // Revoked: refused on the very next request (tokens are not cached).
+    let id = tern_store::account::token_id(&tern_store::account::token_hash(&secret));
+    store.revoke_token(&id).unwrap();
+    let req = Request::get("/jmap/session")
+        .header("authorization", &bearer)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&jmap, req).await.status(), 401);
 }
 
 async fn open_events(jmap: &Jmap, auth: &str, query: &str, last: Option<&str>) -> ResponseBody {
@@ -127,7 +148,10 @@ async fn event_source_pushes_a_state_change_and_closes_after_state() {
         states.push(set["methodResponses"][0][1]["newState"].clone());
         if let Ok(chunk) = tokio::time::timeout(Duration::from_secs(2), body.frame()).await {
             let frame = chunk.expect("an event").unwrap();
-            break String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap();
+            let text = String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap();
+            if !is_id_only(&text) {
+                break text;
+            }
         }
     };
     let (event, id, data) = parse_event(&text);
@@ -308,4 +332,285 @@ async fn concurrent_request_limit_is_a_limit_problem() {
 #[allow(dead_code)]
 fn assert_body_is_send(b: ResponseBody) -> impl Body + Send {
     b
+}
+
+/// A request body fed by the test through a channel, without a
+/// Content-Length: it stays open until the sender sends or is dropped.
+struct Streamed(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl Body for Streamed {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+fn streamed() -> (tokio::sync::mpsc::Sender<Bytes>, Streamed) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    (tx, Streamed(rx))
+}
+
+async fn problem(r: Response<ResponseBody>) -> Value {
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limits_count_requests_in_flight_per_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MailStore::open(dir.path()).unwrap();
+    store.add_domain("example.com").unwrap();
+    store.create_account(USER, PASSWORD).unwrap();
+    store.create_account("bob@example.com", PASSWORD).unwrap();
+    let mut config = JmapConfig::default();
+    config.limits.max_concurrent_requests = 1;
+    config.limits.max_concurrent_upload = 1;
+    let jmap = Jmap::new(config, store.clone());
+    let alice = format!("Bearer {}", token(&store));
+    let bob = format!(
+        "Bearer {}",
+        store.create_token("bob@example.com", "t").unwrap().0
+    );
+    let echo =
+        json!({"using": ["urn:ietf:params:jmap:core"], "methodCalls": [["Core/echo", {}, "0"]]});
+
+    for (path, limit, status) in [
+        ("/jmap/api/", "maxConcurrentRequests", 429),
+        ("/jmap/upload/A1/", "maxConcurrentUpload", 429),
+    ] {
+        // A request whose body is still arriving holds the account's slot.
+        let (tx, body) = streamed();
+        let req = Request::post(path)
+            .header("authorization", &alice)
+            .body(body)
+            .unwrap();
+        let held = tokio::spawn({
+            let jmap = jmap.clone();
+            async move { jmap.handle(req).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = Request::post(path)
+            .header("authorization", &alice)
+            .body(Full::new(Bytes::from(echo.to_string())))
+            .unwrap();
+        let r = send(&jmap, second).await;
+        assert_eq!(r.status(), status, "{path}");
+        let p = problem(r).await;
+        assert_eq!(p["type"], "urn:ietf:params:jmap:error:limit");
+        assert_eq!(p["limit"], limit);
+        // Another account has its own slots.
+        if path == "/jmap/api/" {
+            assert_eq!(
+                api(&jmap, &bob, echo.clone()).await["methodResponses"][0][0],
+                "Core/echo"
+            );
+        }
+        // The first request finishes; the slot is free again.
+        tx.send(Bytes::from(echo.to_string())).await.unwrap();
+        drop(tx);
+        let r = held.await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        let again = Request::post(path)
+            .header("authorization", &alice)
+            .body(Full::new(Bytes::from(echo.to_string())))
+            .unwrap();
+        assert!(send(&jmap, again).await.status().is_success(), "{path}");
+
+        // A client that goes away mid-body releases its slot too.
+        let (tx, body) = streamed();
+        let req = Request::post(path)
+            .header("authorization", &alice)
+            .body(body)
+            .unwrap();
+        let held = tokio::spawn({
+            let jmap = jmap.clone();
+            async move { jmap.handle(req).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.send(Bytes::from_static(b"{")).await.unwrap();
+        drop(tx);
+        held.await.unwrap();
+        let again = Request::post(path)
+            .header("authorization", &alice)
+            .body(Full::new(Bytes::from(echo.to_string())))
+            .unwrap();
+        assert!(send(&jmap, again).await.status().is_success(), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn size_limits_hold_for_bodies_without_a_content_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MailStore::open(dir.path()).unwrap();
+    store.add_domain("example.com").unwrap();
+    store.create_account(USER, PASSWORD).unwrap();
+    let mut config = JmapConfig::default();
+    config.limits.max_size_request = 1000;
+    config.limits.max_size_upload = 1000;
+    let jmap = Jmap::new(config, store.clone());
+    let auth = format!("Bearer {}", token(&store));
+    for (path, status, limit) in [
+        ("/jmap/api/", 400, "maxSizeRequest"),
+        ("/jmap/upload/A1/", 413, "maxSizeUpload"),
+    ] {
+        let (tx, body) = streamed();
+        let req = Request::post(path)
+            .header("authorization", &auth)
+            .body(body)
+            .unwrap();
+        let feeder = tokio::spawn(async move {
+            // 600 + 600 bytes: the second chunk crosses the limit.
+            for _ in 0..2 {
+                if tx.send(Bytes::from(vec![b' '; 600])).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let r = jmap.handle(req).await;
+        assert_eq!(r.status(), status, "{path}");
+        let p = problem(r).await;
+        assert_eq!(p["type"], "urn:ietf:params:jmap:error:limit");
+        assert_eq!(p["limit"], limit);
+        feeder.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn session_urls_are_absolute_under_a_base_url_with_a_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MailStore::open(dir.path()).unwrap();
+    store.add_domain("example.com").unwrap();
+    store.create_account(USER, PASSWORD).unwrap();
+    let config = JmapConfig {
+        base_url: Some("https://mail.example.com/tern/".into()),
+        ..JmapConfig::default()
+    };
+    let jmap = Jmap::new(config, store.clone());
+    let auth = format!("Bearer {}", token(&store));
+    // Behind a proxy that keeps the prefix, and at the well-known URL.
+    for path in ["/tern/.well-known/jmap", "/.well-known/jmap"] {
+        let req = Request::get(path)
+            .header("authorization", &auth)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let r = send(&jmap, req).await;
+        assert_eq!(r.status(), 200, "{path}");
+        let s: Value =
+            serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(s["apiUrl"], "https://mail.example.com/tern/jmap/api/");
+        assert_eq!(
+            s["uploadUrl"],
+            "https://mail.example.com/tern/jmap/upload/{accountId}/"
+        );
+        assert_eq!(
+            s["downloadUrl"],
+            "https://mail.example.com/tern/jmap/download/{accountId}/{blobId}/{name}?type={type}"
+        );
+        assert!(
+            s["eventSourceUrl"]
+                .as_str()
+                .unwrap()
+                .starts_with("https://mail.example.com/tern/jmap/eventsource/?"),
+            "{s}"
+        );
+    }
+    // The API answers under the prefix.
+    let req = Request::post("/tern/jmap/api/")
+        .header("authorization", &auth)
+        .body(Full::new(Bytes::from(
+            json!({"using": ["urn:ietf:params:jmap:core"], "methodCalls": [["Core/echo", {"x": 1}, "0"]]})
+                .to_string(),
+        )))
+        .unwrap();
+    assert_eq!(send(&jmap, req).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_truncated_change_log_answers_cannot_calculate_changes() {
+    let (_dir, store, account, jmap) = setup();
+    let auth = format!("Bearer {}", token(&store));
+    let using = json!(["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"]);
+    let acct = tern_jmap::id::account_id(account);
+    let states = |v: &Value| {
+        (
+            v["methodResponses"][0][1]["state"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            v["methodResponses"][1][1]["queryState"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            v["methodResponses"][2][1]["state"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
+    };
+    let snapshot = json!({"using": using, "methodCalls": [
+        ["Email/get", {"accountId": acct, "ids": []}, "0"],
+        ["Email/query", {"accountId": acct}, "1"],
+        ["Mailbox/get", {"accountId": acct, "ids": []}, "2"],
+    ]});
+    let old = states(&api(&jmap, &auth, snapshot.clone()).await);
+    for i in 0..3 {
+        let raw = format!("From: a@example.org\r\nSubject: {i}\r\n\r\nbody\r\n");
+        store
+            .deliver(raw.as_bytes(), &[tern_store::Recipient::inbox(account)])
+            .unwrap();
+    }
+    let mid = states(&api(&jmap, &auth, snapshot.clone()).await);
+    // The log keeps everything: both states can be asked about.
+    let ask = |s: &(String, String, String)| {
+        json!({"using": using, "methodCalls": [
+            ["Email/changes", {"accountId": acct, "sinceState": s.0}, "0"],
+            ["Email/queryChanges", {"accountId": acct, "sinceQueryState": s.1}, "1"],
+            ["Mailbox/changes", {"accountId": acct, "sinceState": s.2}, "2"],
+        ]})
+    };
+    let r = api(&jmap, &auth, ask(&old)).await;
+    assert_eq!(
+        r["methodResponses"][0][1]["created"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        r["methodResponses"][1][1]["added"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(r["methodResponses"][2][0], "Mailbox/changes");
+    // Drop the log up to `mid`: older states cannot be answered, later
+    // ones still can.
+    let upto = |s: &str| s.parse::<u64>().unwrap();
+    store
+        .kv()
+        .transact(|tx| {
+            tern_store::changes::truncate(tx, account, tern_store::DataType::Email, upto(&mid.0))?;
+            tern_store::changes::truncate(tx, account, tern_store::DataType::Mailbox, upto(&mid.2))
+        })
+        .unwrap();
+    let r = api(&jmap, &auth, ask(&old)).await;
+    for i in 0..3 {
+        assert_eq!(r["methodResponses"][i][0], "error", "{r}");
+        assert_eq!(
+            r["methodResponses"][i][1]["type"], "cannotCalculateChanges",
+            "{r}"
+        );
+    }
+    let r = api(&jmap, &auth, ask(&mid)).await;
+    assert_eq!(r["methodResponses"][0][0], "Email/changes", "{r}");
+    assert_eq!(r["methodResponses"][1][0], "Email/queryChanges", "{r}");
+    assert_eq!(r["methodResponses"][2][0], "Mailbox/changes", "{r}");
 }

@@ -181,7 +181,7 @@ impl MailAuthChecker {
     }
 }
 
-fn name_server(addr: &SocketAddr) -> NameServerConfig {
+pub(crate) fn name_server(addr: &SocketAddr) -> NameServerConfig {
     let mut udp = ConnectionConfig::udp();
     udp.port = addr.port();
     let mut tcp = ConnectionConfig::tcp();

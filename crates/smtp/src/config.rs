@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything [`crate::serve`] needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SmtpConfig {
     /// The name in the greeting, EHLO reply, Received and
     /// Authentication-Results headers, and a generated certificate.
@@ -26,6 +26,10 @@ pub struct SmtpConfig {
     pub dns: DnsConfig,
     /// Authentication checks on mail received by the MX listener.
     pub checks: ChecksConfig,
+    /// Spam scoring, DNSBL and submission limits (`crate::spam`).
+    pub spam: crate::spam::SpamConfig,
+    /// Virus scanning with clamd (`crate::virus`).
+    pub virus: crate::virus::VirusConfig,
 }
 
 impl Default for SmtpConfig {
@@ -39,6 +43,8 @@ impl Default for SmtpConfig {
             limits: Limits::default(),
             dns: DnsConfig::default(),
             checks: ChecksConfig::default(),
+            spam: crate::spam::SpamConfig::default(),
+            virus: crate::virus::VirusConfig::default(),
         }
     }
 }

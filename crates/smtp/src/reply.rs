@@ -140,15 +140,16 @@ pub(crate) const TOO_BIG: Reply = Reply::new(
 );
 pub(crate) const TOO_MANY_RECIPIENTS: Reply = Reply::new(452, [4, 5, 3], "Too many recipients");
 pub(crate) const UNKNOWN_USER: Reply = Reply::new(550, [5, 1, 1], "Mailbox does not exist");
+pub(crate) const MAILBOX_FULL: Reply = Reply::new(452, [4, 2, 2], "Mailbox full; try again later");
+pub(crate) const TOO_BIG_FOR_MAILBOX: Reply = Reply::new(
+    552,
+    [5, 2, 2],
+    "Message is larger than the recipient's mailbox quota",
+);
 pub(crate) const RELAY_DENIED: Reply = Reply::new(
     554,
     [5, 7, 1],
     "Relay access denied: this server only accepts mail for its own domains",
-);
-pub(crate) const REMOTE_UNAVAILABLE: Reply = Reply::new(
-    451,
-    [4, 3, 0],
-    "Remote delivery is not available yet; try again later",
 );
 pub(crate) const TEMP_FAILURE: Reply =
     Reply::new(451, [4, 3, 0], "Temporary local problem; try again later");

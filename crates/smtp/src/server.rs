@@ -2,13 +2,15 @@
 //! [`Session`] over TCP or TLS with timeouts, and carries out its actions
 //! against the store (on the blocking pool: store calls wait for fsync).
 
-use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use tern_store::{AccountId, Folder, MailStore, Recipient};
+use tern_store::{
+    DeliverOptions, Envelope as StoreEnvelope, EnvelopeRecipient, Folder, MailStore, QuotaPolicy,
+    Recipient,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -20,9 +22,10 @@ use crate::config::{Limits, SmtpConfig};
 use crate::error::Error;
 use crate::headers;
 use crate::limits::Limiter;
-use crate::reply::Reply;
+use crate::reply::{self, Reply};
 use crate::session::{
-    Action, Answer, Incoming, ListenerKind, RecipientLookup, Session, SessionConfig, Step,
+    Action, Answer, BodyType, Envelope, Incoming, ListenerKind, RecipientLookup, Session,
+    SessionConfig, Step,
 };
 
 /// A bound SMTP server, not yet accepting. [`SmtpServer::run`] accepts.
@@ -48,6 +51,8 @@ struct Shared {
     limits: Limits,
     limiter: Arc<Limiter>,
     checker: Option<MailAuthChecker>,
+    /// Spam and virus filtering (crate::spam).
+    filter: crate::spam::Filter,
     sessions: [Arc<SessionConfig>; 3],
 }
 
@@ -112,8 +117,22 @@ impl SmtpServer {
                 max_line_length: limits.max_line_length.max(512),
             })
         };
+        let filter = {
+            let (spam, virus, dns, store) = (
+                config.spam.clone(),
+                config.virus.clone(),
+                config.dns.clone(),
+                store.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                crate::spam::Filter::new(&spam, &virus, &dns, store)
+            })
+            .await
+            .map_err(|e| Error::Config(e.to_string()))??
+        };
         let shared = Arc::new(Shared {
             store,
+            filter,
             hostname: config.hostname.clone(),
             tls: TlsAcceptor::from(tls_config),
             limiter: Arc::new(Limiter::new(
@@ -257,7 +276,7 @@ impl Conn {
 
 async fn connection(
     kind: ListenerKind,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
@@ -268,12 +287,19 @@ async fn connection(
         Ok(admitted) => admitted,
         Err(refusal) => {
             tracing::debug!(service = kind.name(), ?refusal, "connection refused");
-            if kind != ListenerKind::Submissions {
-                let mut out = Vec::new();
-                refusal.reply().write_to(&mut out);
-                let _ = tokio::time::timeout(limits.command_timeout, stream.write_all(&out)).await;
-                let _ = stream.shutdown().await;
-            }
+            let mut out = Vec::new();
+            refusal.reply().write_to(&mut out);
+            // Implicit TLS: the 421 can only be said inside TLS.
+            let mut conn = if kind == ListenerKind::Submissions {
+                match handshake(&shared, stream).await {
+                    Some((conn, _)) => conn,
+                    None => return,
+                }
+            } else {
+                Conn::Plain(stream)
+            };
+            let _ = tokio::time::timeout(limits.command_timeout, conn.write_all(&out)).await;
+            let _ = tokio::time::timeout(limits.command_timeout, conn.shutdown()).await;
             return;
         }
     };
@@ -314,6 +340,9 @@ async fn drive(
 ) {
     let limits = &shared.limits;
     let mut buf = vec![0u8; 16 * 1024];
+    // When the command being read must be complete: a line sent a byte
+    // at a time gets the command timeout in all, not per byte.
+    let mut deadline: Option<Instant> = None;
     loop {
         match session.step() {
             Step::NeedInput => {
@@ -321,9 +350,17 @@ async fn drive(
                     return;
                 }
                 let wait = if session.in_data() {
+                    // RFC 5321 §4.5.3.2.5: per piece of data.
+                    deadline = None;
                     limits.data_timeout
                 } else {
-                    limits.command_timeout
+                    let now = Instant::now();
+                    let until = match deadline {
+                        Some(until) if session.in_partial_line() => until,
+                        _ => now + limits.command_timeout,
+                    };
+                    deadline = Some(until);
+                    until.saturating_duration_since(now)
                 };
                 let read = if session.in_data() {
                     // A message on its way is let finish.
@@ -416,8 +453,8 @@ async fn perform(shared: &Shared, action: Action) -> Answer {
                 }
             }
         }
-        Action::CheckRecipient { address } => {
-            match blocking(move || lookup_recipient(&store, &address)).await {
+        Action::CheckRecipient { address, size } => {
+            match blocking(move || lookup_recipient(&store, &address, size)).await {
                 Ok(found) => Answer::Recipient(found),
                 Err(err) => {
                     tracing::warn!(error = %err, "recipient lookup failed");
@@ -429,26 +466,67 @@ async fn perform(shared: &Shared, action: Action) -> Answer {
     }
 }
 
-fn lookup_recipient(store: &MailStore, address: &str) -> tern_store::Result<RecipientLookup> {
-    // RFC 5321 §4.5.1: "postmaster" without a domain must be accepted.
-    if address.eq_ignore_ascii_case("postmaster") {
-        for domain in store.list_domains()? {
-            if let Some(account) = store.lookup_address(&format!("postmaster@{domain}"))? {
-                return Ok(RecipientLookup::Local(account));
-            }
-        }
-        return Ok(RecipientLookup::UnknownUser);
-    }
-    let Some((_, domain)) = address.rsplit_once('@') else {
-        return Ok(RecipientLookup::NotLocal);
-    };
-    if !store.is_local_domain(domain)? {
-        return Ok(RecipientLookup::NotLocal);
-    }
-    Ok(match store.lookup_address(address)? {
-        Some(account) => RecipientLookup::Local(account),
-        None => RecipientLookup::UnknownUser,
-    })
+/// Where `address` leads, and whether its mailbox has room for `size`
+/// bytes: one snapshot of the store.
+fn lookup_recipient(
+    store: &MailStore,
+    address: &str,
+    size: usize,
+) -> tern_store::Result<RecipientLookup> {
+    use tern_store::account;
+    store
+        .kv()
+        .read(|tx| -> tern_store::Result<RecipientLookup> {
+            let found = if address.eq_ignore_ascii_case("postmaster") {
+                // RFC 5321 §4.5.1: "postmaster" without a domain must be
+                // accepted; it goes to the first domain's postmaster.
+                let mut found = None;
+                for domain in account::list_domains(tx)? {
+                    let Ok(postmaster) =
+                        account::normalize_address(&format!("postmaster@{domain}"))
+                    else {
+                        continue;
+                    };
+                    found = account::lookup_address(tx, &postmaster)?;
+                    if found.is_some() {
+                        break;
+                    }
+                }
+                found
+            } else {
+                let Some((_, domain)) = address.rsplit_once('@') else {
+                    return Ok(RecipientLookup::NotLocal);
+                };
+                let Ok(domain) = account::normalize_domain(domain) else {
+                    return Ok(RecipientLookup::NotLocal);
+                };
+                if !account::is_local_domain(tx, &domain)? {
+                    return Ok(RecipientLookup::NotLocal);
+                }
+                match account::normalize_address(address) {
+                    Ok(address) => account::lookup_address(tx, &address)?,
+                    Err(_) => None,
+                }
+            };
+            let Some(id) = found else {
+                return Ok(RecipientLookup::UnknownUser);
+            };
+            let Some(record) = account::get_account(tx, id)? else {
+                return Ok(RecipientLookup::UnknownUser);
+            };
+            let (used, limit, size) = (
+                account::used_bytes(tx, id)?,
+                record.quota_bytes,
+                size as u64,
+            );
+            Ok(if size > limit {
+                RecipientLookup::TooBigForMailbox
+            } else if used >= limit || used.saturating_add(size) > limit {
+                RecipientLookup::MailboxFull
+            } else {
+                RecipientLookup::Local(id)
+            })
+        })
 }
 
 fn transaction_id() -> String {
@@ -480,60 +558,111 @@ async fn deliver(shared: &Shared, incoming: Incoming) -> Reply {
         tracing::info!(%id, service = incoming.kind.name(), "message refused by DMARC policy");
         return reply;
     }
+    // Virus scan, submission limits, spam score (crate::spam): may refuse;
+    // adds X-Spam-* headers and files spam in Junk per account.
+    let filtered = match shared.filter.filter(&incoming, &auth_headers).await {
+        Ok(filtered) => filtered,
+        Err(reply) => return reply,
+    };
     let received = headers::received(&incoming, &shared.hostname, &id, SystemTime::now());
     let mut raw = Vec::with_capacity(received.len() + auth_headers.len() + incoming.data.len());
     raw.extend_from_slice(received.as_bytes());
     raw.extend_from_slice(auth_headers.as_bytes());
+    raw.extend_from_slice(filtered.headers.as_bytes());
     raw.extend_from_slice(&incoming.data);
 
     let junk = verdict == Verdict::Quarantine;
-    // One copy per account, however many of its addresses were named.
-    let mut seen: HashSet<AccountId> = HashSet::new();
-    let recipients: Vec<Recipient> = incoming
-        .envelope
-        .recipients
-        .iter()
-        .filter(|r| seen.insert(r.account))
-        .map(|r| Recipient {
-            account: r.account,
-            folder: Folder::Role(if junk { "junk" } else { "inbox" }),
-            keywords: if junk {
-                vec!["$junk".to_owned()]
-            } else {
-                Vec::new()
-            },
-        })
-        .collect();
+    let (mut recipients, envelopes) = store_recipients(&incoming.envelope, junk);
+    filtered.apply(&mut recipients);
+    // Remote recipients of a submission go to the outbound queue.
+    let remote = remote_envelope(&incoming.envelope);
+    if !remote.recipients.is_empty() {
+        let store = shared.store.clone();
+        let (raw, sender) = (raw.clone(), incoming.auth.as_ref().map(|a| a.account));
+        if recipients.is_empty() {
+            return match blocking(move || {
+                tern_store::queue::enqueue(store.kv(), &raw, sender, &remote, 0)
+            })
+            .await
+            {
+                Ok(queued) => {
+                    tracing::info!(%id, queue_id = %format!("{queued:016x}"), "message queued");
+                    Reply::owned(250, [2, 0, 0], format!("Message accepted, id {id}"))
+                }
+                Err(err) => {
+                    tracing::error!(%id, error = %err, "queueing failed");
+                    reply::TEMP_FAILURE
+                }
+            };
+        }
+        // Queued first: a failed local delivery below is retried by the
+        // client, which may then send the remote copies twice, never none.
+        if let Err(err) =
+            blocking(move || tern_store::queue::enqueue(store.kv(), &raw, sender, &remote, 0)).await
+        {
+            tracing::error!(%id, error = %err, "queueing failed");
+            return reply::TEMP_FAILURE;
+        }
+    }
     let store = shared.store.clone();
     let size = raw.len();
     let count = recipients.len();
-    let outcome = blocking(move || store.deliver(&raw, &recipients)).await;
+    let autoreply = (!junk).then(|| {
+        (
+            shared.store.clone(),
+            recipients
+                .iter()
+                .filter(|r| !filtered.junk.contains(&r.account))
+                .map(|r| r.account)
+                .collect::<Vec<_>>(),
+            incoming.envelope.mail_from.clone(),
+            raw.clone(),
+        )
+    });
+    let options = DeliverOptions {
+        envelopes,
+        // One reply for every recipient: each is delivered exactly once
+        // or the whole message is deferred (see QuotaPolicy).
+        quota: QuotaPolicy::UnderLimitAllOrNothing,
+    };
+    let outcome = blocking(move || store.deliver_with(&raw, &recipients, &options)).await;
     match outcome {
         Ok(results) => {
-            let stored = results.iter().filter(|r| r.is_ok()).count();
-            for failed in results.iter().filter_map(|r| r.as_ref().err()) {
-                tracing::warn!(%id, error = %failed, "a recipient's copy was not stored");
-            }
-            if stored == 0 {
-                let over_quota = results
-                    .iter()
-                    .all(|r| matches!(r, Err(tern_store::Error::OverQuota { .. })));
-                return if over_quota {
-                    Reply::new(552, [5, 2, 2], "Mailbox full")
-                } else {
-                    Reply::new(451, [4, 3, 0], "Temporary local problem; try again later")
-                };
+            if let Some(err) = results.iter().find_map(|r| r.as_ref().err()) {
+                // Not produced under UnderLimitAllOrNothing: the store
+                // fails the whole delivery instead. Never acknowledge a
+                // message some recipient did not get.
+                tracing::error!(%id, error = %err, "a recipient's copy was not stored");
+                return reply::TEMP_FAILURE;
             }
             tracing::info!(
                 %id,
                 service = incoming.kind.name(),
                 size,
                 recipients = count,
-                stored,
                 junk,
                 "message delivered"
             );
+            // Vacation replies (RFC 3834), off the reply's path.
+            if let Some((store, accounts, mail_from, raw)) = autoreply {
+                tokio::task::spawn_blocking(move || {
+                    for account in accounts {
+                        if let Err(err) =
+                            tern_store::vacation::auto_reply(&store, account, &mail_from, &raw)
+                        {
+                            tracing::warn!(error = %err, "vacation reply failed");
+                        }
+                    }
+                });
+            }
             Reply::owned(250, [2, 0, 0], format!("Message accepted, id {id}"))
+        }
+        Err(tern_store::Error::OverQuota { .. }) => {
+            // A mailbox filled up after its RCPT was accepted: nothing was
+            // stored; at the client's retry that recipient is refused at
+            // RCPT and the others get the message.
+            tracing::info!(%id, "deferred: a recipient's mailbox is full");
+            reply::MAILBOX_FULL
         }
         Err(tern_store::Error::NotAMessage(reason)) => {
             tracing::info!(%id, %reason, "refused: not a message");
@@ -541,8 +670,69 @@ async fn deliver(shared: &Shared, incoming: Incoming) -> Reply {
         }
         Err(err) => {
             tracing::error!(%id, error = %err, "delivery failed");
-            Reply::new(451, [4, 3, 0], "Temporary local problem; try again later")
+            reply::TEMP_FAILURE
         }
+    }
+}
+
+/// One store recipient per account (however many of its addresses were
+/// named), each with the envelope listing only its own forward-paths.
+fn store_recipients(envelope: &Envelope, junk: bool) -> (Vec<Recipient>, Vec<StoreEnvelope>) {
+    let mut recipients: Vec<Recipient> = Vec::new();
+    let mut envelopes: Vec<StoreEnvelope> = Vec::new();
+    for r in &envelope.recipients {
+        let Some(account) = r.account else {
+            continue;
+        };
+        let forward = EnvelopeRecipient {
+            address: r.address.clone(),
+            notify: r.notify,
+            orcpt: r.orcpt.clone(),
+        };
+        if let Some(i) = recipients.iter().position(|x| x.account == account) {
+            envelopes[i].recipients.push(forward);
+            continue;
+        }
+        recipients.push(Recipient {
+            account,
+            folder: Folder::Role(if junk { "junk" } else { "inbox" }),
+            keywords: if junk {
+                vec!["$junk".to_owned()]
+            } else {
+                Vec::new()
+            },
+        });
+        envelopes.push(StoreEnvelope {
+            mail_from: envelope.mail_from.clone(),
+            ret: envelope.dsn_ret,
+            envid: envelope.dsn_envid.clone(),
+            body_8bitmime: envelope.body == BodyType::EightBitMime,
+            smtputf8: envelope.smtputf8,
+            recipients: vec![forward],
+        });
+    }
+    (recipients, envelopes)
+}
+
+/// The envelope of a submission's remote recipients (those without a
+/// local account), for the outbound queue.
+fn remote_envelope(envelope: &Envelope) -> StoreEnvelope {
+    StoreEnvelope {
+        mail_from: envelope.mail_from.clone(),
+        ret: envelope.dsn_ret,
+        envid: envelope.dsn_envid.clone(),
+        body_8bitmime: envelope.body == BodyType::EightBitMime,
+        smtputf8: envelope.smtputf8,
+        recipients: envelope
+            .recipients
+            .iter()
+            .filter(|r| r.account.is_none())
+            .map(|r| EnvelopeRecipient {
+                address: r.address.clone(),
+                notify: r.notify,
+                orcpt: r.orcpt.clone(),
+            })
+            .collect(),
     }
 }
 

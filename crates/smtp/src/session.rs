@@ -26,6 +26,7 @@ use smtp_proto::{
     RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS, RCPT_RRVS_CONTINUE, RCPT_RRVS_REJECT, RcptTo, Request,
 };
 use tern_store::AccountId;
+pub use tern_store::{DsnNotify, DsnRet};
 
 use crate::reply::{self, Reply};
 
@@ -111,15 +112,6 @@ pub struct AuthUser {
     pub account: AccountId,
 }
 
-/// RET of MAIL FROM (RFC 3461 §4.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DsnRet {
-    /// Return the full message in a DSN.
-    Full,
-    /// Return only the headers.
-    Headers,
-}
-
 /// BODY of MAIL FROM (RFC 6152).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BodyType {
@@ -130,29 +122,18 @@ pub enum BodyType {
     EightBitMime,
 }
 
-/// NOTIFY of RCPT TO (RFC 3461 §4.1), as given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DsnNotify {
-    /// NOTIFY=NEVER.
-    pub never: bool,
-    /// SUCCESS listed.
-    pub success: bool,
-    /// FAILURE listed.
-    pub failure: bool,
-    /// DELAY listed.
-    pub delay: bool,
-}
-
 /// One accepted recipient of a transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvelopeRecipient {
     /// The address as given in RCPT TO.
     pub address: String,
-    /// The local account it delivers to.
-    pub account: AccountId,
+    /// The local account it delivers to; `None` for a remote recipient
+    /// of an authenticated submission (sent through the outbound queue).
+    pub account: Option<AccountId>,
     /// DSN NOTIFY (RFC 3461), when given.
     pub notify: Option<DsnNotify>,
-    /// DSN ORCPT (RFC 3461), when given: `addr-type;xtext`.
+    /// DSN ORCPT (RFC 3461), when given: the original recipient (type
+    /// `rfc822`), xtext-decoded.
     pub orcpt: Option<String>,
 }
 
@@ -169,7 +150,7 @@ pub struct Envelope {
     pub declared_size: usize,
     /// DSN RET=.
     pub dsn_ret: Option<DsnRet>,
-    /// DSN ENVID=.
+    /// DSN ENVID=, xtext-decoded.
     pub dsn_envid: Option<String>,
     /// The accepted recipients, in RCPT order.
     pub recipients: Vec<EnvelopeRecipient>,
@@ -224,10 +205,13 @@ pub enum Action {
         /// The MAIL FROM address.
         address: String,
     },
-    /// Is `address` local and does it exist; answer [`Answer::Recipient`].
+    /// Is `address` local, does it exist, and has its mailbox room for
+    /// `size` bytes; answer [`Answer::Recipient`].
     CheckRecipient {
         /// The RCPT TO address.
         address: String,
+        /// The SIZE= of MAIL FROM; 0 when not declared.
+        size: usize,
     },
     /// Check, store and acknowledge a message; answer [`Answer::Delivered`]
     /// once the store's commit is durable (or with the failure's reply).
@@ -257,6 +241,12 @@ pub enum RecipientLookup {
     Local(AccountId),
     /// A local domain, but no such mailbox.
     UnknownUser,
+    /// A local mailbox at or over its quota, or one the declared size
+    /// would take over it: 452 4.2.2, try later.
+    MailboxFull,
+    /// A local mailbox whose whole quota is smaller than the declared
+    /// size: 552 5.2.2, the message can never fit.
+    TooBigForMailbox,
     /// Not one of our domains.
     NotLocal,
 }
@@ -396,6 +386,19 @@ impl Session {
     /// the choice between the command and the data timeout.
     pub fn in_data(&self) -> bool {
         matches!(self.state, State::Data(_) | State::Bdat { .. })
+    }
+
+    /// Whether part of a command line (or of an AUTH response) has
+    /// arrived but not its end.
+    pub fn in_partial_line(&self) -> bool {
+        match self.state {
+            State::SkipLine => true,
+            State::Command
+            | State::AuthPlain
+            | State::AuthLoginUser
+            | State::AuthLoginPassword { .. } => self.pos < self.input.len(),
+            _ => false,
+        }
     }
 
     /// Whether no mail transaction is open: shutting down now loses
@@ -598,6 +601,10 @@ impl Session {
             self.error(&reply::LINE_TOO_LONG);
             return Progress::Continue;
         }
+        if let Err(reply) = crate::dsn::check(&self.input[range.clone()]) {
+            self.error(&reply);
+            return Progress::Continue;
+        }
         let parsed = Request::parse(&mut self.input[range].iter()).map(Request::into_owned);
         match parsed {
             Ok(request) => self.request(request),
@@ -779,6 +786,7 @@ impl Session {
         };
         tx.rcpt_attempts += 1;
         let smtputf8 = tx.envelope.smtputf8;
+        let size = tx.envelope.declared_size;
         let accepted = tx.envelope.recipients.len();
         if accepted >= self.config.max_recipients {
             self.reply(&reply::TOO_MANY_RECIPIENTS);
@@ -795,7 +803,6 @@ impl Session {
         let notify_flags =
             RCPT_NOTIFY_NEVER | RCPT_NOTIFY_SUCCESS | RCPT_NOTIFY_FAILURE | RCPT_NOTIFY_DELAY;
         let notify = (to.flags & notify_flags != 0).then_some(DsnNotify {
-            never: to.flags & RCPT_NOTIFY_NEVER != 0,
             success: to.flags & RCPT_NOTIFY_SUCCESS != 0,
             failure: to.flags & RCPT_NOTIFY_FAILURE != 0,
             delay: to.flags & RCPT_NOTIFY_DELAY != 0,
@@ -814,7 +821,7 @@ impl Session {
         };
         self.act(
             Pending::Recipient { recipient },
-            Action::CheckRecipient { address },
+            Action::CheckRecipient { address, size },
         )
     }
 
@@ -824,7 +831,7 @@ impl Session {
                 if let Some(tx) = &mut self.tx {
                     tx.envelope.recipients.push(EnvelopeRecipient {
                         address: recipient.address,
-                        account,
+                        account: Some(account),
                         notify: recipient.notify,
                         orcpt: recipient.orcpt,
                     });
@@ -834,11 +841,23 @@ impl Session {
                 }
             }
             RecipientLookup::UnknownUser => self.error(&reply::UNKNOWN_USER),
+            RecipientLookup::MailboxFull => self.reply(&reply::MAILBOX_FULL),
+            RecipientLookup::TooBigForMailbox => self.error(&reply::TOO_BIG_FOR_MAILBOX),
             RecipientLookup::NotLocal => {
                 if self.auth.is_some() {
-                    // Submission: the outbound queue does not exist yet.
-                    // Refuse for now (temporarily) rather than drop.
-                    self.reply(&reply::REMOTE_UNAVAILABLE);
+                    // Submission: a remote recipient, for the outbound
+                    // queue.
+                    if let Some(tx) = &mut self.tx {
+                        tx.envelope.recipients.push(EnvelopeRecipient {
+                            address: recipient.address,
+                            account: None,
+                            notify: recipient.notify,
+                            orcpt: recipient.orcpt,
+                        });
+                        self.reply(&reply::RECIPIENT_OK);
+                    } else {
+                        self.error(&reply::MAIL_FIRST);
+                    }
                 } else {
                     self.error(&reply::RELAY_DENIED);
                 }

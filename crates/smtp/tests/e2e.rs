@@ -1,7 +1,11 @@
-//! End-to-end tests: the SMTP server in-process on 127.0.0.1 ports, a
-//! RocksDB store in a temp dir, real clients (Python's smtplib, swaks, raw
+//! End-to-end tests with the SMTP server in-process on 127.0.0.1 ports, a
+//! RocksDB store in a temp dir, real clients (Python's smtplib, raw
 //! sockets), and a DNS server on 127.0.0.1 serving a test zone for SPF,
-//! DKIM, DMARC and iprev.
+//! DKIM, ARC, DMARC and iprev. These are the cases that need the server's
+//! internals: millisecond timeouts, quotas set mid-session, the stored
+//! envelopes, shutdown with a message in flight. The clients' view of the
+//! real binary (smtplib, swaks, STARTTLS, AUTH, BDAT, SIGKILL) is in the
+//! root `tests/smtp.rs`.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -333,397 +337,6 @@ impl Raw {
     }
 }
 
-// ---------------------------------------------------------------- tests ---
-
-const SMTPLIB_MX: &str = r#"
-import smtplib, sys
-port = int(sys.argv[1])
-s = smtplib.SMTP('127.0.0.1', port, local_hostname='client.example.org')
-code, _ = s.ehlo()
-print('ehlo', code, ' '.join(sorted(s.esmtp_features)))
-print('vrfy', s.verify('alice@example.com')[0])
-s.mail('sender@example.org')
-print('rcpt-alice', s.rcpt('alice@example.com')[0])
-print('rcpt-unknown', *s.rcpt('nobody@example.com'))
-print('rcpt-relay', *s.rcpt('victim@example.net'))
-msg = b'From: sender@example.org\r\nTo: alice@example.com\r\nSubject: hello\r\n\r\nHi Alice.\r\n'
-print('data', *s.data(msg))
-s.quit()
-"#;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smtplib_mx_delivers_refuses_unknown_users_and_relaying() {
-    let server = start(None, |_| {}).await;
-    let out = python(SMTPLIB_MX, &[port(server.mx)]).await;
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(
-        lines[0],
-        "ehlo 250 8bitmime chunking dsn enhancedstatuscodes pipelining size smtputf8 starttls"
-    );
-    assert_eq!(lines[1], "vrfy 252");
-    assert_eq!(lines[2], "rcpt-alice 250");
-    assert_eq!(lines[3], "rcpt-unknown 550 b'5.1.1 Mailbox does not exist'");
-    assert!(
-        lines[4].starts_with("rcpt-relay 554 b'5.7.1 Relay access denied"),
-        "{out}"
-    );
-    assert!(
-        lines[5].starts_with("data 250 b'2.0.0 Message accepted"),
-        "{out}"
-    );
-
-    let stored = server.messages(ALICE.0).await;
-    assert_eq!(stored.len(), 1);
-    let m = &stored[0];
-    assert_eq!(m.mailbox_role.as_deref(), Some("inbox"));
-    assert!(m.raw.ends_with("Subject: hello\r\n\r\nHi Alice.\r\n"));
-    let received = m.header("Received").unwrap();
-    assert!(
-        received
-            .starts_with("from client.example.org ([127.0.0.1]) by mx.test (Tern) with ESMTP id "),
-        "{received}"
-    );
-    assert!(received.contains("for <alice@example.com>;"), "{received}");
-    // No checks configured here: no Authentication-Results.
-    assert!(m.header("Authentication-Results").is_none());
-    server.shutdown().await;
-}
-
-const SMTPLIB_SUBMISSION: &str = r#"
-import smtplib, ssl, sys
-port = int(sys.argv[1])
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-s = smtplib.SMTP('127.0.0.1', port, local_hostname='laptop.example.com')
-s.ehlo()
-print('before-tls auth offered', s.has_extn('auth'))
-s.starttls(context=ctx)
-s.ehlo()
-print('after-tls auth', s.esmtp_features.get('auth', '').strip())
-try:
-    s.login('alice@example.com', 'wrong')
-except smtplib.SMTPAuthenticationError as e:
-    print('bad-login', e.smtp_code)
-s.login('alice@example.com', 'secret')
-print('login ok')
-try:
-    s.sendmail('bob@example.com', ['alice@example.com'], b'Subject: spoof\r\n\r\nx\r\n')
-except smtplib.SMTPSenderRefused as e:
-    print('spoof', e.smtp_code, e.smtp_error.decode())
-try:
-    s.sendmail('alice@example.com', ['friend@example.org'], b'Subject: out\r\n\r\nx\r\n')
-except smtplib.SMTPRecipientsRefused as e:
-    code, text = e.recipients['friend@example.org']
-    print('remote', code, text.decode())
-refused = s.sendmail('alice@example.com', ['bob@example.com', 'friend@example.org'],
-                     b'From: alice@example.com\r\nSubject: mixed\r\n\r\nhello bob\r\n')
-print('mixed refused', sorted(refused))
-s.quit()
-"#;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smtplib_submission_starttls_auth_sender_check_and_remote_refusal() {
-    let server = start(None, |_| {}).await;
-    let out = python(SMTPLIB_SUBMISSION, &[port(server.submission)]).await;
-    let expected = "before-tls auth offered False\n\
-        after-tls auth PLAIN LOGIN\n\
-        bad-login 535\n\
-        login ok\n\
-        spoof 553 5.7.1 Sender address is not an address of the authenticated user\n\
-        remote 451 4.3.0 Remote delivery is not available yet; try again later\n\
-        mixed refused ['friend@example.org']\n";
-    assert_eq!(out, expected);
-    let stored = server.messages(BOB.0).await;
-    assert_eq!(stored.len(), 1, "only the mixed message reached bob");
-    let received = stored[0].header("Received").unwrap();
-    assert!(received.contains("(using TLSv1."), "{received}");
-    assert!(received.contains("with ESMTPSA id"), "{received}");
-    assert!(stored[0].raw.ends_with("hello bob\r\n"));
-    server.shutdown().await;
-}
-
-const SMTPLIB_SUBMISSIONS_LOGIN: &str = r#"
-import smtplib, ssl, sys
-port = int(sys.argv[1])
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-s = smtplib.SMTP_SSL('127.0.0.1', port, local_hostname='laptop.example.com', context=ctx)
-s.ehlo()
-print('starttls offered', s.has_extn('starttls'))
-s.user, s.password = 'alice@example.com', 'secret'
-print('login', s.auth('LOGIN', s.auth_login)[0])
-s.sendmail('alice@example.com', ['bob@example.com'], b'Subject: implicit tls\r\n\r\nhi\r\n')
-print('sent')
-s.quit()
-"#;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smtplib_submissions_implicit_tls_with_auth_login() {
-    let server = start(None, |_| {}).await;
-    let out = python(SMTPLIB_SUBMISSIONS_LOGIN, &[port(server.submissions)]).await;
-    assert_eq!(out, "starttls offered False\nlogin 235\nsent\n");
-    let stored = server.messages(BOB.0).await;
-    assert_eq!(stored.len(), 1);
-    assert!(
-        stored[0]
-            .header("Received")
-            .unwrap()
-            .contains("with ESMTPSA")
-    );
-    server.shutdown().await;
-}
-
-const SMTPLIB_UTF8: &str = r#"
-import smtplib, sys
-port = int(sys.argv[1])
-s = smtplib.SMTP('127.0.0.1', port, local_hostname='client.example.org')
-s.ehlo()
-msg = 'From: χρήστης@example.org\r\nTo: δοκιμή@example.com\r\nSubject: γειά σου\r\n\r\nΚαλημέρα, naïve café\r\n'.encode()
-s.sendmail('χρήστης@example.org', ['δοκιμή@example.com'], msg, mail_options=['SMTPUTF8', 'BODY=8BITMIME'])
-print('utf8 sent')
-s.sendmail('sender@example.org', ['alice@example.com'], 'Subject: 8bit\r\n\r\nnaïve\r\n'.encode(), mail_options=['BODY=8BITMIME'])
-print('8bit sent')
-s.quit()
-"#;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smtplib_eight_bit_data_and_utf8_addresses() {
-    let server = start(None, |_| {}).await;
-    let out = python(SMTPLIB_UTF8, &[port(server.mx)]).await;
-    assert_eq!(out, "utf8 sent\n8bit sent\n");
-    let utf8 = server.messages(UTF8_USER.0).await;
-    assert_eq!(utf8.len(), 1);
-    assert!(utf8[0].raw.ends_with("Καλημέρα, naïve café\r\n"));
-    assert!(
-        utf8[0]
-            .header("Received")
-            .unwrap()
-            .contains("for <δοκιμή@example.com>")
-    );
-    let alice = server.messages(ALICE.0).await;
-    assert!(alice[0].raw.ends_with("naïve\r\n"));
-    server.shutdown().await;
-}
-
-const SMTPLIB_OVERSIZE: &str = r#"
-import smtplib, sys
-port = int(sys.argv[1])
-s = smtplib.SMTP('127.0.0.1', port, local_hostname='client.example.org')
-s.ehlo()
-print('size', s.esmtp_features['size'])
-big = b'Subject: big\r\n\r\n' + (b'x' * 78 + b'\r\n') * 300
-try:
-    s.sendmail('sender@example.org', ['alice@example.com'], big)
-except smtplib.SMTPSenderRefused as e:
-    print('mail', e.smtp_code, e.smtp_error.decode())
-# Without SIZE= the limit is enforced while reading DATA.
-s.mail('sender@example.org')
-s.rcpt('alice@example.com')
-print('data', *s.data(big))
-s.sendmail('sender@example.org', ['alice@example.com'], b'Subject: small\r\n\r\nok\r\n')
-print('small sent')
-s.quit()
-"#;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smtplib_oversized_message_is_refused_at_mail_and_at_data() {
-    let server = start(None, |c| c.limits.max_message_size = 10_000).await;
-    let out = python(SMTPLIB_OVERSIZE, &[port(server.mx)]).await;
-    assert_eq!(
-        out,
-        "size 10000\n\
-         mail 552 5.3.4 Message size exceeds fixed maximum message size\n\
-         data 552 b'5.3.4 Message size exceeds fixed maximum message size'\n\
-         small sent\n"
-    );
-    let stored = server.messages(ALICE.0).await;
-    assert_eq!(stored.len(), 1);
-    assert!(stored[0].raw.contains("Subject: small"));
-    server.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raw_pipelining_and_bdat_chunks() {
-    let server = start(None, |_| {}).await;
-    let mut c = Raw::connect(server.mx).await;
-    assert!(c.reply().await.starts_with("220 mx.test"));
-    // One write: EHLO, MAIL, three RCPTs and a two-chunk BDAT message.
-    let body1 = b"Subject: chunks\r\n\r\nfirst part, ";
-    let body2 = b"second part\r\n";
-    let mut batch = Vec::new();
-    batch.extend_from_slice(b"EHLO client.example.org\r\nMAIL FROM:<sender@example.org>\r\n");
-    batch.extend_from_slice(b"RCPT TO:<alice@example.com>\r\nRCPT TO:<nobody@example.com>\r\n");
-    batch.extend_from_slice(b"RCPT TO:<bob@example.com>\r\n");
-    batch.extend_from_slice(format!("BDAT {}\r\n", body1.len()).as_bytes());
-    batch.extend_from_slice(body1);
-    batch.extend_from_slice(format!("BDAT {} LAST\r\n", body2.len()).as_bytes());
-    batch.extend_from_slice(body2);
-    batch.extend_from_slice(b"QUIT\r\n");
-    c.send(&batch).await;
-    assert!(c.reply().await.contains("250 STARTTLS"));
-    assert_eq!(c.reply().await, "250 2.1.0 Sender OK\r\n");
-    assert_eq!(c.reply().await, "250 2.1.5 Recipient OK\r\n");
-    assert_eq!(c.reply().await, "550 5.1.1 Mailbox does not exist\r\n");
-    assert_eq!(c.reply().await, "250 2.1.5 Recipient OK\r\n");
-    assert_eq!(
-        c.reply().await,
-        format!("250 2.0.0 {} octets received\r\n", body1.len())
-    );
-    assert!(c.reply().await.starts_with("250 2.0.0 Message accepted"));
-    assert_eq!(c.reply().await, "221 2.0.0 Bye\r\n");
-    assert!(c.closed().await);
-    for who in [ALICE.0, BOB.0] {
-        let stored = server.messages(who).await;
-        assert_eq!(stored.len(), 1, "{who}");
-        assert!(
-            stored[0]
-                .raw
-                .ends_with("Subject: chunks\r\n\r\nfirst part, second part\r\n")
-        );
-        // Two recipients: the Received header names neither.
-        assert!(!stored[0].header("Received").unwrap().contains(" for "));
-    }
-    server.shutdown().await;
-}
-
-/// swaks, when installed. Returns `None` (after saying why) when not.
-async fn swaks(args: &[&str]) -> Option<(bool, String)> {
-    let output = match tokio::process::Command::new("swaks")
-        .args(args)
-        .output()
-        .await
-    {
-        Ok(output) => output,
-        Err(err) => {
-            eprintln!("SKIPPED: swaks is not installed ({err}); apt-get install -y swaks");
-            return None;
-        }
-    };
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    Some((output.status.success(), text))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn swaks_mx_pipelining_submission_starttls_auth_and_relay() {
-    let server = start(None, |_| {}).await;
-    let mx = server.mx.to_string();
-    let sub = server.submission.to_string();
-    let subs = server.submissions.to_string();
-    let common = ["--helo", "client.example.org", "--timeout", "20"];
-
-    // MX with pipelining.
-    let mut args = vec![
-        "--server",
-        &mx,
-        "--from",
-        "sender@example.org",
-        "--to",
-        "alice@example.com",
-    ];
-    args.extend(["--pipeline", "--header", "Subject: swaks mx"]);
-    args.extend(common);
-    let Some((ok, out)) = swaks(&args).await else {
-        server.shutdown().await;
-        return;
-    };
-    assert!(ok, "{out}");
-    assert!(out.contains("250 2.0.0 Message accepted"), "{out}");
-
-    // Relay attempt: refused, and swaks says so.
-    let mut args = vec![
-        "--server",
-        &mx,
-        "--from",
-        "sender@example.org",
-        "--to",
-        "victim@example.net",
-    ];
-    args.extend(common);
-    let (ok, out) = swaks(&args).await.unwrap();
-    assert!(!ok, "{out}");
-    assert!(out.contains("554 5.7.1 Relay access denied"), "{out}");
-
-    // Unknown user.
-    let mut args = vec![
-        "--server",
-        &mx,
-        "--from",
-        "sender@example.org",
-        "--to",
-        "nobody@example.com",
-    ];
-    args.extend(common);
-    let (ok, out) = swaks(&args).await.unwrap();
-    assert!(!ok, "{out}");
-    assert!(out.contains("550 5.1.1 Mailbox does not exist"), "{out}");
-
-    // Submission: STARTTLS then AUTH PLAIN.
-    let mut args = vec![
-        "--server",
-        &sub,
-        "--from",
-        "alice@example.com",
-        "--to",
-        "bob@example.com",
-    ];
-    args.extend(["-tls", "-a", "PLAIN", "-au", ALICE.0, "-ap", ALICE.1]);
-    args.extend(["--header", "Subject: swaks submission"]);
-    args.extend(common);
-    let (ok, out) = swaks(&args).await.unwrap();
-    assert!(ok, "{out}");
-    assert!(out.contains("235 2.7.0 Authentication successful"), "{out}");
-
-    // Submissions (implicit TLS) with AUTH LOGIN.
-    let mut args = vec![
-        "--server",
-        &subs,
-        "--from",
-        "alice@example.com",
-        "--to",
-        "bob@example.com",
-    ];
-    args.extend([
-        "--tls-on-connect",
-        "-a",
-        "LOGIN",
-        "-au",
-        ALICE.0,
-        "-ap",
-        ALICE.1,
-    ]);
-    args.extend(["--header", "Subject: swaks submissions"]);
-    args.extend(common);
-    let (ok, out) = swaks(&args).await.unwrap();
-    assert!(ok, "{out}");
-
-    // Submission without AUTH: refused.
-    let mut args = vec![
-        "--server",
-        &sub,
-        "--from",
-        "alice@example.com",
-        "--to",
-        "bob@example.com",
-    ];
-    args.extend(["-tls"]);
-    args.extend(common);
-    let (ok, out) = swaks(&args).await.unwrap();
-    assert!(!ok, "{out}");
-    assert!(out.contains("530 5.7.0 Authentication required"), "{out}");
-
-    assert_eq!(server.messages(ALICE.0).await.len(), 1);
-    let bob = server.messages(BOB.0).await;
-    assert_eq!(bob.len(), 2);
-    assert!(
-        bob.iter()
-            .all(|m| m.header("Received").unwrap().contains("ESMTPSA"))
-    );
-    server.shutdown().await;
-}
-
 // -------------------------------------------------------------- limits ---
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1028,5 +641,295 @@ async fn dmarc_reject_can_be_downgraded_to_quarantine_by_config() {
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
     let stored = server.messages(ALICE.0).await;
     assert_eq!(stored[0].mailbox_role.as_deref(), Some("junk"));
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------- quota, DSN ---
+
+/// Sets the quota of `address`'s account.
+async fn set_quota(store: &MailStore, address: &str, bytes: u64) {
+    let store = store.clone();
+    let address = address.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let id = store.lookup_address(&address).unwrap().unwrap();
+        store
+            .kv()
+            .transact(|tx| -> tern_store::Result<()> {
+                let mut record = tern_store::account::get_account(tx, id)?.unwrap();
+                record.quota_bytes = bytes;
+                tern_store::account::put_account(tx, id, &record)
+            })
+            .unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+/// The envelopes kept with `address`'s messages, oldest first.
+async fn envelopes(store: &MailStore, address: &str) -> Vec<Option<tern_store::Envelope>> {
+    let store = store.clone();
+    let address = address.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let account = store.lookup_address(&address).unwrap().unwrap();
+        let ids = store
+            .kv()
+            .read(|tx| {
+                tern_store::email::list_by_date(tx, account, Listing::All, false, None, 10_000)
+            })
+            .unwrap();
+        ids.into_iter()
+            .map(|(_, id)| store.envelope(account, id).unwrap())
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+const SMTPLIB_QUOTA: &str = r#"
+import smtplib, sys
+port = int(sys.argv[1])
+s = smtplib.SMTP('127.0.0.1', port, local_hostname='client.example.org')
+msg = b'Subject: quota\r\n\r\n' + b'x' * 1500 + b'\r\n'
+# smtplib declares SIZE= itself.
+refused = s.sendmail('sender@example.org',
+                     ['alice@example.com', 'bob@example.com', 'carol@example.com'], msg)
+for rcpt, (code, text) in sorted(refused.items()):
+    print(rcpt, code, text.decode())
+s.quit()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_over_quota_each_recipient_gets_its_own_answer() {
+    let server = start(None, |_| {}).await;
+    let store = server.store.clone();
+    tokio::task::spawn_blocking(move || store.create_account("carol@example.com", "pw"))
+        .await
+        .unwrap()
+        .unwrap();
+    // Bob is at his quota (3 kB used); carol's whole quota is smaller
+    // than the message.
+    let store = server.store.clone();
+    let used = tokio::task::spawn_blocking(move || {
+        let bob = store.lookup_address(BOB.0).unwrap().unwrap();
+        let raw = format!("Subject: filler\r\n\r\n{}\r\n", "z".repeat(3000));
+        store
+            .deliver(raw.as_bytes(), &[tern_store::Recipient::inbox(bob)])
+            .unwrap();
+        store
+            .kv()
+            .read(|tx| tern_store::account::used_bytes(tx, bob))
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    set_quota(&server.store, BOB.0, used).await;
+    set_quota(&server.store, "carol@example.com", 1000).await;
+    let out = python(SMTPLIB_QUOTA, &[port(server.mx)]).await;
+    assert_eq!(
+        out,
+        "bob@example.com 452 4.2.2 Mailbox full; try again later\n\
+         carol@example.com 552 5.2.2 Message is larger than the recipient's mailbox quota\n"
+    );
+    assert_eq!(server.messages(ALICE.0).await.len(), 1);
+    assert_eq!(server.messages(BOB.0).await.len(), 1, "only the filler");
+    assert!(server.messages("carol@example.com").await.is_empty());
+    server.shutdown().await;
+}
+
+/// A mailbox that fills up between RCPT and the end of DATA: nothing is
+/// stored and the client is told to retry (452 4.2.2); at the retry that
+/// recipient alone is refused at RCPT and the other gets exactly one copy.
+/// A mailbox under its quota takes a message that crosses the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailbox_filling_up_during_data_defers_the_message_and_the_retry_splits() {
+    let server = start(None, |_| {}).await;
+    let envelope = b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<alice@example.com>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n";
+    let message = b"Subject: race\r\n\r\nbody\r\n.\r\n";
+
+    let mut c = Raw::connect(server.mx).await;
+    c.reply().await;
+    c.send(envelope).await;
+    c.reply().await;
+    assert_eq!(c.reply().await, "250 2.1.0 Sender OK\r\n");
+    assert_eq!(c.reply().await, "250 2.1.5 Recipient OK\r\n");
+    assert_eq!(c.reply().await, "250 2.1.5 Recipient OK\r\n");
+    assert!(c.reply().await.starts_with("354 "));
+    // Bob's mailbox fills up while the data is on its way.
+    set_quota(&server.store, BOB.0, 0).await;
+    c.send(message).await;
+    assert_eq!(
+        c.reply().await,
+        "452 4.2.2 Mailbox full; try again later\r\n"
+    );
+    assert!(server.messages(ALICE.0).await.is_empty(), "nothing stored");
+
+    // The client's retry.
+    c.send(&envelope[8..]).await;
+    assert_eq!(c.reply().await, "250 2.1.0 Sender OK\r\n");
+    assert_eq!(c.reply().await, "250 2.1.5 Recipient OK\r\n");
+    assert_eq!(
+        c.reply().await,
+        "452 4.2.2 Mailbox full; try again later\r\n"
+    );
+    assert!(c.reply().await.starts_with("354 "));
+    c.send(message).await;
+    assert!(c.reply().await.starts_with("250 2.0.0 Message accepted"));
+    assert_eq!(server.messages(ALICE.0).await.len(), 1);
+    assert!(server.messages(BOB.0).await.is_empty());
+
+    // Bob gets room for 10 bytes: under his quota, he takes a larger
+    // message (the last one crosses the line), then refuses the next.
+    set_quota(&server.store, BOB.0, 10).await;
+    c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n")
+        .await;
+    c.reply().await;
+    assert_eq!(c.reply().await, "250 2.1.5 Recipient OK\r\n");
+    c.reply().await;
+    c.send(message).await;
+    assert!(c.reply().await.starts_with("250 2.0.0 Message accepted"));
+    c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<bob@example.com>\r\n")
+        .await;
+    c.reply().await;
+    assert_eq!(
+        c.reply().await,
+        "452 4.2.2 Mailbox full; try again later\r\n"
+    );
+    assert_eq!(server.messages(BOB.0).await.len(), 1);
+    server.shutdown().await;
+}
+
+const SMTPLIB_DSN: &str = r#"
+import smtplib, sys
+port = int(sys.argv[1])
+s = smtplib.SMTP('127.0.0.1', port, local_hostname='client.example.org')
+s.ehlo()
+print('dsn', s.has_extn('dsn'))
+print('mail', *s.mail('sender@example.org', ['RET=HDRS', 'ENVID=QQ+2B314159']))
+print('rcpt', *s.rcpt('alice@example.com', ['NOTIFY=SUCCESS,DELAY', 'ORCPT=rfc822;Alice+40example.com']))
+print('rcpt', *s.rcpt('bob@example.com', ['NOTIFY=NEVER']))
+print('rcpt', *s.rcpt('bob@example.com', ['NOTIFY=FAILURE,NEVER']))
+print('data', s.data(b'Subject: dsn\r\n\r\nx\r\n')[0])
+s.quit()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dsn_parameters_are_kept_with_each_recipients_copy() {
+    let server = start(None, |_| {}).await;
+    let out = python(SMTPLIB_DSN, &[port(server.mx)]).await;
+    assert_eq!(
+        out,
+        "dsn True\n\
+         mail 250 b'2.1.0 Sender OK'\n\
+         rcpt 250 b'2.1.5 Recipient OK'\n\
+         rcpt 250 b'2.1.5 Recipient OK'\n\
+         rcpt 501 b'5.5.4 Invalid parameter NOTIFY'\n\
+         data 250\n"
+    );
+    use tern_store::{DsnNotify, DsnRet, Envelope, EnvelopeRecipient};
+    let common = Envelope {
+        mail_from: "sender@example.org".into(),
+        ret: Some(DsnRet::Headers),
+        envid: Some("QQ+314159".into()),
+        body_8bitmime: false,
+        smtputf8: false,
+        recipients: Vec::new(),
+    };
+    // Each copy names only its own recipient.
+    let alice = envelopes(&server.store, ALICE.0).await;
+    assert_eq!(
+        alice,
+        [Some(Envelope {
+            recipients: vec![EnvelopeRecipient {
+                address: "alice@example.com".into(),
+                notify: Some(DsnNotify {
+                    success: true,
+                    failure: false,
+                    delay: true
+                }),
+                orcpt: Some("Alice@example.com".into()),
+            }],
+            ..common.clone()
+        })]
+    );
+    let bob = envelopes(&server.store, BOB.0).await;
+    assert_eq!(
+        bob,
+        [Some(Envelope {
+            recipients: vec![EnvelopeRecipient {
+                address: "bob@example.com".into(),
+                notify: Some(DsnNotify::NEVER),
+                orcpt: None,
+            }],
+            ..common
+        })]
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_line_trickled_in_gets_the_command_timeout_in_all() {
+    let server = start(None, |c| {
+        c.limits.command_timeout = Duration::from_millis(900)
+    })
+    .await;
+    let (reader, mut writer) = TcpStream::connect(server.mx).await.unwrap().into_split();
+    let mut reader = BufReader::new(reader);
+    let mut line = String::new();
+    reader.read_line(&mut line).await.unwrap();
+    assert!(line.starts_with("220 "));
+    let started = Instant::now();
+    // Each byte comes well within the timeout; the line never ends.
+    let trickle = tokio::spawn(async move {
+        for b in b"NOOP NOOP NOOP NOOP NOOP NOOP".iter() {
+            if writer.write_all(std::slice::from_ref(b)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+    line.clear();
+    tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        line,
+        "421 4.4.2 mx.test Timeout waiting for command; closing connection\r\n"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_millis(2500),
+        "{waited:?}"
+    );
+    line.clear();
+    assert_eq!(reader.read_line(&mut line).await.unwrap_or(0), 0, "closed");
+    trickle.abort();
+    server.shutdown().await;
+}
+
+const SMTPLIB_SUBMISSIONS_REFUSED: &str = r#"
+import smtplib, ssl, sys
+port = int(sys.argv[1])
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+try:
+    smtplib.SMTP_SSL('127.0.0.1', port, context=ctx)
+    print('admitted')
+except smtplib.SMTPConnectError as e:
+    print('refused', e.smtp_code, e.smtp_error.decode())
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_tls_refusal_is_a_421_inside_tls() {
+    let server = start(None, |c| c.limits.max_connections_per_ip = 1).await;
+    let mut held = Raw::connect(server.mx).await;
+    assert!(held.reply().await.starts_with("220 "));
+    let out = python(SMTPLIB_SUBMISSIONS_REFUSED, &[port(server.submissions)]).await;
+    assert_eq!(
+        out,
+        "refused 421 4.7.0 Too many connections from your address; try again later\n"
+    );
+    drop(held);
     server.shutdown().await;
 }

@@ -15,6 +15,8 @@
 //!   `max-recipients=N`, `max-errors=N`, `max-line=N`, `whole-groups`.
 //! - `L: domain`  a local domain. `U: address password`  an account.
 //!   `A: alias address`  another address of an account.
+//!   `Q: address used quota`  an account's bytes used and quota (else
+//!   unlimited).
 //! - `#` comments and blank lines are skipped.
 //!
 //! Each case runs twice: with each group of `C:` lines fed at once, and fed
@@ -42,6 +44,8 @@ struct World {
     /// address → (account, password)
     users: Vec<(String, AccountId, String)>,
     deliveries: Vec<Incoming>,
+    /// account → (bytes used, quota)
+    quotas: Vec<(AccountId, u64, u64)>,
 }
 
 impl World {
@@ -62,7 +66,7 @@ impl World {
                     .map(|(_, id, _)| *id),
             ),
             Action::CheckSender { address } => Answer::Sender(self.lookup(&address)),
-            Action::CheckRecipient { address } => {
+            Action::CheckRecipient { address, size } => {
                 let address = if address.eq_ignore_ascii_case("postmaster") {
                     format!("postmaster@{}", self.domains[0])
                 } else {
@@ -74,9 +78,16 @@ impl World {
                 if !self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain)) {
                     return Answer::Recipient(RecipientLookup::NotLocal);
                 }
-                Answer::Recipient(match self.lookup(&address) {
-                    Some(id) => RecipientLookup::Local(id),
-                    None => RecipientLookup::UnknownUser,
+                let Some(id) = self.lookup(&address) else {
+                    return Answer::Recipient(RecipientLookup::UnknownUser);
+                };
+                let size = size as u64;
+                Answer::Recipient(match self.quotas.iter().find(|q| q.0 == id) {
+                    Some(&(_, _, limit)) if size > limit => RecipientLookup::TooBigForMailbox,
+                    Some(&(_, used, limit)) if used >= limit || used + size > limit => {
+                        RecipientLookup::MailboxFull
+                    }
+                    _ => RecipientLookup::Local(id),
                 })
             }
             Action::Deliver(incoming) => {
@@ -136,7 +147,7 @@ fn summary(m: &Incoming) -> String {
     for r in &e.recipients {
         if let Some(n) = r.notify {
             let mut flags = Vec::new();
-            if n.never {
+            if n.is_never() {
                 flags.push("NEVER");
             }
             if n.success {
@@ -205,6 +216,18 @@ fn parse(text: &str) -> Case {
                 world
                     .users
                     .push((address.to_lowercase(), id, password.to_owned()));
+            }
+            "Q" => {
+                let mut parts = rest.split_whitespace();
+                let (Some(address), Some(used), Some(limit)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    panic!("line {n}: Q: address used quota");
+                };
+                let id = world.lookup(address).expect("quota of a known user");
+                world
+                    .quotas
+                    .push((id, used.parse().unwrap(), limit.parse().unwrap()));
             }
             "A" => {
                 let (alias, address) = rest.split_once(' ').expect("A: alias address");

@@ -291,6 +291,61 @@ pub fn purge_account_batch(tx: &mut Transaction<'_>, id: AccountId, batch: usize
     Ok(page.len() == batch)
 }
 
+/// Bytes of a token's SHA-256 that make its public id (hex, 12 digits):
+/// what `list` shows and `revoke` takes. The secret is never stored.
+pub const TOKEN_ID_BYTES: usize = 6;
+/// Longest token label, in bytes.
+pub const MAX_TOKEN_LABEL: usize = 200;
+/// What every token secret starts with (so leaked ones are recognisable).
+pub const TOKEN_SECRET_PREFIX: &str = "tern_";
+
+/// A token as listed: public id, owner and label, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Public id: the first [`TOKEN_ID_BYTES`] of the secret's SHA-256, hex.
+    pub id: String,
+    /// The account it authenticates.
+    pub account: AccountId,
+    /// The account's login (empty if the account is gone).
+    pub address: String,
+    /// The label given at creation.
+    pub label: String,
+    /// Creation time, unix seconds.
+    pub created: i64,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The public id of the token whose secret hashes to `hash`.
+pub fn token_id(hash: &[u8; 32]) -> String {
+    hex(&hash[..TOKEN_ID_BYTES])
+}
+
+/// The SHA-256 of a token secret (the key the token is stored under).
+pub fn token_hash(secret: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes()).into()
+}
+
+/// A new random token secret: the prefix and 64 hex digits (256 bits).
+pub fn new_token_secret() -> String {
+    use rand::RngCore;
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    format!("{TOKEN_SECRET_PREFIX}{}", hex(&secret))
+}
+
+fn check_label(label: &str) -> Result<()> {
+    if label.len() > MAX_TOKEN_LABEL || label.chars().any(char::is_control) {
+        return Err(Error::Invalid(format!(
+            "a token label is at most {MAX_TOKEN_LABEL} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
 /// Stores a new app token; returns nothing (the caller keeps the secret).
 pub fn add_token(tx: &mut Transaction<'_>, hash: &[u8; 32], token: &Token) -> Result<()> {
     tx.set(&keys::token(hash), &encode(token))?;
@@ -301,4 +356,222 @@ pub fn add_token(tx: &mut Transaction<'_>, hash: &[u8; 32], token: &Token) -> Re
 pub fn get_token(tx: &mut Transaction<'_>, hash: &[u8; 32]) -> Result<Option<Token>> {
     let key = keys::token(hash);
     tx.get(&key)?.map(|v| decode(&key, &v)).transpose()
+}
+
+/// Creates a token for the account whose login is `address` (normalized),
+/// stored under `hash` (the SHA-256 of its secret).
+pub fn create_token(
+    tx: &mut Transaction<'_>,
+    address: &str,
+    label: &str,
+    hash: &[u8; 32],
+) -> Result<TokenInfo> {
+    check_label(label)?;
+    let account =
+        lookup_login(tx, address)?.ok_or_else(|| Error::NotFound(format!("account {address}")))?;
+    // Two tokens sharing a public id could not be told apart by revoke:
+    // with 48 random bits this does not happen, but never allow it.
+    if !tx
+        .range(
+            &keys::tokens_with_prefix(&hash[..TOKEN_ID_BYTES]),
+            RangeOptions::limit(1),
+        )?
+        .is_empty()
+    {
+        return Err(Error::AlreadyExists(format!("token {}", token_id(hash))));
+    }
+    let token = Token {
+        account,
+        label: label.to_string(),
+        created: now(),
+    };
+    add_token(tx, hash, &token)?;
+    Ok(TokenInfo {
+        id: token_id(hash),
+        account,
+        address: address.to_string(),
+        label: token.label,
+        created: token.created,
+    })
+}
+
+fn token_info(tx: &mut Transaction<'_>, key: &[u8], value: &[u8]) -> Result<TokenInfo> {
+    let token: Token = decode(key, value)?;
+    let hash = &key[1..];
+    let address = get_account(tx, token.account)?
+        .map(|a| a.address)
+        .unwrap_or_default();
+    Ok(TokenInfo {
+        id: hex(&hash[..TOKEN_ID_BYTES.min(hash.len())]),
+        account: token.account,
+        address,
+        label: token.label,
+        created: token.created,
+    })
+}
+
+/// Every token, or those of one account, ordered by public id.
+pub fn list_tokens(tx: &mut Transaction<'_>, account: Option<AccountId>) -> Result<Vec<TokenInfo>> {
+    let mut out = Vec::new();
+    for (k, v) in tx.range(&keys::tokens(), RangeOptions::default())? {
+        let info = token_info(tx, &k, &v)?;
+        if account.is_none_or(|a| a == info.account) {
+            out.push(info);
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes the token with public id `id` (its 12 hex digits; a longer
+/// prefix of the hash is accepted too). Takes effect for the next request
+/// that presents it.
+pub fn revoke_token(tx: &mut Transaction<'_>, id: &str) -> Result<TokenInfo> {
+    let id = id.trim().to_ascii_lowercase();
+    let valid = id.len() >= 2 * TOKEN_ID_BYTES
+        && id.len() <= 64
+        && id.len().is_multiple_of(2)
+        && id.bytes().all(|b| b.is_ascii_hexdigit());
+    if !valid {
+        return Err(Error::Invalid(format!(
+            "a token id is {} hex digits",
+            2 * TOKEN_ID_BYTES
+        )));
+    }
+    let prefix: Vec<u8> = (0..id.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&id[i..i + 2], 16).expect("hex checked"))
+        .collect();
+    let found = tx.range(&keys::tokens_with_prefix(&prefix), RangeOptions::limit(2))?;
+    match found.as_slice() {
+        [] => Err(Error::NotFound(format!("token {id}"))),
+        [(k, v)] => {
+            let info = token_info(tx, k, v)?;
+            tx.clear(k)?;
+            Ok(info)
+        }
+        _ => Err(Error::Invalid(format!("token id {id} is ambiguous"))),
+    }
+}
+
+impl crate::MailStore {
+    /// Creates an app token (a Bearer credential) for the account whose
+    /// login is `address`, labelled `label`. Returns the secret, shown to
+    /// the user once (only its SHA-256 is stored), and the token's listing.
+    pub fn create_token(&self, address: &str, label: &str) -> Result<(String, TokenInfo)> {
+        let address = normalize_address(address)?;
+        loop {
+            let secret = new_token_secret();
+            let hash = token_hash(&secret);
+            match self
+                .kv()
+                .transact(|tx| create_token(tx, &address, label, &hash))
+            {
+                // A public-id collision: draw another secret.
+                Err(Error::AlreadyExists(_)) => continue,
+                other => return other.map(|info| (secret, info)),
+            }
+        }
+    }
+
+    /// Every token, or those of the account whose login is `address`.
+    pub fn list_tokens(&self, address: Option<&str>) -> Result<Vec<TokenInfo>> {
+        let address = address.map(normalize_address).transpose()?;
+        self.kv().read(|tx| {
+            let account = match &address {
+                Some(a) => Some(
+                    lookup_login(tx, a)?.ok_or_else(|| Error::NotFound(format!("account {a}")))?,
+                ),
+                None => None,
+            };
+            list_tokens(tx, account)
+        })
+    }
+
+    /// Revokes the token with public id `id`.
+    pub fn revoke_token(&self, id: &str) -> Result<TokenInfo> {
+        self.kv().transact(|tx| revoke_token(tx, id))
+    }
+
+    /// The account a token secret authenticates, if the token exists (it
+    /// is looked up on every call: a revoked token fails at once).
+    pub fn authenticate_token(&self, secret: &str) -> Result<Option<AccountId>> {
+        if secret.is_empty() || secret.len() > 512 {
+            return Ok(None);
+        }
+        let hash = token_hash(secret);
+        Ok(self
+            .kv()
+            .read(|tx| get_token(tx, &hash))?
+            .map(|t| t.account))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Error, MailStore};
+
+    #[test]
+    fn tokens_are_created_listed_authenticated_and_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MailStore::open(dir.path()).unwrap();
+        store.add_domain("example.com").unwrap();
+        let alice = store.create_account("alice@example.com", "pw").unwrap();
+        let bob = store.create_account("bob@example.com", "pw").unwrap();
+        assert!(matches!(
+            store.create_token("carol@example.com", "x"),
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            store.create_token("alice@example.com", "bad\nlabel"),
+            Err(Error::Invalid(_))
+        ));
+
+        let (secret, info) = store.create_token("Alice@Example.com", "phone").unwrap();
+        assert!(secret.starts_with(super::TOKEN_SECRET_PREFIX), "{secret}");
+        assert_eq!(secret.len(), super::TOKEN_SECRET_PREFIX.len() + 64);
+        assert_eq!(info.id.len(), 2 * super::TOKEN_ID_BYTES);
+        assert_eq!(info.id, super::token_id(&super::token_hash(&secret)));
+        assert_eq!(
+            (info.account, info.address.as_str(), info.label.as_str()),
+            (alice, "alice@example.com", "phone")
+        );
+        let (bob_secret, bob_info) = store.create_token("bob@example.com", "").unwrap();
+        assert_ne!(secret, bob_secret);
+
+        assert_eq!(store.authenticate_token(&secret).unwrap(), Some(alice));
+        assert_eq!(store.authenticate_token(&bob_secret).unwrap(), Some(bob));
+        assert_eq!(store.authenticate_token("tern_nope").unwrap(), None);
+        assert_eq!(store.authenticate_token("").unwrap(), None);
+
+        let all = store.list_tokens(None).unwrap();
+        assert_eq!(all.len(), 2);
+        assert!(all.windows(2).all(|w| w[0].id < w[1].id), "ordered by id");
+        assert_eq!(
+            store.list_tokens(Some("alice@example.com")).unwrap(),
+            vec![info.clone()]
+        );
+        assert!(matches!(
+            store.list_tokens(Some("carol@example.com")),
+            Err(Error::NotFound(_))
+        ));
+
+        for bad in ["", "abc", "zzzzzzzzzzzz", &info.id[..11]] {
+            assert!(
+                matches!(store.revoke_token(bad), Err(Error::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(store.revoke_token(&info.id.to_uppercase()).unwrap(), info);
+        assert_eq!(store.authenticate_token(&secret).unwrap(), None);
+        assert!(matches!(
+            store.revoke_token(&info.id),
+            Err(Error::NotFound(_))
+        ));
+        assert_eq!(store.list_tokens(None).unwrap(), vec![bob_info]);
+
+        // Removing an account removes its tokens.
+        store.remove_account("bob@example.com").unwrap();
+        assert_eq!(store.authenticate_token(&bob_secret).unwrap(), None);
+        assert!(store.list_tokens(None).unwrap().is_empty());
+    }
 }

@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::changes::Writer;
+use crate::envelope::{self, Envelope};
 use crate::error::{Error, Result};
 use crate::kv::Kv;
 use crate::parse::ParsedMessage;
@@ -74,6 +75,34 @@ pub struct Delivered {
 /// The outcome of one delivery: one slot per recipient.
 pub type Outcome = Vec<Result<Delivered>>;
 
+/// How a delivery treats recipients' quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuotaPolicy {
+    /// Each copy must fit its account's quota; a recipient it does not
+    /// fit gets `Err(OverQuota)` in its slot and the others are stored.
+    #[default]
+    EachMustFit,
+    /// For SMTP, whose DATA has one reply for all recipients: a copy is
+    /// stored when its account is under its quota before the message,
+    /// even if the message takes it over (the recipient was accepted at
+    /// RCPT, where the quota is checked). If any account is already at
+    /// or over its quota, nothing is stored and the delivery fails with
+    /// [`Error::OverQuota`]: the client is told to retry (452), and at
+    /// its retry that recipient alone is refused at RCPT. Each recipient
+    /// thus gets the message exactly once or a refusal of its own.
+    UnderLimitAllOrNothing,
+}
+
+/// The options of [`crate::MailStore::deliver_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliverOptions {
+    /// Empty, or one envelope per recipient, kept with that recipient's
+    /// copy (family `15`; list in it only that recipient's forward-paths).
+    pub envelopes: Vec<Envelope>,
+    /// How quotas apply.
+    pub quota: QuotaPolicy,
+}
+
 /// A message ready to store.
 #[derive(Debug)]
 pub(crate) struct Job {
@@ -85,6 +114,9 @@ pub(crate) struct Job {
     pub parsed: ParsedMessage,
     pub recipients: Vec<Recipient>,
     pub received_at: i64,
+    /// Empty, or one per recipient.
+    pub envelopes: Vec<Envelope>,
+    pub quota: QuotaPolicy,
 }
 
 enum Message {
@@ -207,8 +239,12 @@ fn store_job(tx: &mut crate::kv::Transaction<'_>, job: &Job) -> Result<Outcome> 
         (Some(raw), None) => blob::put_in_tx(tx, raw)?,
         (None, None) => return Err(Error::Invalid("delivery without a message".into())),
     };
+    let check = match job.quota {
+        QuotaPolicy::EachMustFit => email::QuotaCheck::MustFit,
+        QuotaPolicy::UnderLimitAllOrNothing => email::QuotaCheck::UnderLimit,
+    };
     let mut out = Vec::with_capacity(job.recipients.len());
-    for r in &job.recipients {
+    for (i, r) in job.recipients.iter().enumerate() {
         let mut w = Writer::begin(tx, r.account)?;
         let mailbox = match r.folder {
             Folder::Mailbox(id) => id,
@@ -218,7 +254,7 @@ fn store_job(tx: &mut crate::kv::Transaction<'_>, job: &Job) -> Result<Outcome> 
                     .ok_or_else(|| Error::NotFound(format!("inbox of account {}", r.account)))?,
             },
         };
-        let stored = email::insert(
+        let stored = email::insert_checked(
             &mut w,
             email::NewEmail {
                 blob: hash,
@@ -228,9 +264,13 @@ fn store_job(tx: &mut crate::kv::Transaction<'_>, job: &Job) -> Result<Outcome> 
                 keywords: r.keywords.clone(),
                 parsed: &job.parsed,
             },
+            check,
         );
         match stored {
             Ok((email, thread)) => {
+                if let Some(e) = job.envelopes.get(i) {
+                    envelope::put(w.tx, r.account, email, e)?;
+                }
                 w.touched(DataType::EmailDelivery);
                 w.finish()?;
                 out.push(Ok(Delivered {
@@ -240,7 +280,9 @@ fn store_job(tx: &mut crate::kv::Transaction<'_>, job: &Job) -> Result<Outcome> 
                     mailbox,
                 }));
             }
-            Err(e @ Error::OverQuota { .. }) => out.push(Err(e)),
+            Err(e @ Error::OverQuota { .. }) if job.quota == QuotaPolicy::EachMustFit => {
+                out.push(Err(e))
+            }
             Err(e) => return Err(e),
         }
     }

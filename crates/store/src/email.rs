@@ -303,11 +303,31 @@ fn resolve_thread(w: &mut Writer<'_, '_>, envelope: &Envelope) -> Result<Documen
     Ok(thread)
 }
 
+/// How [`insert_checked`] applies the account's quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuotaCheck {
+    /// The email must fit: used + size <= quota.
+    #[default]
+    MustFit,
+    /// The account must be under its quota before the email, which may
+    /// take it over (the last message crosses the line).
+    UnderLimit,
+}
+
 /// Stores a new email in the account being written: metadata, detail,
 /// thread, indexes, counters, blob reference, quota use and a search index
 /// queue entry. The blob must already be stored. Fails with
 /// [`Error::OverQuota`] when the account's quota would be exceeded.
 pub fn insert(w: &mut Writer<'_, '_>, email: NewEmail<'_>) -> Result<(DocumentId, DocumentId)> {
+    insert_checked(w, email, QuotaCheck::MustFit)
+}
+
+/// [`insert`] with the quota applied as `check` says.
+pub fn insert_checked(
+    w: &mut Writer<'_, '_>,
+    email: NewEmail<'_>,
+    check: QuotaCheck,
+) -> Result<(DocumentId, DocumentId)> {
     let account = w.account;
     if email.mailbox_ids.is_empty() {
         return Err(Error::Invalid(
@@ -317,7 +337,11 @@ pub fn insert(w: &mut Writer<'_, '_>, email: NewEmail<'_>) -> Result<(DocumentId
     let record = crate::account::get_account(w.tx, account)?
         .ok_or_else(|| Error::NotFound(format!("account {account}")))?;
     let used = crate::account::used_bytes(w.tx, account)?;
-    if used + email.size > record.quota_bytes {
+    let over = match check {
+        QuotaCheck::MustFit => used + email.size > record.quota_bytes,
+        QuotaCheck::UnderLimit => used >= record.quota_bytes,
+    };
+    if over {
         return Err(Error::OverQuota {
             used,
             limit: record.quota_bytes,
@@ -396,6 +420,103 @@ fn queue_index(w: &mut Writer<'_, '_>, id: DocumentId, op: IndexOp) -> Result<()
     Ok(())
 }
 
+impl IndexOp {
+    /// The operation stored as `byte` in the queue (family `60`).
+    pub fn from_u8(byte: u8) -> Option<Self> {
+        match byte {
+            1 => Some(IndexOp::Index),
+            2 => Some(IndexOp::Remove),
+            _ => None,
+        }
+    }
+}
+
+/// Up to `limit` accounts that have search-index work queued (the `38`
+/// markers), in id order, starting after `after`.
+pub fn accounts_with_index_work(
+    tx: &mut Transaction<'_>,
+    after: Option<AccountId>,
+    limit: usize,
+) -> Result<Vec<AccountId>> {
+    let all = keys::index_dirty_all();
+    let range = match after {
+        None => all,
+        Some(a) => KeyRange::new(KeyRange::single(&keys::index_dirty(a)).end, all.end),
+    };
+    tx.range(&range, RangeOptions::limit(limit))?
+        .into_iter()
+        .map(|(k, _)| {
+            if k.len() != 5 {
+                return Err(crate::kv::Error::corrupt(&k, "bad index marker key").into());
+            }
+            Ok(AccountId(keys::be_u32(&k, 1)))
+        })
+        .collect()
+}
+
+/// Whether `account` has search-index work queued (its `38` marker is set).
+pub fn has_index_work(tx: &mut Transaction<'_>, account: AccountId) -> Result<bool> {
+    Ok(tx.get(&keys::index_dirty(account))?.is_some())
+}
+
+/// Up to `limit` queued search-index operations of `account`, in email id
+/// order, starting after `after`.
+pub fn index_queue(
+    tx: &mut Transaction<'_>,
+    account: AccountId,
+    after: Option<DocumentId>,
+    limit: usize,
+) -> Result<Vec<(DocumentId, IndexOp)>> {
+    let full = keys::acct(account, family::INDEX_QUEUE).prefix_range();
+    let range = match after {
+        None => full,
+        Some(id) => KeyRange::new(
+            KeyRange::single(&keys::doc(account, family::INDEX_QUEUE, id)).end,
+            full.end,
+        ),
+    };
+    let key_len = keys::doc(account, family::INDEX_QUEUE, 0).len();
+    tx.range(&range, RangeOptions::limit(limit))?
+        .into_iter()
+        .map(|(k, v)| {
+            let op = v.first().copied().and_then(IndexOp::from_u8);
+            match op {
+                Some(op) if k.len() == key_len => Ok((keys::be_u32(&k, key_len - 4), op)),
+                _ => Err(crate::kv::Error::corrupt(&k, "bad index queue entry").into()),
+            }
+        })
+        .collect()
+}
+
+/// Removes the queue entries the indexer has applied: each `(id, op)` is
+/// cleared only if the queue still holds `op` for `id` (an email destroyed
+/// meanwhile has `Remove` queued over `Index`, which stays). Clears the
+/// account's `38` marker when the queue is then empty, and returns whether
+/// it is. The read of the queue makes a concurrent enqueue conflict, so the
+/// marker is never cleared over new work.
+pub fn dequeue_index(
+    tx: &mut Transaction<'_>,
+    account: AccountId,
+    done: &[(DocumentId, IndexOp)],
+) -> Result<bool> {
+    for &(id, op) in done {
+        let key = keys::doc(account, family::INDEX_QUEUE, id);
+        if tx.get(&key)?.as_deref() == Some(&[op as u8][..]) {
+            tx.clear(&key)?;
+        }
+    }
+    let empty = tx
+        .range(
+            &keys::acct(account, family::INDEX_QUEUE).prefix_range(),
+            RangeOptions::limit(1),
+        )?
+        .is_empty();
+    if empty {
+        tx.clear(&keys::index_dirty(account))?;
+    }
+    Ok(empty)
+}
+
 /// The metadata of an email.
 pub fn get(
     tx: &mut Transaction<'_>,
@@ -464,6 +585,10 @@ pub fn update(
             keywords: &meta.keywords,
         }),
     )?;
+    if meta.mailbox_ids != old_mailboxes {
+        // Into or out of Junk: queue spam training (see `spam`).
+        crate::spam::on_mailboxes_changed(w, id, &old_mailboxes, &meta.mailbox_ids)?;
+    }
     w.tx.set(&meta_key(account, id), &encode(&meta))?;
     w.updated(DataType::Email, id);
     Ok(meta)
@@ -488,6 +613,7 @@ pub fn destroy(w: &mut Writer<'_, '_>, id: DocumentId) -> Result<EmailMeta> {
     )?;
     w.tx.clear(&meta_key(account, id))?;
     w.tx.clear_chunked(&detail_key(account, id))?;
+    crate::envelope::clear(w.tx, account, id)?;
     w.tx.clear(
         &keys::acct(account, family::ALL_DATE)
             .time(meta.received_at)
@@ -507,6 +633,7 @@ pub fn destroy(w: &mut Writer<'_, '_>, id: DocumentId) -> Result<EmailMeta> {
         -(meta.size as i64),
     )?;
     queue_index(w, id, IndexOp::Remove)?;
+    crate::spam::forget(w.tx, account, id)?;
     w.destroyed(DataType::Email, id);
     if thread_emails(w.tx, account, meta.thread_id)?.is_empty() {
         w.tx.clear(&keys::doc(account, family::THREAD, meta.thread_id))?;

@@ -2,6 +2,10 @@
 //! `docs/store-format.md` describes the same layout; change both together
 //! and bump [`FORMAT_VERSION`] when an existing family changes meaning.
 //!
+//! The outbound queue (global `0x40`-`0x44`, account `0x70`), DKIM keys
+//! (global `0x14`) and vacation reply records (account `0x71`) are laid
+//! out next to their code, in `queue.rs`, `dkim.rs` and `vacation.rs`.
+//!
 //! Integers in keys are big-endian so that byte order is numeric order.
 //! Everything of one account lives under `0x20 ++ account_id (u32 BE)`, so
 //! one account's data is one contiguous range (one shard on FoundationDB).
@@ -16,6 +20,9 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const FORMAT: &[u8] = &[0x01];
 /// `0x02`: the next account id (counter).
 pub const NEXT_ACCOUNT_ID: &[u8] = &[0x02];
+/// `0x03`: push subscriptions' change counter, added to by every write of
+/// a push subscription; push senders watch it (on every node).
+pub const PUSH_EPOCH: &[u8] = &[0x03];
 
 const LOGIN: u8 = 0x10;
 const ADDRESS: u8 = 0x11;
@@ -26,6 +33,10 @@ const BLOB: u8 = 0x30;
 const BLOB_CHUNK: u8 = 0x31;
 const BLOB_LINK: u8 = 0x32;
 const INDEX_DIRTY: u8 = 0x38;
+const PUSH_ACCOUNT: u8 = 0x39;
+// 0x48 (global spam model), 0x49 (spam training flags) and the account
+// families 0x78-0x7A (spam model, training queue, trained-as) are built in
+// `crate::spam`.
 
 /// Families inside an account's range (the byte after the account id).
 pub mod family {
@@ -52,6 +63,9 @@ pub mod family {
     /// Generic JMAP objects (identities, submissions, ...):
     /// `++ collection ++ id`.
     pub const OBJECT: u8 = 0x14;
+    /// The SMTP envelope an email was received with: `++ email id` ->
+    /// record `Envelope` (`crate::envelope`).
+    pub const ENVELOPE: u8 = 0x15;
     /// Emails of a mailbox by date: `++ mailbox ++ received ++ email`.
     pub const MAILBOX_DATE: u8 = 0x20;
     /// Unseen emails of a mailbox by date: `++ mailbox ++ received ++ email`.
@@ -189,6 +203,12 @@ pub fn tokens() -> KeyRange {
     KeyRange::prefix(&[TOKEN])
 }
 
+/// Tokens whose SHA-256 starts with `hash_prefix` (a token's public id is
+/// such a prefix).
+pub fn tokens_with_prefix(hash_prefix: &[u8]) -> KeyRange {
+    KeyRange::prefix(&Key::with(TOKEN).bytes(hash_prefix).build())
+}
+
 /// `0x20 ++ account id`: the start of every key of the account.
 pub fn account(id: AccountId) -> Key {
     Key::with(ACCOUNT).u32(id.0)
@@ -247,4 +267,14 @@ pub fn index_dirty(account: AccountId) -> Vec<u8> {
 /// All accounts with index work queued.
 pub fn index_dirty_all() -> KeyRange {
     KeyRange::prefix(&[INDEX_DIRTY])
+}
+
+/// `0x39 ++ account id` -> empty: the account has push subscriptions.
+pub fn push_account(account: AccountId) -> Vec<u8> {
+    Key::with(PUSH_ACCOUNT).u32(account.0).build()
+}
+
+/// All accounts with push subscriptions.
+pub fn push_accounts() -> KeyRange {
+    KeyRange::prefix(&[PUSH_ACCOUNT])
 }

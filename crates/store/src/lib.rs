@@ -2,7 +2,8 @@
 //! ([`kv`]), and the mail data model built on it: accounts and domains
 //! ([`account`]), mailboxes ([`mailbox`]), emails, threads and their indexes
 //! ([`email`]), content-addressed blobs ([`blob`]), the per-account change
-//! log ([`changes`]) and delivery ([`MailStore::deliver`]).
+//! log ([`changes`]), delivery ([`MailStore::deliver`]) and the SMTP
+//! envelope kept with received mail ([`envelope`]).
 //!
 //! This crate knows nothing of JMAP, HTTP or SMTP. Every call blocks the
 //! calling thread (a commit waits for its fsync): async callers run them on a
@@ -13,23 +14,30 @@
 pub mod account;
 pub mod blob;
 pub mod changes;
+pub mod compose;
 pub mod deliver;
+pub mod dkim;
 pub mod email;
+pub mod envelope;
 mod error;
 pub mod keys;
 pub mod kv;
 pub mod mailbox;
 pub mod object;
 pub mod parse;
+pub mod queue;
+pub mod spam;
 mod types;
+pub mod vacation;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use account::AccountInfo;
 pub use changes::Writer;
-pub use deliver::{Delivered, Folder, Recipient};
+pub use deliver::{DeliverOptions, Delivered, Folder, QuotaPolicy, Recipient};
 pub use email::EmailMeta;
+pub use envelope::{DsnNotify, DsnRet, Envelope, EnvelopeRecipient};
 pub use error::{Error, Result};
 pub use types::{AccountId, BlobHash, Collection, DataType, DocumentId, now};
 
@@ -206,6 +214,26 @@ impl MailStore {
     /// Malformed MIME is stored with what could be parsed; input that is not
     /// a message at all fails with [`Error::NotAMessage`].
     pub fn deliver(&self, raw: &[u8], recipients: &[Recipient]) -> Result<deliver::Outcome> {
+        self.deliver_with(raw, recipients, &DeliverOptions::default())
+    }
+
+    /// [`MailStore::deliver`] with options: the SMTP envelope to keep with
+    /// each copy, and the quota policy ([`QuotaPolicy`]). Fails with
+    /// [`Error::Invalid`] when `options.envelopes` is neither empty nor
+    /// one per recipient.
+    pub fn deliver_with(
+        &self,
+        raw: &[u8],
+        recipients: &[Recipient],
+        options: &DeliverOptions,
+    ) -> Result<deliver::Outcome> {
+        if !options.envelopes.is_empty() && options.envelopes.len() != recipients.len() {
+            return Err(Error::Invalid(format!(
+                "{} envelopes for {} recipients",
+                options.envelopes.len(),
+                recipients.len()
+            )));
+        }
         let parsed = parse::parse_message(raw)?;
         let big = raw.len() > INLINE_BLOB_LIMIT;
         let blob = if big {
@@ -222,7 +250,16 @@ impl MailStore {
                 parsed,
                 recipients: recipients.to_vec(),
                 received_at: now(),
+                envelopes: options.envelopes.clone(),
+                quota: options.quota,
             },
         )
+    }
+
+    /// The SMTP envelope the email `email` of `account` was received with
+    /// (its recipients: those of this account only), if it came in over
+    /// SMTP.
+    pub fn envelope(&self, account: AccountId, email: DocumentId) -> Result<Option<Envelope>> {
+        self.kv.read(|tx| envelope::get(tx, account, email))
     }
 }

@@ -18,6 +18,7 @@ mod headers;
 mod query;
 mod set;
 
+pub(crate) use query::snippet_query;
 use tern_store::kv::TxError;
 use tern_store::{AccountId, BlobHash, DataType, MailStore, blob};
 

@@ -9,6 +9,14 @@
 //! the filter requires one, else the account's), filters and sorts in
 //! memory.
 //!
+//! Text conditions (`text`, `from`, `to`, `cc`, `bcc`, `subject`, `body`,
+//! `header`) are answered by the search index (`tern-search`): inside the
+//! query's snapshot, after waiting (bounded) until the index reflects the
+//! Email state the snapshot holds, each is evaluated to the set of
+//! matching ids, which then takes part in AND/OR/NOT like any other
+//! condition. When the top-level conjunction holds text conditions, only
+//! their matches are read as candidates.
+//!
 //! A query's state is the Email state. Email/queryChanges recomputes the
 //! result and reports every email created, updated or destroyed since the
 //! old state (and, when threads matter, every email of a thread that
@@ -19,9 +27,10 @@ use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde_json::{Map, Value, json};
+use tern_search::{RoaringBitmap, SearchIndex, TextField};
 use tern_store::email::{self, EmailMeta, Listing};
 use tern_store::kv::Transaction;
-use tern_store::{AccountId, DataType, DocumentId, changes, mailbox};
+use tern_store::{AccountId, DataType, DocumentId, MailStore, changes, mailbox};
 
 use super::{Fail, dates};
 use crate::args::{self, Window};
@@ -56,6 +65,13 @@ enum Cond {
     HasKeyword(String),
     NotKeyword(String),
     HasAttachment(bool),
+    /// A text condition (`text`, `from`, `to`, `cc`, `bcc`, `subject`,
+    /// `body`, `header`), answered by the search index: `hits` holds its
+    /// matches once [`Filter::resolve_text`] ran.
+    Text {
+        query: tern_search::Query,
+        hits: Option<RoaringBitmap>,
+    },
 }
 
 impl Cond {
@@ -89,6 +105,94 @@ impl Filter {
                 Some(out)
             }
             _ => None,
+        }
+    }
+
+    /// Whether any condition needs the search index.
+    fn has_text(&self) -> bool {
+        match self {
+            Filter::And(f) | Filter::Or(f) | Filter::Not(f) => f.iter().any(Filter::has_text),
+            Filter::Cond(c) => c.iter().any(|c| matches!(c, Cond::Text { .. })),
+        }
+    }
+
+    /// The text conditions, for filling in their matches.
+    fn text_conds(&mut self) -> Vec<&mut Cond> {
+        match self {
+            Filter::And(f) | Filter::Or(f) | Filter::Not(f) => {
+                f.iter_mut().flat_map(Filter::text_conds).collect()
+            }
+            Filter::Cond(c) => c
+                .iter_mut()
+                .filter(|c| matches!(c, Cond::Text { .. }))
+                .collect(),
+        }
+    }
+
+    /// Evaluates every text condition with the search index, after
+    /// waiting (bounded by the index's `query_wait`) until the index
+    /// reflects Email state `state`, the state this query reads (read
+    /// your writes). The non-text conditions are then matched as usual,
+    /// under the same AND/OR/NOT.
+    fn resolve_text(
+        &mut self,
+        store: &MailStore,
+        account: AccountId,
+        state: u64,
+    ) -> Result<(), Fail> {
+        if !self.has_text() {
+            return Ok(());
+        }
+        let index = SearchIndex::for_store(store).map_err(search_fail)?;
+        let caught_up = index
+            .wait_caught_up(store, account, state, index.query_wait())
+            .map_err(search_fail)?;
+        if !caught_up {
+            tracing::debug!(
+                account = account.0,
+                "search index behind; answering from it as it is"
+            );
+        }
+        for cond in self.text_conds() {
+            if let Cond::Text { query, hits } = cond {
+                *hits = Some(index.search(store, account, query).map_err(search_fail)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The matches every result must be among: the intersection of the
+    /// text conditions of the top-level conjunction, once resolved.
+    fn required_hits(&self) -> Option<RoaringBitmap> {
+        let mut out: Option<RoaringBitmap> = None;
+        for c in self.conjunction()? {
+            if let Cond::Text { hits: Some(h), .. } = c {
+                out = Some(match out {
+                    None => h.clone(),
+                    Some(o) => o & h,
+                });
+            }
+        }
+        out
+    }
+
+    /// The text conditions as a search query (for SearchSnippet/get):
+    /// every other condition stands for "all".
+    fn to_search_query(&self) -> tern_search::Query {
+        use tern_search::Query as Q;
+        let all = |f: &[Filter]| f.iter().map(Filter::to_search_query).collect();
+        match self {
+            Filter::And(f) => Q::And(all(f)),
+            Filter::Or(f) => Q::Or(all(f)),
+            Filter::Not(f) => Q::Not(all(f)),
+            Filter::Cond(c) => Q::And(
+                c.iter()
+                    .map(|c| match c {
+                        Cond::Text { query, .. } => query.clone(),
+                        _ => Q::All,
+                    })
+                    .collect(),
+            ),
         }
     }
 
@@ -136,11 +240,46 @@ fn uint_arg(v: &Value, name: &str) -> Result<u64, MethodError> {
     })
 }
 
-/// Text conditions: answered with unsupportedFilter until the search
-/// index serves them (never with wrong results).
-const TEXT_CONDITIONS: &[&str] = &[
-    "text", "from", "to", "cc", "bcc", "subject", "body", "header",
-];
+fn search_fail(e: tern_search::Error) -> Fail {
+    match e {
+        tern_search::Error::InvalidQuery(d) => Fail::Method(MethodError::invalid_arguments(d)),
+        e => {
+            tracing::error!(error = %e, "search index error in Email/query");
+            Fail::Method(MethodError::ServerFail(e.to_string()))
+        }
+    }
+}
+
+fn text_arg(v: &Value, name: &str) -> Result<String, MethodError> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        _ => Err(MethodError::invalid_arguments(format!(
+            "{name} must be a string"
+        ))),
+    }
+}
+
+/// `header`: `[name]` or `[name, text]` (RFC 8621 section 4.4.1).
+fn header_arg(v: &Value) -> Result<tern_search::Query, MethodError> {
+    let invalid =
+        || MethodError::invalid_arguments("header must be an array of one or two strings");
+    let Value::Array(items) = v else {
+        return Err(invalid());
+    };
+    let strings: Vec<&str> = items
+        .iter()
+        .map(Value::as_str)
+        .collect::<Option<_>>()
+        .ok_or_else(invalid)?;
+    match strings.as_slice() {
+        [name] if !name.trim().is_empty() => Ok(tern_search::Query::Header(name.to_string(), None)),
+        [name, text] if !name.trim().is_empty() => Ok(tern_search::Query::Header(
+            name.to_string(),
+            Some(text.to_string()),
+        )),
+        _ => Err(invalid()),
+    }
+}
 
 fn parse_filter(ctx: &Ctx<'_>, v: &Value, depth: usize) -> Result<Filter, MethodError> {
     if depth > 32 {
@@ -202,11 +341,25 @@ fn parse_filter(ctx: &Ctx<'_>, v: &Value, depth: usize) -> Result<Filter, Method
                     ));
                 }
             },
-            t if TEXT_CONDITIONS.contains(&t) => {
-                return Err(MethodError::UnsupportedFilter(format!(
-                    "the {t:?} filter is not supported yet"
-                )));
+            "text" | "from" | "to" | "cc" | "bcc" | "subject" | "body" => {
+                let field = match k.as_str() {
+                    "text" => TextField::Text,
+                    "from" => TextField::From,
+                    "to" => TextField::To,
+                    "cc" => TextField::Cc,
+                    "bcc" => TextField::Bcc,
+                    "subject" => TextField::Subject,
+                    _ => TextField::Body,
+                };
+                Cond::Text {
+                    query: tern_search::Query::Text(field, text_arg(v, k)?),
+                    hits: None,
+                }
             }
+            "header" => Cond::Text {
+                query: header_arg(v)?,
+                hits: None,
+            },
             other => {
                 return Err(MethodError::UnsupportedFilter(format!(
                     "unknown filter property {other:?}"
@@ -216,6 +369,19 @@ fn parse_filter(ctx: &Ctx<'_>, v: &Value, depth: usize) -> Result<Filter, Method
         conds.push(c);
     }
     Ok(Filter::Cond(conds))
+}
+
+/// The text conditions of an Email/query filter as a search query, for
+/// SearchSnippet/get: parsed and validated as Email/query does; `None`
+/// for a null filter.
+pub(crate) fn snippet_query(
+    ctx: &Ctx<'_>,
+    filter: Option<&Value>,
+) -> Result<Option<tern_search::Query>, MethodError> {
+    match filter {
+        None | Some(Value::Null) => Ok(None),
+        Some(f) => Ok(Some(parse_filter(ctx, f, 0)?.to_search_query())),
+    }
 }
 
 /// A sort property (RFC 8621 section 4.4.2).
@@ -342,6 +508,19 @@ impl Spec {
         })
     }
 
+    /// Evaluates the filter's text conditions ([`Filter::resolve_text`]).
+    fn resolve_text(
+        &mut self,
+        store: &MailStore,
+        account: AccountId,
+        state: u64,
+    ) -> Result<(), Fail> {
+        match &mut self.filter {
+            Some(f) => f.resolve_text(store, account, state),
+            None => Ok(()),
+        }
+    }
+
     /// Whether matching or ordering an email depends on the other emails
     /// of its thread.
     fn needs_threads(&self) -> bool {
@@ -401,7 +580,7 @@ fn thread_keywords<'a>(threads: &'a Threads, meta: &'a EmailMeta) -> Vec<&'a [St
     }
 }
 
-fn cond_matches(c: &Cond, meta: &EmailMeta, threads: &Threads) -> bool {
+fn cond_matches(c: &Cond, id: DocumentId, meta: &EmailMeta, threads: &Threads) -> bool {
     match c {
         Cond::InMailbox(m) => m.is_some_and(|m| meta.mailbox_ids.contains(&m)),
         Cond::InMailboxOtherThan(ids) => meta.mailbox_ids.iter().any(|m| !ids.contains(m)),
@@ -421,15 +600,16 @@ fn cond_matches(c: &Cond, meta: &EmailMeta, threads: &Threads) -> bool {
         Cond::HasKeyword(k) => meta.has_keyword(k),
         Cond::NotKeyword(k) => !meta.has_keyword(k),
         Cond::HasAttachment(b) => meta.envelope.has_attachment == *b,
+        Cond::Text { hits, .. } => hits.as_ref().is_some_and(|h| h.contains(id)),
     }
 }
 
-fn matches(f: &Filter, meta: &EmailMeta, threads: &Threads) -> bool {
+fn matches(f: &Filter, id: DocumentId, meta: &EmailMeta, threads: &Threads) -> bool {
     match f {
-        Filter::And(c) => c.iter().all(|f| matches(f, meta, threads)),
-        Filter::Or(c) => c.iter().any(|f| matches(f, meta, threads)),
-        Filter::Not(c) => !c.iter().any(|f| matches(f, meta, threads)),
-        Filter::Cond(c) => c.iter().all(|c| cond_matches(c, meta, threads)),
+        Filter::And(c) => c.iter().all(|f| matches(f, id, meta, threads)),
+        Filter::Or(c) => c.iter().any(|f| matches(f, id, meta, threads)),
+        Filter::Not(c) => !c.iter().any(|f| matches(f, id, meta, threads)),
+        Filter::Cond(c) => c.iter().all(|c| cond_matches(c, id, meta, threads)),
     }
 }
 
@@ -478,8 +658,20 @@ fn full_results(
 ) -> Result<Vec<(DocumentId, DocumentId)>, Fail> {
     let needs_threads = spec.needs_threads();
     let required = spec.filter.as_ref().and_then(Filter::required_mailbox);
+    let hits = spec.filter.as_ref().and_then(Filter::required_hits);
     let candidates: Vec<(DocumentId, EmailMeta)> = match required {
         Some(None) => Vec::new(),
+        // Text conditions every result must meet: only their matches are
+        // candidates (thread conditions need every email of a thread).
+        _ if hits.is_some() && !needs_threads => {
+            let mut out = Vec::new();
+            for i in hits.iter().flatten() {
+                if let Some(meta) = email::get(tx, account, i)? {
+                    out.push((i, meta));
+                }
+            }
+            out
+        }
         Some(Some(m)) if !needs_threads => {
             let mut out = Vec::new();
             for (_, i) in
@@ -516,10 +708,10 @@ fn full_results(
     }
     let mut rows: Vec<(Vec<SortValue>, DocumentId, DocumentId)> = candidates
         .iter()
-        .filter(|(_, meta)| {
+        .filter(|(i, meta)| {
             spec.filter
                 .as_ref()
-                .is_none_or(|f| matches(f, meta, &threads))
+                .is_none_or(|f| matches(f, *i, meta, &threads))
         })
         .map(|(i, meta)| {
             let values = spec
@@ -637,10 +829,12 @@ pub fn query(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
         ],
     )?;
     let account = ctx.account(&args)?;
-    let spec = Spec::parse(ctx, &args)?;
+    let mut spec = Spec::parse(ctx, &args)?;
     let window = args::parse_window(ctx, &args)?;
-    let out = ctx.store.kv().read(|tx| -> Result<Arguments, Fail> {
+    let store = ctx.store;
+    let out = store.kv().read(|tx| -> Result<Arguments, Fail> {
         let state = query_state(tx, account)?;
+        spec.resolve_text(store, account, state)?;
         let direct = spec
             .index_listing()
             .filter(|_| window.anchor.is_none() && window.position >= 0);
@@ -700,7 +894,7 @@ pub fn query_changes(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
         ],
     )?;
     let account = ctx.account(&args)?;
-    let spec = Spec::parse(ctx, &args)?;
+    let mut spec = Spec::parse(ctx, &args)?;
     let since = match args.get("sinceQueryState") {
         Some(Value::String(s)) => id::parse_state(s).ok_or(MethodError::CannotCalculateChanges)?,
         _ => {
@@ -712,8 +906,10 @@ pub fn query_changes(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
     let max_changes = args::opt_uint(&args, "maxChanges")?;
     args::opt_str(&args, "upToId")?;
     let calculate_total = args::bool_arg(&args, "calculateTotal", false)?;
-    let out = ctx.store.kv().read(|tx| -> Result<Arguments, Fail> {
+    let store = ctx.store;
+    let out = store.kv().read(|tx| -> Result<Arguments, Fail> {
         let state = query_state(tx, account)?;
+        spec.resolve_text(store, account, state)?;
         let c = changes::changes(tx, account, DataType::Email, since, usize::MAX)?;
         let results = full_results(tx, account, &spec)?;
         let mut touched: HashSet<DocumentId> = c.updated.iter().copied().collect();

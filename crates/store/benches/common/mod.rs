@@ -548,3 +548,29 @@ pub fn dir_size(path: &Path) -> u64 {
         })
         .sum()
 }
+
+/// Waits until this process has been idle (under 5% of a core) for three
+/// seconds in a row — the store's background flushes and compactions are
+/// done — or until `limit` has passed. Returns the time waited.
+pub fn wait_until_idle(limit: Duration) -> Duration {
+    let start = Instant::now();
+    let mut quiet_since = Instant::now();
+    let mut ticks = own_ticks();
+    let mut at = Instant::now();
+    // Ticks per second, from the kernel's own clock (USER_HZ is 100 on
+    // Linux, and /proc reports in it).
+    const HZ: f64 = 100.0;
+    while start.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = own_ticks();
+        let cores = (now - ticks) as f64 / HZ / at.elapsed().as_secs_f64();
+        ticks = now;
+        at = Instant::now();
+        if cores > 0.05 {
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= Duration::from_secs(3) {
+            break;
+        }
+    }
+    start.elapsed()
+}

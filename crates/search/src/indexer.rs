@@ -1,0 +1,295 @@
+//! The indexer: drains the store's search-index queue into the index.
+//!
+//! The store writes one queue entry per created or destroyed email
+//! (family `60`, plus the account marker `38`) in the transaction that
+//! creates or destroys it; keyword and mailbox changes queue nothing, so
+//! they never re-index text. For each account with work the indexer:
+//!
+//! 1. reads the Email state and up to `batch_documents` queue entries
+//!    from one snapshot;
+//! 2. loads each email's document (metadata, then its blob) and analyzes
+//!    it into one [`IndexBatch`]; a destroyed email goes to the batch's
+//!    deleted set;
+//! 3. writes the batch to the index with a synced WAL;
+//! 4. only then removes the entries from the queue (each only if it still
+//!    holds the same operation), clearing the marker when the queue is
+//!    empty.
+//!
+//! A crash between 3 and 4 re-applies the batch on restart, which changes
+//! nothing ([`crate::postings::merge`] keeps one entry per document); a
+//! crash before 3 loses nothing since the queue is intact. When one pass
+//! covered the whole queue read at state S, the account's index reflects
+//! S: [`SearchIndex::wait_caught_up`] waits on that.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tern_store::email::IndexOp;
+use tern_store::{AccountId, DataType, DocumentId, MailStore, account, changes, email};
+use tokio::sync::watch;
+
+use crate::doc::Document;
+use crate::index::{IndexBatch, SearchIndex};
+use crate::reindex;
+use crate::{Error, Result};
+
+/// Indexer settings.
+#[derive(Debug, Clone)]
+pub struct IndexerConfig {
+    /// Most queue entries applied per batch (one index write, one store
+    /// transaction).
+    pub batch_documents: usize,
+    /// A batch ends early once its documents hold this much text.
+    pub batch_text_bytes: usize,
+    /// How often the queue is checked when nobody kicks the indexer.
+    pub poll_interval: Duration,
+    /// Queue-drain steps per account before the next account gets a turn.
+    pub steps_per_turn: usize,
+    /// Test hook: fail right after the index write of a batch, before the
+    /// queue entries are removed (what a crash there leaves behind).
+    #[doc(hidden)]
+    pub fail_before_dequeue: bool,
+}
+
+impl Default for IndexerConfig {
+    fn default() -> Self {
+        Self {
+            batch_documents: 256,
+            batch_text_bytes: 16 << 20,
+            poll_interval: Duration::from_millis(250),
+            steps_per_turn: 8,
+            fail_before_dequeue: false,
+        }
+    }
+}
+
+/// Drains the store's index queue into a [`SearchIndex`].
+#[derive(Debug, Clone)]
+pub struct Indexer {
+    store: MailStore,
+    index: SearchIndex,
+    config: IndexerConfig,
+}
+
+/// What one drain step left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The account's queue is empty.
+    Empty,
+    /// Entries remain.
+    More,
+}
+
+impl Indexer {
+    /// An indexer with default settings.
+    pub fn new(store: MailStore, index: SearchIndex) -> Self {
+        Self::with_config(store, index, IndexerConfig::default())
+    }
+
+    /// An indexer with `config`.
+    pub fn with_config(store: MailStore, index: SearchIndex, config: IndexerConfig) -> Self {
+        Self {
+            store,
+            index,
+            config,
+        }
+    }
+
+    /// The index it writes.
+    pub fn index(&self) -> &SearchIndex {
+        &self.index
+    }
+
+    /// Starts the indexer on a blocking thread until `shutdown` turns
+    /// true (or its sender is dropped). This is what `tern serve` runs.
+    pub fn spawn(
+        store: MailStore,
+        index: SearchIndex,
+        shutdown: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<Result<()>> {
+        tokio::spawn(Indexer::new(store, index).run(shutdown))
+    }
+
+    /// Runs until `shutdown` turns true, then finishes the batch in flight.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let index = self.index.clone();
+        let flag = stop.clone();
+        let mut worker = tokio::task::spawn_blocking(move || {
+            self.run_blocking(&|| flag.load(Ordering::Relaxed))
+        });
+        let join = |r: std::result::Result<Result<()>, tokio::task::JoinError>| match r {
+            Ok(r) => r,
+            Err(e) => Err(Error::Index(format!("the indexer thread failed: {e}"))),
+        };
+        tokio::select! {
+            r = &mut worker => return join(r),
+            _ = shutdown.wait_for(|&s| s) => {}
+        }
+        stop.store(true, Ordering::Relaxed);
+        index.kick();
+        join(worker.await)
+    }
+
+    /// The indexer loop on the calling thread, until `stop()`: finishes
+    /// unfinished rebuilds, then drains queues, sleeping between passes
+    /// until kicked or the poll interval passes. Errors are logged and
+    /// retried with backoff (the queue keeps the work).
+    pub fn run_blocking(&self, stop: &dyn Fn() -> bool) -> Result<()> {
+        let mut backoff = Duration::from_millis(100);
+        let mut resumed = false;
+        while !stop() {
+            let pass = if resumed {
+                self.drain_pass(stop)
+            } else {
+                self.resume_rebuilds().map(|_| {
+                    resumed = true;
+                    1
+                })
+            };
+            match pass {
+                Ok(0) => {
+                    backoff = Duration::from_millis(100);
+                    self.index.wait_kick(self.config.poll_interval);
+                }
+                Ok(_) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(error = %e, "search indexer failed; retrying");
+                    self.index.wait_kick(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn resume_rebuilds(&self) -> Result<()> {
+        for account in self.index.unfinished_rebuilds()? {
+            tracing::info!(account = account.0, "resuming a search index rebuild");
+            reindex::rebuild_account(&self.store, &self.index, account, &mut |_| {})?;
+        }
+        Ok(())
+    }
+
+    /// One pass over every account with queued work, a few steps each.
+    /// Returns the queue entries applied.
+    fn drain_pass(&self, stop: &dyn Fn() -> bool) -> Result<usize> {
+        let mut applied = 0;
+        let mut after = None;
+        loop {
+            let accounts = self
+                .store
+                .kv()
+                .read(|tx| email::accounts_with_index_work(tx, after, 128))?;
+            let Some(&last) = accounts.last() else {
+                break;
+            };
+            for account in accounts {
+                for _ in 0..self.config.steps_per_turn.max(1) {
+                    if stop() {
+                        return Ok(applied.max(1));
+                    }
+                    let (n, step) = self.step(account)?;
+                    applied += n;
+                    if step == Step::Empty {
+                        break;
+                    }
+                }
+            }
+            after = Some(last);
+        }
+        Ok(applied)
+    }
+
+    /// Applies every queued entry of every account (until the queues are
+    /// empty). Returns the entries applied.
+    pub fn drain(&self) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let n = self.drain_pass(&|| false)?;
+            total += n;
+            let more = self
+                .store
+                .kv()
+                .read(|tx| email::accounts_with_index_work(tx, None, 1))?;
+            if more.is_empty() {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Applies `account`'s queue until it is empty. Returns the entries
+    /// applied.
+    pub fn drain_account(&self, account: AccountId) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let (n, step) = self.step(account)?;
+            total += n;
+            if step == Step::Empty {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// One batch of `account`'s queue.
+    fn step(&self, account: AccountId) -> Result<(usize, Step)> {
+        let kv = self.store.kv();
+        let limit = self.config.batch_documents.max(1);
+        let (state, entries, exists) = kv.read(|tx| -> Result<_> {
+            Ok((
+                changes::state(tx, account, DataType::Email)?,
+                email::index_queue(tx, account, None, limit + 1)?,
+                account::get_account(tx, account)?.is_some(),
+            ))
+        })?;
+        if entries.is_empty() {
+            let empty = kv.transact(|tx| email::dequeue_index(tx, account, &[]))?;
+            if !exists {
+                // A removed account: its index goes too.
+                self.index.clear_account(account, false)?;
+            } else if empty {
+                self.index.set_caught_up(account, state);
+            }
+            return Ok((0, Step::Empty));
+        }
+        let mut batch = IndexBatch::new(account);
+        let mut taken: Vec<(DocumentId, IndexOp)> = Vec::with_capacity(limit);
+        let mut docs: Vec<(DocumentId, Document)> = Vec::new();
+        let mut text = 0;
+        for &(id, op) in entries.iter().take(limit) {
+            match op {
+                IndexOp::Remove => batch.remove(id),
+                IndexOp::Index => match kv.read(|tx| Document::load(tx, account, id))? {
+                    Some(doc) => {
+                        text += doc.text_bytes();
+                        docs.push((id, doc));
+                    }
+                    // Destroyed since: its Remove entry is queued too.
+                    None => batch.remove(id),
+                },
+            }
+            taken.push((id, op));
+            if text >= self.config.batch_text_bytes {
+                break;
+            }
+        }
+        let refs: Vec<(DocumentId, &Document)> = docs.iter().map(|(i, d)| (*i, d)).collect();
+        batch.add_all(&refs);
+        let complete = taken.len() == entries.len();
+        self.index.write(&batch)?;
+        if self.config.fail_before_dequeue {
+            return Err(Error::Index(
+                "interrupted before dequeue (test hook)".into(),
+            ));
+        }
+        let empty = kv.transact(|tx| email::dequeue_index(tx, account, &taken))?;
+        if complete {
+            self.index.set_caught_up(account, state);
+        } else {
+            self.index.notify_progress();
+        }
+        let step = if empty { Step::Empty } else { Step::More };
+        Ok((taken.len(), step))
+    }
+}

@@ -1,0 +1,154 @@
+//! Rebuilding the index from the store (`tern reindex`).
+//!
+//! A rebuild of an account clears its index and records a cursor in the
+//! index (in the same durable write), then walks the account's emails in
+//! id order as a chain of short read transactions, writing each batch of
+//! documents together with the new cursor. Interrupted, it resumes from
+//! the cursor (the indexer resumes unfinished rebuilds when it starts).
+//! The queue keeps working meanwhile: an email indexed by both is
+//! indexed once ([`crate::postings::merge`] is idempotent), and a
+//! destroyed email is in the deleted set whichever wrote first.
+
+use tern_store::email::{self, Listing};
+use tern_store::{AccountId, DocumentId, MailStore, blob};
+
+use crate::Result;
+use crate::doc::Document;
+use crate::index::{IndexBatch, SearchIndex};
+
+/// Emails read per page.
+const PAGE: usize = 256;
+/// A batch is written once its documents hold this much text.
+const BATCH_TEXT_BYTES: usize = 16 << 20;
+
+/// What to rebuild.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every account.
+    All,
+    /// One account.
+    Account(AccountId),
+}
+
+/// Progress of a rebuild, reported after every batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The account being rebuilt.
+    pub account: AccountId,
+    /// Accounts finished before this one.
+    pub accounts_done: usize,
+    /// Accounts to rebuild.
+    pub accounts: usize,
+    /// Emails of this account indexed so far.
+    pub done: u64,
+    /// Emails of this account when its rebuild started.
+    pub total: u64,
+}
+
+/// Rebuilds the index of `scope` from the store, reporting progress to
+/// `progress` after each batch. Returns the emails indexed.
+pub fn reindex(
+    store: &MailStore,
+    index: &SearchIndex,
+    scope: Scope,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<u64> {
+    let accounts: Vec<AccountId> = match scope {
+        Scope::Account(a) => vec![a],
+        Scope::All => store.list_accounts()?.into_iter().map(|a| a.id).collect(),
+    };
+    let n = accounts.len();
+    let mut total = 0;
+    for (i, account) in accounts.into_iter().enumerate() {
+        total += rebuild_account(store, index, account, &mut |mut p| {
+            p.accounts_done = i;
+            p.accounts = n;
+            progress(p)
+        })?;
+    }
+    Ok(total)
+}
+
+/// Counts an account's emails (a chain of short range reads).
+fn count_emails(store: &MailStore, account: AccountId) -> Result<u64> {
+    let mut count = 0u64;
+    let mut after = None;
+    loop {
+        let page = store
+            .kv()
+            .read(|tx| email::list_by_date(tx, account, Listing::All, false, after, 10_000))?;
+        count += page.len() as u64;
+        match page.last() {
+            Some(&last) if page.len() == 10_000 => after = Some(last),
+            _ => return Ok(count),
+        }
+    }
+}
+
+/// Rebuilds (or resumes rebuilding) one account.
+pub(crate) fn rebuild_account(
+    store: &MailStore,
+    index: &SearchIndex,
+    account: AccountId,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<u64> {
+    let mut cursor: Option<DocumentId> = match index.rebuild_cursor(account)? {
+        Some(c) => c,
+        None => {
+            index.clear_account(account, true)?;
+            None
+        }
+    };
+    let total = count_emails(store, account)?;
+    let mut done = match cursor {
+        None => 0,
+        Some(_) => index.live(account)?.len(),
+    };
+    let mut report = Progress {
+        account,
+        accounts_done: 0,
+        accounts: 1,
+        done,
+        total,
+    };
+    progress(report);
+    let mut indexed = 0;
+    loop {
+        let page = store
+            .kv()
+            .read(|tx| email::list_metas(tx, account, cursor, PAGE))?;
+        if page.is_empty() {
+            break;
+        }
+        let mut batch = IndexBatch::new(account);
+        let mut docs: Vec<(DocumentId, Document)> = Vec::with_capacity(page.len());
+        let mut text = 0;
+        for (id, meta) in &page {
+            let raw = store.kv().read(|tx| blob::read(tx, &meta.blob))?;
+            let doc = raw
+                .as_deref()
+                .and_then(Document::from_message)
+                .unwrap_or_default();
+            text += doc.text_bytes();
+            docs.push((*id, doc));
+            cursor = Some(*id);
+            if text >= BATCH_TEXT_BYTES {
+                break;
+            }
+        }
+        let refs: Vec<(DocumentId, &Document)> = docs.iter().map(|(i, d)| (*i, d)).collect();
+        batch.add_all(&refs);
+        batch.set_rebuild_cursor(cursor);
+        index.write(&batch)?;
+        done += batch.documents() as u64;
+        indexed += batch.documents() as u64;
+        report.done = done;
+        report.total = total.max(done);
+        progress(report);
+    }
+    let mut finish = IndexBatch::new(account);
+    finish.set_rebuild_cursor(None);
+    index.write(&finish)?;
+    index.notify_progress();
+    Ok(indexed)
+}

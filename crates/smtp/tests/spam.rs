@@ -1,0 +1,810 @@
+//! The spam and virus filters end to end: the SMTP server in-process on
+//! 127.0.0.1 ports, a RocksDB store in a temp dir, a raw SMTP client, a
+//! DNS server on 127.0.0.1 for the blocklists, and Debian's clamd started
+//! by the test with its own config and a signature database the test
+//! writes (SKIPPED when clamd cannot start).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use mail_auth::hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
+use mail_auth::hickory_resolver::proto::rr::rdata::A;
+use mail_auth::hickory_resolver::proto::rr::{RData, Record, RecordType};
+use tern_smtp::spam::{Class, Scope, Trainer, train_messages};
+use tern_smtp::{ClamdAddress, ListenerKind, SmtpConfig, SmtpServer, Unreachable};
+use tern_store::{AccountId, MailStore};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::watch;
+
+const ALICE: &str = "alice@example.com";
+const BOB: &str = "bob@example.com";
+const PASSWORD: &str = "secret";
+const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+
+// -------------------------------------------------------------- server ---
+
+struct TestServer {
+    mx: SocketAddr,
+    submission: SocketAddr,
+    store: MailStore,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), tern_smtp::Error>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    async fn start(configure: impl FnOnce(&mut SmtpConfig)) -> TestServer {
+        let (dir, store) = open_store().await;
+        TestServer::start_with(dir, store, configure).await
+    }
+
+    async fn start_with(
+        dir: tempfile::TempDir,
+        store: MailStore,
+        configure: impl FnOnce(&mut SmtpConfig),
+    ) -> TestServer {
+        let mut config = SmtpConfig {
+            hostname: "mx.test".into(),
+            data_dir: dir.path().to_owned(),
+            allow_plaintext_auth: true,
+            ..SmtpConfig::default()
+        };
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.listen.smtp = Some(any);
+        config.listen.submission = Some(any);
+        config.listen.submissions = None;
+        // No DNS for SPF/DKIM in these tests.
+        config.checks.enabled = false;
+        configure(&mut config);
+        let server = SmtpServer::bind(config, store.clone()).await.unwrap();
+        let mx = server.local_addr(ListenerKind::Mx).unwrap();
+        let submission = server.local_addr(ListenerKind::Submission).unwrap();
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(server.run(rx));
+        TestServer {
+            mx,
+            submission,
+            store,
+            stop,
+            task,
+            _dir: dir,
+        }
+    }
+
+    async fn shutdown(self) {
+        self.stop.send_replace(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+
+    fn account(&self, address: &str) -> AccountId {
+        self.store.lookup_address(address).unwrap().unwrap()
+    }
+}
+
+/// A fresh store with the domain example.com and the accounts above.
+async fn open_store() -> (tempfile::TempDir, MailStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let store = tokio::task::spawn_blocking(move || {
+        let store = MailStore::open(&path).unwrap();
+        store.add_domain("example.com").unwrap();
+        for a in [ALICE, BOB] {
+            store.create_account(a, PASSWORD).unwrap();
+        }
+        store
+    })
+    .await
+    .unwrap();
+    (dir, store)
+}
+
+/// One stored copy.
+#[derive(Debug)]
+struct Stored {
+    id: u32,
+    raw: String,
+    mailbox_role: Option<String>,
+    keywords: Vec<String>,
+}
+
+impl Stored {
+    fn header(&self, name: &str) -> Option<String> {
+        let head = self.raw.split("\r\n\r\n").next().unwrap_or("");
+        let unfolded = head.replace("\r\n\t", " ").replace("\r\n ", " ");
+        unfolded.split("\r\n").find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+
+    fn score(&self) -> f64 {
+        self.header("X-Spam-Score")
+            .expect("X-Spam-Score header")
+            .parse()
+            .unwrap()
+    }
+}
+
+async fn stored(store: &MailStore, account: AccountId) -> Vec<Stored> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        store
+            .kv()
+            .read(|tx| -> tern_store::Result<Vec<Stored>> {
+                let mut out = Vec::new();
+                for (id, meta) in tern_store::email::list_metas(tx, account, None, 10_000)? {
+                    let raw = tern_store::blob::read(tx, &meta.blob)?.expect("blob");
+                    let mailbox = tern_store::mailbox::get(tx, account, meta.mailbox_ids[0])?
+                        .expect("mailbox");
+                    out.push(Stored {
+                        id,
+                        raw: String::from_utf8_lossy(&raw).into_owned(),
+                        mailbox_role: mailbox.role,
+                        keywords: meta.keywords,
+                    });
+                }
+                Ok(out)
+            })
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+// -------------------------------------------------------------- client ---
+
+struct Client {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (r, w) = stream.into_split();
+        let mut c = Client {
+            reader: BufReader::new(r),
+            writer: w,
+        };
+        let greeting = c.reply().await;
+        assert!(greeting.starts_with("220"), "{greeting}");
+        c
+    }
+
+    /// One reply, multi-line replies joined; the last line decides.
+    async fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(30), self.reader.read_line(&mut line))
+                .await
+                .expect("reply in time")
+                .unwrap();
+            assert!(n > 0, "connection closed; so far: {all}");
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+
+    async fn cmd(&mut self, line: &str) -> String {
+        self.writer
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
+        self.reply().await
+    }
+
+    async fn login(&mut self, user: &str) {
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{PASSWORD}"));
+        let r = self.cmd(&format!("AUTH PLAIN {token}")).await;
+        assert!(r.starts_with("235"), "{r}");
+    }
+
+    /// MAIL, RCPT, DATA; the reply to the final dot.
+    async fn send(&mut self, from: &str, to: &[&str], message: &str) -> String {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>")).await;
+        if !r.starts_with("250") {
+            return r;
+        }
+        for rcpt in to {
+            let r = self.cmd(&format!("RCPT TO:<{rcpt}>")).await;
+            assert!(r.starts_with("250"), "{r}");
+        }
+        let r = self.cmd("DATA").await;
+        assert!(r.starts_with("354"), "{r}");
+        let mut body = String::new();
+        for line in message.split("\r\n") {
+            if line.starts_with('.') {
+                body.push('.');
+            }
+            body.push_str(line);
+            body.push_str("\r\n");
+        }
+        body.push_str(".\r\n");
+        self.writer.write_all(body.as_bytes()).await.unwrap();
+        self.reply().await
+    }
+}
+
+/// Sends one message over a new MX connection; the final reply.
+async fn mx_send(addr: SocketAddr, to: &[&str], message: &str) -> String {
+    let mut c = Client::connect(addr).await;
+    let r = c.cmd("EHLO client.test").await;
+    assert!(r.starts_with("250"), "{r}");
+    c.send("sender@remote.example", to, message).await
+}
+
+fn message(subject: &str, body: &str) -> String {
+    format!(
+        "From: Sender <sender@remote.example>\r\nTo: alice@example.com\r\nSubject: {subject}\r\n\
+Date: {}\r\nMessage-ID: <{}@remote.example>\r\n\r\n{body}\r\n",
+        rfc2822_now(),
+        rand_id()
+    )
+}
+
+fn rand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The current time in RFC 2822 form (UTC), so date rules stay quiet.
+fn rfc2822_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{d:02} {} {y} {:02}:{:02}:{:02} +0000",
+        MONTHS[(m - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// HTML-only, hidden text, a link showing another host, pharmacy words:
+/// well above the junk threshold (5), below the reject threshold (15).
+fn spammy() -> String {
+    format!(
+        "From: Pharmacy <deals@remote.example>\r\nTo: alice@example.com\r\nSubject: Your order\r\n\
+Date: {}\r\nMessage-ID: <{}@remote.example>\r\nContent-Type: text/html\r\n\r\n\
+<html><body><p>Best prices on cialis this week.</p>\r\n\
+<a href=\"http://203.0.113.7/shop\">https://www.pharmacy.example/shop</a>\r\n\
+<div style=\"display:none\">lorem ipsum dolor sit amet consectetur adipiscing elit</div>\r\n\
+</body></html>\r\n",
+        rfc2822_now(),
+        rand_id()
+    )
+}
+
+// --------------------------------------------------------------- tests ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gtube_is_refused_spam_goes_to_junk_clean_mail_to_the_inbox() {
+    let server = TestServer::start(|_| {}).await;
+    let alice = server.account(ALICE);
+
+    let gtube = message("test", &format!("This is the GTUBE, the\r\n{GTUBE}\r\n"));
+    let r = mx_send(server.mx, &[ALICE], &gtube).await;
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+
+    let r = mx_send(server.mx, &[ALICE], &spammy()).await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = mx_send(
+        server.mx,
+        &[ALICE],
+        &message("Lunch", "Shall we meet at noon?"),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+
+    let copies = stored(&server.store, alice).await;
+    assert_eq!(copies.len(), 2, "the GTUBE message was not stored");
+    let (spam, clean) = (&copies[0], &copies[1]);
+    assert_eq!(spam.mailbox_role.as_deref(), Some("junk"));
+    assert!(spam.keywords.iter().any(|k| k == "$junk"));
+    let status = spam.header("X-Spam-Status").unwrap();
+    assert!(status.starts_with("Yes, score="), "{status}");
+    for test in [
+        "HTML_HIDDEN_TEXT",
+        "LINK_TEXT_MISMATCH",
+        "BODY_PHARMA",
+        "HTML_ONLY",
+    ] {
+        assert!(status.contains(test), "{test} missing from {status}");
+    }
+    assert!(spam.score() >= 5.0 && spam.score() < 15.0);
+
+    assert_eq!(clean.mailbox_role.as_deref(), Some("inbox"));
+    let status = clean.header("X-Spam-Status").unwrap();
+    assert!(status.starts_with("No, score="), "{status}");
+    assert!(clean.score() < 5.0);
+    let m = tern_smtp::spam::METRICS.snapshot();
+    let get = |n: &str| m.iter().find(|(k, _)| *k == n).unwrap().1;
+    assert!(get("tern_spam_inbound_rejected_total") >= 1);
+    assert!(get("tern_spam_inbound_junk_total") >= 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thresholds_come_from_the_config_and_spam_can_be_off() {
+    // A lower reject threshold refuses the spammy message at DATA.
+    let server = TestServer::start(|c| {
+        c.spam.junk_threshold = 2.0;
+        c.spam.reject_threshold = 4.0;
+    })
+    .await;
+    let r = mx_send(server.mx, &[ALICE], &spammy()).await;
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+    server.shutdown().await;
+
+    let server = TestServer::start(|c| c.spam.enabled = false).await;
+    let r = mx_send(server.mx, &[ALICE], &spammy()).await;
+    assert!(r.starts_with("250"), "{r}");
+    let copies = stored(&server.store, server.account(ALICE)).await;
+    assert_eq!(copies[0].mailbox_role.as_deref(), Some("inbox"));
+    assert_eq!(copies[0].header("X-Spam-Status"), None);
+    server.shutdown().await;
+}
+
+/// Words of two made-up vocabularies, so the test controls what the
+/// classifier knows.
+fn corpus_message(vocabulary: &str, n: usize) -> Vec<u8> {
+    let words: Vec<String> = (0..40)
+        .map(|i| format!("{vocabulary}{}", (n * 7 + i) % 60))
+        .collect();
+    format!(
+        "From: x{n}@{vocabulary}.example\r\nSubject: {vocabulary} {n}\r\n\r\n{}\r\n",
+        words.join(" ")
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_into_and_out_of_junk_trains_the_accounts_model() {
+    // A global model that knows none of the test message's words.
+    let (dir, store) = open_store().await;
+    let trained = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let store = trained;
+        let spam: Vec<Vec<u8>> = (0..25).map(|n| corpus_message("spamword", n)).collect();
+        let ham: Vec<Vec<u8>> = (0..25).map(|n| corpus_message("hamword", n)).collect();
+        train_messages(
+            &store,
+            Scope::Global,
+            Class::Spam,
+            spam.iter().map(Vec::as_slice),
+            |_| {},
+        )
+        .unwrap();
+        train_messages(
+            &store,
+            Scope::Global,
+            Class::Ham,
+            ham.iter().map(Vec::as_slice),
+            |_| {},
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
+    let server = TestServer::start_with(dir, store, |_| {}).await;
+    let (alice, bob) = (server.account(ALICE), server.account(BOB));
+
+    let body = "Quarterly zanzibar widget recalibration newsletter, edition fourteen, \
+                with peculiar marmalade logistics";
+    let newsletter = || message("Zanzibar widgets", body);
+    mx_send(server.mx, &[ALICE, BOB], &newsletter()).await;
+    let first = stored(&server.store, alice).await.remove(0);
+    let neutral = first.score();
+    assert_eq!(first.mailbox_role.as_deref(), Some("inbox"));
+    assert!(first.header("X-Spam-Status").unwrap().contains("BAYES_50"));
+
+    // Alice moves it into Junk, as JMAP Email/set does: the store queues
+    // training in the same transaction; the trainer carries it out.
+    let move_to = |role: &'static str, account: AccountId, id: u32| {
+        let store = server.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store
+                .kv()
+                .transact(|tx| -> tern_store::Result<()> {
+                    let target = tern_store::mailbox::by_role(tx, account, role)?.unwrap();
+                    let mut w = tern_store::Writer::begin(tx, account)?;
+                    tern_store::email::update(&mut w, id, Some(vec![target]), None)?;
+                    w.finish()?;
+                    Ok(())
+                })
+                .unwrap();
+            Trainer::new(store, true).run_once().unwrap()
+        })
+    };
+    assert_eq!(move_to("junk", alice, first.id).await.unwrap(), 1);
+
+    // The same newsletter again: spam for Alice now, not for Bob.
+    mx_send(server.mx, &[ALICE], &newsletter()).await;
+    mx_send(server.mx, &[BOB], &newsletter()).await;
+    let again = stored(&server.store, alice).await.pop().unwrap();
+    assert!(
+        again.score() > neutral + 4.0,
+        "{} -> {}",
+        neutral,
+        again.score()
+    );
+    assert_eq!(again.mailbox_role.as_deref(), Some("junk"));
+    assert!(again.header("X-Spam-Status").unwrap().contains("BAYES_99"));
+    let bobs = stored(&server.store, bob).await.pop().unwrap();
+    assert_eq!(bobs.mailbox_role.as_deref(), Some("inbox"));
+    assert!((bobs.score() - neutral).abs() < 0.01);
+
+    // Out of Junk again: untrained as spam, trained as ham.
+    assert_eq!(move_to("inbox", alice, first.id).await.unwrap(), 1);
+    let class = {
+        let store = server.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store
+                .kv()
+                .read(|tx| tern_store::spam::trained_as(tx, alice, first.id))
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(class, Some(Class::Ham));
+    mx_send(server.mx, &[ALICE], &newsletter()).await;
+    let after = stored(&server.store, alice).await.pop().unwrap();
+    assert!(after.score() < neutral, "{} -> {}", neutral, after.score());
+    assert_eq!(after.mailbox_role.as_deref(), Some("inbox"));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_are_rate_limited_and_spam_is_refused_then_the_account_blocked() {
+    let server = TestServer::start(|c| {
+        c.spam.outbound.messages_per_hour = 3;
+        c.spam.outbound.max_strikes = 2;
+    })
+    .await;
+    let mut c = Client::connect(server.submission).await;
+    c.cmd("EHLO client.test").await;
+    c.login(ALICE).await;
+    for i in 0..3 {
+        let r = c
+            .send(ALICE, &[BOB], &message(&format!("note {i}"), "hello"))
+            .await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    let r = c.send(ALICE, &[BOB], &message("note 4", "hello")).await;
+    assert!(r.starts_with("451 4.7.1"), "{r}");
+
+    // Bob sends spam: refused, and two strikes block him.
+    let mut c = Client::connect(server.submission).await;
+    c.cmd("EHLO client.test").await;
+    c.login(BOB).await;
+    let exe = format!(
+        "From: bob@example.com\r\nTo: alice@example.com\r\nSubject: Make $5000 fast\r\nDate: {}\r\n\
+Message-ID: <{}@example.com>\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+Content-Type: text/plain\r\n\r\ncheap viagra, see attached\r\n--b\r\n\
+Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"invoice.exe\"\r\n\r\n\
+AAAA\r\n--b--\r\n",
+        rfc2822_now(),
+        rand_id()
+    );
+    let r = c.send(BOB, &[ALICE], &exe).await;
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+    let gtube = message("t", GTUBE);
+    let r = c.send(BOB, &[ALICE], &gtube).await;
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+    let r = c
+        .send(BOB, &[ALICE], &message("hi", "an honest message"))
+        .await;
+    assert!(r.starts_with("451 4.7.1"), "{r}");
+    assert!(r.contains("spam"), "{r}");
+
+    let m = tern_smtp::spam::METRICS.snapshot();
+    let get = |n: &str| m.iter().find(|(k, _)| *k == n).unwrap().1;
+    assert!(get("tern_spam_outbound_rate_limited_total") >= 1);
+    assert!(get("tern_spam_outbound_spam_refused_total") >= 2);
+    assert!(get("tern_spam_outbound_blocked_total") >= 1);
+    // Bob got Alice's three notes; Alice got nothing from Bob.
+    assert_eq!(stored(&server.store, server.account(BOB)).await.len(), 3);
+    assert_eq!(stored(&server.store, server.account(ALICE)).await.len(), 0);
+    server.shutdown().await;
+}
+
+// ------------------------------------------------------------ DNSBL ---
+
+/// Answers A queries for the names in `listed` with 127.0.0.2 and
+/// NXDOMAIN otherwise; counts queries.
+async fn dns_server(
+    listed: Vec<String>,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&count);
+    let zone: HashMap<String, Ipv4Addr> = listed
+        .into_iter()
+        .map(|n| (n, Ipv4Addr::new(127, 0, 0, 2)))
+        .collect();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok(query) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut response = Message::response(query.metadata.id, query.metadata.op_code);
+            response.metadata.message_type = MessageType::Response;
+            response.metadata.recursion_desired = query.metadata.recursion_desired;
+            response.metadata.recursion_available = true;
+            response.metadata.authoritative = true;
+            for q in &query.queries {
+                let name = q.name.to_ascii().trim_end_matches('.').to_lowercase();
+                if q.query_type == RecordType::A
+                    && let Some(ip) = zone.get(&name)
+                {
+                    response.add_answer(Record::from_rdata(q.name.clone(), 60, RData::A(A(*ip))));
+                }
+            }
+            response.add_queries(query.queries.clone());
+            if response.answers.is_empty() {
+                response.metadata.response_code = ResponseCode::NXDomain;
+            }
+            if let Ok(bytes) = response.to_vec() {
+                let _ = socket.send_to(&bytes, from).await;
+            }
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dnsbl_and_uribl_listings_add_their_scores() {
+    // 127.0.0.1 (the test client) is listed in one IP zone, not another;
+    // the link domain bad.example is listed in the domain zone.
+    let (dns, queries) = dns_server(vec![
+        "1.0.0.127.bl.test".into(),
+        "bad.example.uribl.test".into(),
+    ])
+    .await;
+    let server = TestServer::start(|c| {
+        c.dns.nameservers = vec![dns];
+        c.dns.timeout = Duration::from_secs(2);
+        c.spam.dnsbl_zones = vec!["bl.test".into(), "clean.test".into()];
+        c.spam.uribl_zones = vec!["uribl.test".into()];
+    })
+    .await;
+    let html = format!(
+        "From: a@remote.example\r\nTo: alice@example.com\r\nSubject: links\r\nDate: {}\r\n\
+Message-ID: <{}@remote.example>\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n\
+--b\r\nContent-Type: text/plain\r\n\r\nsee links\r\n--b\r\nContent-Type: text/html\r\n\r\n\
+<a href=\"https://www.bad.example/x\">here</a> <a href=\"https://good.example/\">there</a>\r\n--b--\r\n",
+        rfc2822_now(),
+        rand_id()
+    );
+    let r = mx_send(server.mx, &[ALICE], &html).await;
+    assert!(r.starts_with("250"), "{r}");
+    let copy = stored(&server.store, server.account(ALICE)).await.remove(0);
+    let status = copy.header("X-Spam-Status").unwrap();
+    assert!(status.contains("RCVD_IN_DNSBL(bl.test)"), "{status}");
+    assert!(!status.contains("clean.test"), "{status}");
+    assert!(status.contains("URIBL_LISTED(uribl.test)"), "{status}");
+    // Two IP zones + two link domains in one domain zone.
+    assert!(queries.load(std::sync::atomic::Ordering::Relaxed) >= 4);
+    server.shutdown().await;
+
+    // Off by default: no query at all.
+    let (dns, queries) = dns_server(vec![]).await;
+    let server = TestServer::start(|c| c.dns.nameservers = vec![dns]).await;
+    let r = mx_send(server.mx, &[ALICE], &message("x", "y")).await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(queries.load(std::sync::atomic::Ordering::Relaxed), 0);
+    server.shutdown().await;
+}
+
+// ------------------------------------------------------------ clamd ---
+
+/// clamd, started with its own config in a temp dir, with one signature:
+/// the EICAR test string.
+struct Clamd {
+    child: std::process::Child,
+    port: u16,
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Clamd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts clamd, or says why it cannot.
+async fn start_clamd() -> Result<Clamd, String> {
+    let binary = ["/usr/sbin/clamd", "/usr/bin/clamd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or("clamd is not installed (apt-get install clamav-daemon)")?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let db = dir.path().join("db");
+    std::fs::create_dir(&db).map_err(|e| e.to_string())?;
+    // An extended (body) signature: any file type, any offset.
+    let hex: String = EICAR.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(
+        db.join("tern-test.ndb"),
+        format!("Tern.Test.EICAR:0:*:{hex}\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    let port = free_port();
+    let socket = dir.path().join("clamd.sock");
+    let config = dir.path().join("clamd.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "Foreground yes\nTCPSocket {port}\nTCPAddr 127.0.0.1\nLocalSocket {}\n\
+DatabaseDirectory {}\nTemporaryDirectory {}\nLogFile {}\n",
+            socket.display(),
+            db.display(),
+            dir.path().display(),
+            dir.path().join("clamd.log").display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let child = std::process::Command::new(binary)
+        .arg("-c")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run {binary}: {e}"))?;
+    let mut clamd = Clamd {
+        child,
+        port,
+        socket,
+        _dir: dir,
+    };
+    for _ in 0..300 {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
+            let _ = s.write_all(b"zPING\0").await;
+            let mut r = BufReader::new(s);
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), r.read_until(0, &mut buf)).await;
+            if buf.starts_with(b"PONG") {
+                return Ok(clamd);
+            }
+        }
+        if let Ok(Some(status)) = clamd.child.try_wait() {
+            let log =
+                std::fs::read_to_string(clamd._dir.path().join("clamd.log")).unwrap_or_default();
+            return Err(format!(
+                "clamd exited ({status}): {}",
+                log.lines().last().unwrap_or("")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("clamd did not answer PING within 30 s".into())
+}
+
+fn eicar_message() -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(EICAR);
+    format!(
+        "From: a@remote.example\r\nTo: alice@example.com\r\nSubject: invoice\r\nDate: {}\r\n\
+Message-ID: <{}@remote.example>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n\
+--zz\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--zz\r\nContent-Type: application/octet-stream\r\n\
+Content-Disposition: attachment; filename=report.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n{b64}\r\n--zz--\r\n",
+        rfc2822_now(),
+        rand_id()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eicar_is_refused_with_554_by_clamd_and_an_unreachable_clamd_tempfails() {
+    let clamd = match start_clamd().await {
+        Ok(c) => c,
+        Err(reason) => {
+            println!("SKIPPED: clamd cannot start: {reason}");
+            return;
+        }
+    };
+    // Inbound over TCP to clamd.
+    let server = TestServer::start(|c| {
+        c.virus.clamd = Some(ClamdAddress::Tcp(format!("127.0.0.1:{}", clamd.port)));
+    })
+    .await;
+    let r = mx_send(server.mx, &[ALICE], &eicar_message()).await;
+    assert!(r.starts_with("554 5.7.1"), "{r}");
+    assert!(r.contains("Tern.Test.EICAR"), "{r}");
+    let r = mx_send(server.mx, &[ALICE], &message("clean", "nothing to see")).await;
+    assert!(r.starts_with("250"), "{r}");
+    // A submission too.
+    let mut c = Client::connect(server.submission).await;
+    c.cmd("EHLO client.test").await;
+    c.login(BOB).await;
+    let r = c
+        .send(
+            BOB,
+            &[ALICE],
+            &eicar_message().replace("a@remote.example", BOB),
+        )
+        .await;
+    assert!(r.starts_with("554 5.7.1"), "{r}");
+    assert_eq!(stored(&server.store, server.account(ALICE)).await.len(), 1);
+    server.shutdown().await;
+
+    // The JMAP EmailSubmission entry point, over the unix socket.
+    let scanner = tern_smtp::virus::Scanner::new(tern_smtp::VirusConfig {
+        clamd: Some(ClamdAddress::Unix(clamd.socket.clone())),
+        ..tern_smtp::VirusConfig::default()
+    })
+    .unwrap();
+    let refusal = scanner
+        .check_submission(eicar_message().as_bytes())
+        .await
+        .unwrap_err();
+    assert!(!refusal.temporary);
+    assert!(refusal.description.contains("virus"));
+    scanner
+        .check_submission(message("ok", "fine").as_bytes())
+        .await
+        .unwrap();
+
+    // clamd gone: tempfail by default, or accept and tag.
+    let port = clamd.port;
+    drop(clamd);
+    let server = TestServer::start(|c| {
+        c.virus.clamd = Some(ClamdAddress::Tcp(format!("127.0.0.1:{port}")));
+    })
+    .await;
+    let r = mx_send(server.mx, &[ALICE], &message("clean", "nothing")).await;
+    assert!(r.starts_with("451 4.7.1"), "{r}");
+    server.shutdown().await;
+    let server = TestServer::start(|c| {
+        c.virus.clamd = Some(ClamdAddress::Tcp(format!("127.0.0.1:{port}")));
+        c.virus.on_unreachable = Unreachable::Accept;
+    })
+    .await;
+    let r = mx_send(server.mx, &[ALICE], &message("clean", "nothing")).await;
+    assert!(r.starts_with("250"), "{r}");
+    let copy = stored(&server.store, server.account(ALICE)).await.remove(0);
+    assert_eq!(copy.header("X-Virus-Status").as_deref(), Some("Unscanned"));
+    server.shutdown().await;
+}

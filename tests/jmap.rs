@@ -1,0 +1,538 @@
+//! End to end: the real `tern` binary (`tern serve` with a temp config on
+//! free ports), mail delivered over SMTP on the MX listener, read and
+//! changed over JMAP with the third-party `jmap-client` crate: session,
+//! Mailbox/get with roles and counts, Email/query + Email/get through a
+//! back-reference, Email/set keywords, Email/changes, Mailbox/set, an
+//! attachment download, upload + Email/import, Email/queryChanges and
+//! Thread/get. Then a clean SIGTERM stop.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use jmap_client::client::{Client, Credentials};
+use jmap_client::core::query::Filter;
+use jmap_client::email::{self, Property};
+use jmap_client::mailbox::Role;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tern");
+const USER: &str = "alice@example.com";
+const PASSWORD: &str = "wonderland";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A temp directory with a config on free ports, and the server once
+/// started (killed on drop if the test fails before stopping it).
+struct Tern {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    jmap: u16,
+    smtp: u16,
+    child: Option<Child>,
+}
+
+impl Tern {
+    fn start() -> Tern {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("tern.toml");
+        let (jmap, smtp, submission) = (free_port(), free_port(), free_port());
+        // DNS is unreachable here: no SPF/DKIM/DMARC checks on the MX.
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {data:?}\n\
+                 hostname = \"mx.test\"\n\
+                 domains = [\"example.com\"]\n\
+                 [listen]\n\
+                 jmap = \"127.0.0.1:{jmap}\"\n\
+                 smtp = \"127.0.0.1:{smtp}\"\n\
+                 submission = \"127.0.0.1:{submission}\"\n\
+                 [smtp.checks]\n\
+                 enabled = false\n\
+                 [log]\n\
+                 level = \"info\"\n",
+                data = dir.path().join("data"),
+            ),
+        )
+        .unwrap();
+        let mut tern = Tern {
+            dir,
+            config,
+            jmap,
+            smtp,
+            child: None,
+        };
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&tern.config)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        tern.child = Some(child);
+        let socket = tern.dir.path().join("data").join("admin.sock");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while UnixStream::connect(&socket).is_err()
+            || TcpStream::connect(("127.0.0.1", jmap)).is_err()
+            || TcpStream::connect(("127.0.0.1", smtp)).is_err()
+        {
+            if let Some(status) = tern.child.as_mut().unwrap().try_wait().unwrap() {
+                let out = tern.child.take().unwrap().wait_with_output().unwrap();
+                panic!("tern serve exited early ({status}): {}", describe(&out));
+            }
+            assert!(Instant::now() < deadline, "tern serve did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tern
+    }
+
+    /// Runs a CLI command against the running server, expecting success.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tern {args:?}: {}", describe(&out));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.jmap)
+    }
+
+    /// SIGTERM, then the exit status must be success.
+    fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "tern serve ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+}
+
+impl Drop for Tern {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One SMTP transaction on the MX listener, by hand: EHLO, MAIL, RCPT,
+/// DATA (dot-stuffed), QUIT. Panics on any reply but the expected one.
+fn smtp_send(port: u16, from: &str, to: &str, message: &str) {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let expect = |code: &str, reader: &mut BufReader<TcpStream>| {
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            assert!(line.starts_with(code), "expected {code}, got {line:?}");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                break;
+            }
+        }
+    };
+    expect("220", &mut reader);
+    for (command, code) in [
+        ("EHLO client.test".to_string(), "250"),
+        (format!("MAIL FROM:<{from}>"), "250"),
+        (format!("RCPT TO:<{to}>"), "250"),
+        ("DATA".to_string(), "354"),
+    ] {
+        write!(writer, "{command}\r\n").unwrap();
+        expect(code, &mut reader);
+    }
+    for line in message.lines() {
+        let stuffed = if line.starts_with('.') { "." } else { "" };
+        write!(writer, "{stuffed}{line}\r\n").unwrap();
+    }
+    write!(writer, ".\r\n").unwrap();
+    expect("250", &mut reader);
+    write!(writer, "QUIT\r\n").unwrap();
+    expect("221", &mut reader);
+}
+
+fn attachment_bytes() -> Vec<u8> {
+    (0..3000u32).map(|i| (i * 7 % 256) as u8).collect()
+}
+
+fn base64(data: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    // 76-character lines, as MIME wants.
+    out.as_bytes()
+        .chunks(76)
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn messages() -> [String; 3] {
+    [
+        "From: Bob <bob@elsewhere.test>\n\
+         To: Alice <alice@example.com>\n\
+         Subject: Lunch on Friday\n\
+         Message-ID: <lunch-1@elsewhere.test>\n\
+         Date: Mon, 2 Mar 2026 10:00:00 +0000\n\
+         \n\
+         Shall we have lunch on Friday?\n\
+         .A line starting with a dot.\n"
+            .to_string(),
+        format!(
+            "From: Carol <carol@elsewhere.test>\n\
+             To: alice@example.com\n\
+             Subject: The report\n\
+             Message-ID: <report@elsewhere.test>\n\
+             Date: Mon, 2 Mar 2026 11:00:00 +0000\n\
+             MIME-Version: 1.0\n\
+             Content-Type: multipart/mixed; boundary=\"b1\"\n\
+             \n\
+             --b1\n\
+             Content-Type: text/plain; charset=utf-8\n\
+             \n\
+             The report is attached.\n\
+             --b1\n\
+             Content-Type: application/octet-stream\n\
+             Content-Disposition: attachment; filename=\"report.bin\"\n\
+             Content-Transfer-Encoding: base64\n\
+             \n\
+             {}\n\
+             --b1--\n",
+            base64(&attachment_bytes())
+        ),
+        "From: Bob <bob@elsewhere.test>\n\
+         To: Alice <alice@example.com>\n\
+         Subject: Re: Lunch on Friday\n\
+         Message-ID: <lunch-2@elsewhere.test>\n\
+         In-Reply-To: <lunch-1@elsewhere.test>\n\
+         References: <lunch-1@elsewhere.test>\n\
+         Date: Mon, 2 Mar 2026 12:00:00 +0000\n\
+         \n\
+         Or Saturday.\n"
+            .to_string(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jmap_client_reads_mail_delivered_over_smtp_to_the_tern_binary() {
+    let tern = Tern::start();
+    tern.cli(&["account", "add", USER, "--password", PASSWORD]);
+
+    // Three messages over SMTP, one after the other (receivedAt order).
+    let port = tern.smtp;
+    tokio::task::spawn_blocking(move || {
+        for m in messages() {
+            smtp_send(port, "sender@elsewhere.test", USER, &m);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+
+    let client = Client::new()
+        .credentials(Credentials::basic(USER, PASSWORD))
+        .timeout(Duration::from_secs(30))
+        .connect(&tern.base_url())
+        .await
+        .unwrap();
+
+    // Session: capabilities and absolute URLs on the configured listener.
+    let session = client.session();
+    assert_eq!(session.username(), USER);
+    for c in [
+        "urn:ietf:params:jmap:core",
+        "urn:ietf:params:jmap:mail",
+        "urn:ietf:params:jmap:submission",
+        "urn:ietf:params:jmap:vacationresponse",
+        "urn:ietf:params:jmap:quota",
+    ] {
+        assert!(session.has_capability(c), "{c} missing");
+    }
+    assert_eq!(session.api_url(), format!("{}/jmap/api/", tern.base_url()));
+    assert!(session.upload_url().starts_with(&tern.base_url()));
+    assert!(session.download_url().starts_with(&tern.base_url()));
+    assert!(session.core_capabilities().unwrap().max_size_upload() >= 50_000_000);
+
+    // Mailbox/get: every default role, and the inbox's counts.
+    let mut request = client.build();
+    request.get_mailbox();
+    let mut mailboxes = request
+        .send_single::<jmap_client::core::response::MailboxGetResponse>()
+        .await
+        .unwrap();
+    let mailbox_state = mailboxes.take_state();
+    let mailboxes = mailboxes.take_list();
+    let role_id = |role: Role| -> String {
+        mailboxes
+            .iter()
+            .find(|m| m.role() == role)
+            .unwrap_or_else(|| panic!("no mailbox with role {role:?}"))
+            .id()
+            .unwrap()
+            .to_string()
+    };
+    for role in [
+        Role::Inbox,
+        Role::Drafts,
+        Role::Sent,
+        Role::Archive,
+        Role::Junk,
+        Role::Trash,
+    ] {
+        role_id(role);
+    }
+    let inbox_id = role_id(Role::Inbox);
+    let archive_id = role_id(Role::Archive);
+    let inbox = mailboxes.iter().find(|m| m.role() == Role::Inbox).unwrap();
+    assert_eq!(inbox.name(), Some("Inbox"));
+    assert_eq!(inbox.total_emails(), 3);
+    assert_eq!(inbox.unread_emails(), 3);
+    assert_eq!(inbox.total_threads(), 2, "the reply joins the lunch thread");
+    assert_eq!(inbox.unread_threads(), 2);
+
+    // Email/query (inbox, newest first) and Email/get of the page through
+    // a back-reference, in one request.
+    let mut request = client.build();
+    let query = request.query_email();
+    query
+        .filter(Filter::from(email::query::Filter::in_mailbox(&inbox_id)))
+        .sort([email::query::Comparator::received_at().descending()])
+        .limit(50)
+        .calculate_total(true);
+    let reference = query.result_reference();
+    request.get_email().ids_ref(reference).properties([
+        Property::Id,
+        Property::ThreadId,
+        Property::MailboxIds,
+        Property::Keywords,
+        Property::From,
+        Property::Subject,
+        Property::ReceivedAt,
+        Property::Preview,
+        Property::HasAttachment,
+        Property::Size,
+    ]);
+    let mut responses = request.send().await.unwrap().unwrap_method_responses();
+    assert_eq!(responses.len(), 2);
+    let mut got = responses.pop().unwrap().unwrap_get_email().unwrap();
+    let mut queried = responses.pop().unwrap().unwrap_query_email().unwrap();
+    let email_state = got.take_state();
+    let query_state = queried.take_query_state();
+    assert_eq!(queried.total(), Some(3));
+    let ids = queried.take_ids();
+    let list = got.take_list();
+    assert_eq!(
+        list.iter().map(|e| e.id().unwrap()).collect::<Vec<_>>(),
+        ids.iter().map(String::as_str).collect::<Vec<_>>(),
+        "Email/get answers in the order of the query"
+    );
+    let subjects: Vec<&str> = list.iter().map(|e| e.subject().unwrap()).collect();
+    assert_eq!(
+        subjects,
+        ["Re: Lunch on Friday", "The report", "Lunch on Friday"]
+    );
+    assert_eq!(list[0].thread_id(), list[2].thread_id());
+    assert_ne!(list[0].thread_id(), list[1].thread_id());
+    assert!(list[1].has_attachment() && !list[0].has_attachment());
+    assert_eq!(list[0].preview(), Some("Or Saturday."));
+    assert_eq!(list[2].from().unwrap()[0].email(), "bob@elsewhere.test");
+    assert_eq!(list[2].mailbox_ids(), [inbox_id.as_str()]);
+    assert!(list.iter().all(|e| e.keywords().is_empty()));
+    // Dot-stuffing undone by the SMTP server: the body is intact.
+    let mut request = client.build();
+    request
+        .get_email()
+        .ids([ids[2].as_str()])
+        .properties([Property::TextBody, Property::BodyValues])
+        .arguments()
+        .fetch_text_body_values(true);
+    let first = request
+        .send_single::<jmap_client::core::response::EmailGetResponse>()
+        .await
+        .unwrap()
+        .take_list()
+        .pop()
+        .unwrap();
+    let part = first.text_body().unwrap()[0].part_id().unwrap();
+    assert_eq!(
+        first.body_value(part).unwrap().value(),
+        "Shall we have lunch on Friday?\n.A line starting with a dot.\n"
+    );
+
+    // Download the attachment of "The report".
+    let report = client
+        .email_get(&ids[1], Some([Property::Attachments]))
+        .await
+        .unwrap()
+        .unwrap();
+    let attachment = &report.attachments().unwrap()[0];
+    assert_eq!(attachment.name(), Some("report.bin"));
+    let downloaded = client
+        .download(attachment.blob_id().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(downloaded, attachment_bytes());
+
+    // Email/set: mark the oldest read; the inbox's unread counts follow.
+    client
+        .email_set_keyword(&ids[2], "$seen", true)
+        .await
+        .unwrap();
+    let seen = client
+        .email_get(&ids[2], Some([Property::Keywords]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.keywords(), ["$seen"]);
+    let inbox = client
+        .mailbox_get(&inbox_id, None::<Vec<_>>)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(inbox.unread_emails(), 2);
+    assert_eq!(
+        inbox.unread_threads(),
+        2,
+        "the lunch thread still has an unread email"
+    );
+
+    // Email/changes: exactly that email was updated.
+    let changes = client.email_changes(&email_state, None).await.unwrap();
+    assert!(changes.created().is_empty());
+    assert_eq!(changes.updated(), [ids[2].clone()]);
+    assert!(changes.destroyed().is_empty());
+    assert!(!changes.has_more_changes());
+    let after_seen = changes.new_state().to_string();
+    // Mailbox/changes: the inbox's counts changed.
+    let changes = client.mailbox_changes(&mailbox_state, 100).await.unwrap();
+    assert_eq!(changes.updated(), std::slice::from_ref(&inbox_id));
+
+    // Mailbox/set: a new folder under the inbox.
+    let projects = client
+        .mailbox_create("Projects", Some(inbox_id.clone()), Role::None)
+        .await
+        .unwrap()
+        .take_id();
+
+    // Upload + Email/import into it, as read.
+    let raw = b"From: Dave <dave@elsewhere.test>\r\n\
+                To: alice@example.com\r\n\
+                Subject: Imported\r\n\
+                Date: Tue, 3 Mar 2026 09:00:00 +0000\r\n\
+                \r\n\
+                Imported by the client.\r\n"
+        .to_vec();
+    let imported = client
+        .email_import(raw.clone(), [projects.as_str()], Some(["$seen"]), None)
+        .await
+        .unwrap();
+    let imported_id = imported.id().unwrap().to_string();
+    assert_eq!(imported.size(), raw.len());
+    let got = client
+        .email_get(
+            &imported_id,
+            Some([Property::Subject, Property::MailboxIds, Property::Keywords]),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.subject(), Some("Imported"));
+    assert_eq!(got.mailbox_ids(), [projects.as_str()]);
+    assert_eq!(got.keywords(), ["$seen"]);
+    let in_projects = client
+        .email_query(
+            Some(email::query::Filter::in_mailbox(&projects)),
+            None::<Vec<_>>,
+        )
+        .await
+        .unwrap();
+    assert_eq!(in_projects.ids(), std::slice::from_ref(&imported_id));
+    let changes = client.email_changes(&after_seen, None).await.unwrap();
+    assert_eq!(changes.created(), std::slice::from_ref(&imported_id));
+    assert!(changes.updated().is_empty());
+
+    // Move the report to the archive; Email/queryChanges of the inbox
+    // query reports it removed (and the keyword change as re-added).
+    client
+        .email_set_mailboxes(&ids[1], [archive_id.as_str()])
+        .await
+        .unwrap();
+    let query_changes = client
+        .email_query_changes(
+            &query_state,
+            Some(email::query::Filter::in_mailbox(&inbox_id)),
+        )
+        .await
+        .unwrap();
+    assert!(query_changes.removed().contains(&ids[1]));
+    assert!(query_changes.added().iter().all(|a| a.id() != ids[1]));
+    let inbox_now = client
+        .email_query(
+            Some(email::query::Filter::in_mailbox(&inbox_id)),
+            None::<Vec<_>>,
+        )
+        .await
+        .unwrap();
+    assert_eq!(inbox_now.ids(), [ids[0].clone(), ids[2].clone()]);
+
+    // Thread/get: the lunch thread holds both lunch emails, oldest first.
+    let thread = client
+        .thread_get(list[0].thread_id().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(thread.email_ids(), [ids[2].as_str(), ids[0].as_str()]);
+
+    tern.stop();
+}

@@ -1,0 +1,754 @@
+//! End-to-end tests of sending: two `tern` binaries on loopback, each with
+//! its own domain (a.test, b.test), a DNS server on 127.0.0.1 serving a
+//! test zone (MX, SPF, DKIM, DMARC), and small scripted SMTP servers.
+//!
+//! - A's user sends to B's user through JMAP EmailSubmission; B's
+//!   Authentication-Results shows spf=pass, dkim=pass, dmarc=pass; the
+//!   draft moves to Sent; the submission's deliveryStatus turns "yes".
+//! - A destination answering 4xx and then 250 is retried and delivered.
+//! - A destination answering 5xx produces a DSN in the sender's Inbox.
+//! - A server killed with SIGKILL while holding queued mail, then
+//!   restarted, still delivers it.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mail_auth::hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
+use mail_auth::hickory_resolver::proto::rr::rdata::{A, MX, TXT};
+use mail_auth::hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tern");
+
+// ---------------------------------------------------------------- DNS ---
+
+/// A test zone: (lowercase name, type) → records.
+#[derive(Default, Clone)]
+struct Zone(HashMap<(String, RecordType), Vec<RData>>);
+
+impl Zone {
+    fn add(&mut self, name: &str, kind: RecordType, data: RData) {
+        self.0
+            .entry((name.to_lowercase(), kind))
+            .or_default()
+            .push(data);
+    }
+
+    fn txt(&mut self, name: &str, text: &str) {
+        let parts: Vec<String> = text
+            .as_bytes()
+            .chunks(255)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect();
+        self.add(name, RecordType::TXT, RData::TXT(TXT::new(parts)));
+    }
+
+    fn mail_domain(&mut self, domain: &str, dkim_txt: &str) {
+        let mx = format!("mx.{domain}");
+        self.add(
+            domain,
+            RecordType::MX,
+            RData::MX(MX::new(10, Name::from_ascii(format!("{mx}.")).unwrap())),
+        );
+        self.add(&mx, RecordType::A, RData::A(A(Ipv4Addr::LOCALHOST)));
+        self.txt(domain, "v=spf1 ip4:127.0.0.1 -all");
+        self.txt(&format!("tern._domainkey.{domain}"), dkim_txt);
+        self.txt(&format!("_dmarc.{domain}"), "v=DMARC1; p=reject");
+    }
+}
+
+/// Serves the zone over UDP on 127.0.0.1 from a thread of its own.
+fn dns_server(zone: Arc<Mutex<Zone>>) -> SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                return;
+            };
+            let Ok(query) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let zone = zone.lock().unwrap().clone();
+            let mut response = Message::response(query.metadata.id, query.metadata.op_code);
+            response.metadata.message_type = MessageType::Response;
+            response.metadata.recursion_desired = query.metadata.recursion_desired;
+            response.metadata.recursion_available = true;
+            response.metadata.authoritative = true;
+            let mut found_name = false;
+            for q in &query.queries {
+                let name = q.name.to_ascii().trim_end_matches('.').to_lowercase();
+                found_name |= zone.0.keys().any(|(n, _)| *n == name);
+                if let Some(records) = zone.0.get(&(name, q.query_type)) {
+                    for rdata in records {
+                        response.add_answer(Record::from_rdata(q.name.clone(), 60, rdata.clone()));
+                    }
+                }
+            }
+            response.add_queries(query.queries.clone());
+            if response.answers.is_empty() && !found_name {
+                response.metadata.response_code = ResponseCode::NXDomain;
+            }
+            if let Ok(bytes) = response.to_vec() {
+                let _ = socket.send_to(&bytes, from);
+            }
+        }
+    });
+    addr
+}
+
+// ------------------------------------------------------------ servers ---
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One `tern` installation: config, data, ports.
+struct Node {
+    config: PathBuf,
+    jmap: u16,
+    smtp: u16,
+    metrics: u16,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Node {
+    fn new(
+        dir: &Path,
+        name: &str,
+        domain: &str,
+        dns: SocketAddr,
+        mx_port: u16,
+        routes: &[(&str, u16)],
+    ) -> Node {
+        let (jmap, smtp, submission, metrics) =
+            (free_port(), free_port(), free_port(), free_port());
+        let config = dir.join(format!("{name}.toml"));
+        let routes: String = routes
+            .iter()
+            .map(|(d, p)| format!("{d:?} = \"127.0.0.1:{p}\"\n"))
+            .collect();
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {data:?}\n\
+                 hostname = \"mx.{domain}\"\n\
+                 domains = [{domain:?}]\n\
+                 [listen]\n\
+                 jmap = \"127.0.0.1:{jmap}\"\n\
+                 smtp = \"127.0.0.1:{smtp}\"\n\
+                 submission = \"127.0.0.1:{submission}\"\n\
+                 metrics = \"127.0.0.1:{metrics}\"\n\
+                 [dns]\n\
+                 nameservers = [\"{dns}\"]\n\
+                 timeout = 2\n\
+                 [queue]\n\
+                 retry_initial = 1\n\
+                 retry_max = 2\n\
+                 lease = 3\n\
+                 smtp_port = {mx_port}\n\
+                 connect_timeout = 2\n\
+                 [routes]\n\
+                 {routes}\
+                 [log]\n\
+                 level = \"debug\"\n",
+                data = dir.join(name),
+            ),
+        )
+        .unwrap();
+        let log = dir.join(format!("{name}.log"));
+        LOGS.lock().unwrap().push(log.clone());
+        Node {
+            config,
+            jmap,
+            smtp,
+            metrics,
+            child: None,
+            log,
+        }
+    }
+
+    fn tern(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tern {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .env(
+                "TERN_LOG",
+                "tern=debug,tern_smtp=debug,tern_store=info,info",
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", self.jmap)).is_err()
+            || TcpStream::connect(("127.0.0.1", self.smtp)).is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "server did not start: {}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no chance to flush or finish anything.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn metrics(&self) -> String {
+        http(self.metrics, "GET", "/metrics", "", "").1
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One HTTP/1.1 request; returns (status, body).
+fn http(port: u16, method: &str, path: &str, auth: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let auth = if auth.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: {auth}\r\n")
+    };
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+/// A JMAP user of one node.
+struct User {
+    port: u16,
+    auth: String,
+    account: String,
+}
+
+impl User {
+    fn login(node: &Node, address: &str, password: &str) -> User {
+        use base64::Engine as _;
+        let auth = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{address}:{password}"))
+        );
+        let (status, body) = http(node.jmap, "GET", "/.well-known/jmap", &auth, "");
+        assert_eq!(status, 200, "{body}");
+        let session: Value = serde_json::from_str(&body).unwrap();
+        let account = session["primaryAccounts"]["urn:ietf:params:jmap:mail"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        User {
+            port: node.jmap,
+            auth,
+            account,
+        }
+    }
+
+    /// Runs method calls; returns the methodResponses.
+    fn call(&self, calls: Value) -> Vec<Value> {
+        let request = json!({
+            "using": ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail",
+                      "urn:ietf:params:jmap:submission"],
+            "methodCalls": calls,
+        });
+        let (status, body) = http(
+            self.port,
+            "POST",
+            "/jmap/api/",
+            &self.auth,
+            &request.to_string(),
+        );
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["methodResponses"].as_array().unwrap().clone()
+    }
+
+    fn mailbox(&self, role: &str) -> String {
+        let r = self.call(json!([["Mailbox/get", {"accountId": self.account}, "m"]]));
+        r[0][1]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["role"] == role)
+            .unwrap_or_else(|| panic!("no {role} mailbox"))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Emails in the mailbox with `role`, with the given properties.
+    fn emails(&self, role: &str, properties: Value) -> Vec<Value> {
+        let mailbox = self.mailbox(role);
+        let r = self.call(json!([
+            ["Email/query", {"accountId": self.account, "filter": {"inMailbox": mailbox}}, "q"],
+            ["Email/get", {"accountId": self.account, "properties": properties,
+                "#ids": {"resultOf": "q", "name": "Email/query", "path": "/ids"}}, "g"]
+        ]));
+        assert_eq!(r[1][0], "Email/get", "{r:?}");
+        r[1][1]["list"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn identity(&self) -> String {
+        let r = self.call(json!([["Identity/get", {"accountId": self.account}, "i"]]));
+        r[0][1]["list"][0]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a draft from `from` to `to` and submits it, moving it to
+    /// Sent on success. Returns the EmailSubmission/set and implicit
+    /// Email/set responses.
+    fn send(&self, from: &str, to: &str, subject: &str) -> Vec<Value> {
+        let drafts = self.mailbox("drafts");
+        let sent = self.mailbox("sent");
+        let identity = self.identity();
+        self.call(json!([
+            ["Email/set", {"accountId": self.account, "create": {"draft": {
+                "mailboxIds": {drafts.clone(): true},
+                "keywords": {"$draft": true, "$seen": true},
+                "from": [{"name": "Sender", "email": from}],
+                "to": [{"email": to}],
+                "bcc": [{"email": "hidden@b.test"}],
+                "subject": subject,
+                "bodyValues": {"b": {"value": "Hello from the sending test.\n"}},
+                "textBody": [{"partId": "b", "type": "text/plain"}]
+            }}}, "e"],
+            ["EmailSubmission/set", {"accountId": self.account,
+                "create": {"sub": {"identityId": identity, "emailId": "#draft",
+                    "envelope": {"mailFrom": {"email": from},
+                                 "rcptTo": [{"email": to}]}}},
+                "onSuccessUpdateEmail": {"#sub": {
+                    format!("mailboxIds/{drafts}"): null,
+                    format!("mailboxIds/{sent}"): true,
+                    "keywords/$draft": null}}}, "s"]
+        ]))
+    }
+}
+
+/// Polls `f` until it gives a value; on timeout, fails with the servers'
+/// logs (set by `watch_logs`).
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            let logs: String = LOGS
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    let text = std::fs::read_to_string(p).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    format!("--- {}\n{}\n", p.display(), tail.join("\n"))
+                })
+                .collect();
+            panic!("timed out waiting for {what}\n{logs}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Log files shown when a wait times out.
+static LOGS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+// ----------------------------------------------------- scripted SMTP ---
+
+/// A small SMTP server: `rcpt_reply(connection number)` decides the
+/// RCPT reply; accepted messages are kept.
+struct Scripted {
+    port: u16,
+    connections: Arc<Mutex<usize>>,
+    messages: Arc<Mutex<Vec<String>>>,
+}
+
+impl Scripted {
+    fn start(rcpt_reply: fn(usize) -> &'static str) -> Scripted {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), rcpt_reply)
+    }
+
+    fn start_on(listener: TcpListener, rcpt_reply: fn(usize) -> &'static str) -> Scripted {
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(Mutex::new(0));
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let (c, m) = (connections.clone(), messages.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let n = {
+                    let mut c = c.lock().unwrap();
+                    *c += 1;
+                    *c
+                };
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    let _ = session(stream, rcpt_reply(n), &m);
+                });
+            }
+        });
+        Scripted {
+            port,
+            connections,
+            messages,
+        }
+    }
+
+    fn messages(&self) -> Vec<String> {
+        self.messages.lock().unwrap().clone()
+    }
+}
+
+fn session(
+    stream: TcpStream,
+    rcpt_reply: &str,
+    messages: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut out = stream.try_clone()?;
+    let mut input = BufReader::new(stream);
+    out.write_all(b"220 scripted.test ESMTP\r\n")?;
+    let mut line = String::new();
+    let mut accepted = 0;
+    loop {
+        line.clear();
+        if input.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
+        match verb.as_str() {
+            "EHLO" => out.write_all(b"250-scripted.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")?,
+            "MAIL" => {
+                accepted = 0;
+                out.write_all(b"250 2.1.0 ok\r\n")?
+            }
+            "RCPT" => {
+                accepted += usize::from(rcpt_reply.starts_with('2'));
+                out.write_all(format!("{rcpt_reply}\r\n").as_bytes())?
+            }
+            "DATA" if accepted == 0 => out.write_all(b"554 5.5.1 No valid recipients\r\n")?,
+            "DATA" => {
+                out.write_all(b"354 go on\r\n")?;
+                let mut data = String::new();
+                loop {
+                    line.clear();
+                    input.read_line(&mut line)?;
+                    if line == ".\r\n" || line.is_empty() {
+                        break;
+                    }
+                    data.push_str(&line);
+                }
+                messages.lock().unwrap().push(data);
+                out.write_all(b"250 2.0.0 accepted\r\n")?;
+            }
+            "QUIT" => {
+                out.write_all(b"221 bye\r\n")?;
+                return Ok(());
+            }
+            _ => out.write_all(b"250 ok\r\n")?,
+        }
+    }
+}
+
+/// A metric's value in the exposition text.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// The p= part of the DKIM record `tern domain add` printed.
+fn dkim_record(printed: &str) -> String {
+    let line = printed
+        .lines()
+        .find(|l| l.contains("._domainkey."))
+        .unwrap_or_else(|| panic!("no DKIM record in {printed}"));
+    let txt = line.split('\t').next_back().unwrap();
+    // "a" "b" → ab
+    txt.split('"')
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, s)| s)
+        .collect()
+}
+
+// -------------------------------------------------------------- tests ---
+
+#[test]
+fn sending_between_two_servers_with_retries_bounces_and_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let zone = Arc::new(Mutex::new(Zone::default()));
+    let dns = dns_server(zone.clone());
+
+    // Scripted destinations, reached through [routes].
+    let tempfail = Scripted::start(|n| {
+        if n == 1 {
+            "451 4.3.0 busy, try again later"
+        } else {
+            "250 2.1.5 ok"
+        }
+    });
+    let reject = Scripted::start(|_| "550 5.1.1 no such user here");
+    let later_port = free_port();
+
+    let mut b = Node::new(dir.path(), "b", "b.test", dns, 25, &[]);
+    let mut a = Node::new(
+        dir.path(),
+        "a",
+        "a.test",
+        dns,
+        b.smtp,
+        &[
+            ("tempfail.test", tempfail.port),
+            ("reject.test", reject.port),
+            ("later.test", later_port),
+        ],
+    );
+    // `tern domain add` makes the DKIM key and prints the records.
+    let printed_a = a.tern(&["domain", "add", "a.test"]);
+    assert!(
+        printed_a.contains("a.test.\t3600\tIN\tMX\t10 mx.a.test."),
+        "{printed_a}"
+    );
+    assert!(printed_a.contains("k=ed25519"), "{printed_a}");
+    let printed_b = b.tern(&["domain", "add", "b.test", "--dkim", "rsa"]);
+    assert!(printed_b.contains("k=rsa"), "{printed_b}");
+    assert_eq!(
+        b.tern(&["domain", "dns", "b.test"]),
+        printed_b.trim_start_matches("domain b.test added\n")
+    );
+    {
+        let mut z = zone.lock().unwrap();
+        z.mail_domain("a.test", &dkim_record(&printed_a));
+        z.mail_domain("b.test", &dkim_record(&printed_b));
+    }
+    a.tern(&["account", "add", "alice@a.test", "--password", "pw-a"]);
+    b.tern(&["account", "add", "bob@b.test", "--password", "pw-b"]);
+    b.tern(&["account", "add", "hidden@b.test", "--password", "pw-h"]);
+    b.start();
+    a.start();
+    let alice = User::login(&a, "alice@a.test", "pw-a");
+    let bob = User::login(&b, "bob@b.test", "pw-b");
+
+    // 1. A → B through MX, DKIM-signed; B checks SPF, DKIM and DMARC.
+    let r = alice.send("alice@a.test", "bob@b.test", "Hello Bob");
+    assert_eq!(r[1][0], "EmailSubmission/set", "{r:?}");
+    let sub = r[1][1]["created"]["sub"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not created: {r:?}"))
+        .to_owned();
+    assert_eq!(r[2][0], "Email/set", "implicit Email/set: {r:?}");
+    assert_eq!(r[2][2], "s", "same call id: {r:?}");
+    assert!(
+        r[2][1]["updated"].as_object().is_some_and(|u| u.len() == 1),
+        "{r:?}"
+    );
+    let got = wait_for("bob's message", Duration::from_secs(30), || {
+        let list = bob.emails(
+            "inbox",
+            json!([
+                "subject",
+                "header:Authentication-Results:asText",
+                "header:DKIM-Signature:asText",
+                "header:Bcc"
+            ]),
+        );
+        list.into_iter().find(|e| e["subject"] == "Hello Bob")
+    });
+    let results = got["header:Authentication-Results:asText"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(results.contains("spf=pass"), "{results}");
+    assert!(results.contains("dkim=pass"), "{results}");
+    assert!(results.contains("dmarc=pass"), "{results}");
+    assert!(
+        got["header:DKIM-Signature:asText"]
+            .as_str()
+            .is_some_and(|s| s.contains("d=a.test") && s.contains("a=ed25519-sha256")),
+        "{got}"
+    );
+    assert!(got["header:Bcc"].is_null(), "Bcc must not be sent: {got}");
+    // The draft moved to Sent, without $draft.
+    let sent = alice.emails("sent", json!(["subject", "keywords"]));
+    assert!(
+        sent.iter()
+            .any(|e| e["subject"] == "Hello Bob" && e["keywords"].get("$draft").is_none()),
+        "{sent:?}"
+    );
+    assert!(alice.emails("drafts", json!(["subject"])).is_empty());
+    // deliveryStatus follows the queue.
+    wait_for("deliveryStatus yes", Duration::from_secs(15), || {
+        let r = alice.call(json!([["EmailSubmission/get",
+            {"accountId": alice.account, "ids": [sub]}, "g"]]));
+        let s = &r[0][1]["list"][0];
+        (s["deliveryStatus"]["bob@b.test"]["delivered"] == "yes" && s["undoStatus"] == "final")
+            .then_some(())
+    });
+
+    // 2. 4xx, then 250: retried and delivered.
+    alice.send("alice@a.test", "someone@tempfail.test", "Retry me");
+    let m = wait_for("the retried delivery", Duration::from_secs(30), || {
+        tempfail.messages().into_iter().next()
+    });
+    assert!(m.contains("Subject: Retry me"), "{m}");
+    assert!(*tempfail.connections.lock().unwrap() >= 2);
+
+    // 3. 5xx: a DSN in alice's Inbox.
+    alice.send("alice@a.test", "nobody@reject.test", "Doomed");
+    let dsn = wait_for("the DSN", Duration::from_secs(30), || {
+        alice
+            .emails("inbox", json!(["subject", "blobId", "from"]))
+            .into_iter()
+            .find(|e| {
+                e["subject"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("Undelivered"))
+            })
+    });
+    let blob = dsn["blobId"].as_str().unwrap();
+    let (status, raw) = http(
+        a.jmap,
+        "GET",
+        &format!(
+            "/jmap/download/{}/{blob}/dsn.eml?type=message/rfc822",
+            alice.account
+        ),
+        &alice.auth,
+        "",
+    );
+    assert_eq!(status, 200, "{raw}");
+    assert!(raw.contains("report-type=delivery-status"), "{raw}");
+    assert!(
+        raw.contains("Final-Recipient: rfc822; nobody@reject.test"),
+        "{raw}"
+    );
+    assert!(raw.contains("Action: failed"), "{raw}");
+    assert!(raw.contains("Status: 5.1.1"), "{raw}");
+    assert!(raw.contains("Subject: Doomed"), "{raw}");
+    assert!(reject.messages().is_empty());
+    let metrics = a.metrics();
+    assert!(
+        metrics.contains("tern_outbound_deliveries_total{result=\"failed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tern_outbound_deliveries_total{result=\"deferred\"}"),
+        "{metrics}"
+    );
+
+    // 4. Queued mail survives SIGKILL: nothing listens for later.test yet.
+    alice.send("alice@a.test", "friend@later.test", "Survivor");
+    let deferred_before = metric(
+        &metrics,
+        "tern_outbound_deliveries_total{result=\"deferred\"}",
+    );
+    wait_for("a failed first attempt", Duration::from_secs(30), || {
+        let m = a.metrics();
+        (metric(&m, "tern_queue_messages") == 1
+            && metric(&m, "tern_outbound_deliveries_total{result=\"deferred\"}") > deferred_before)
+            .then_some(())
+    });
+    let listed = a.tern(&["queue", "list"]);
+    assert!(listed.contains("<alice@a.test>"), "{listed}");
+    a.kill();
+    let later = Scripted::start_on(
+        TcpListener::bind(("127.0.0.1", later_port)).unwrap(),
+        |_| "250 2.1.5 ok",
+    );
+    a.start();
+    let m = wait_for(
+        "delivery after the restart",
+        Duration::from_secs(30),
+        || later.messages().into_iter().next(),
+    );
+    assert!(m.contains("Subject: Survivor"), "{m}");
+    wait_for("an empty queue", Duration::from_secs(15), || {
+        a.tern(&["queue", "list"])
+            .contains("the queue is empty")
+            .then_some(())
+    });
+}

@@ -1,0 +1,361 @@
+//! End to end through the `tern` binary: `tern spam train` against a
+//! running server (over the admin socket), mail over SMTP scored with the
+//! trained global model, then a JMAP client (the third-party `jmap-client`
+//! crate) moving a message into Junk with Email/set, after which the same
+//! message scores as spam for that account, and out again, after which it
+//! scores as ham.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use jmap_client::client::{Client, Credentials};
+use jmap_client::email::{self, Property};
+use jmap_client::mailbox::Role;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tern");
+const USER: &str = "alice@example.com";
+const PASSWORD: &str = "wonderland";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+struct Tern {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    jmap: u16,
+    smtp: u16,
+    child: Option<Child>,
+}
+
+impl Tern {
+    fn start() -> Tern {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("tern.toml");
+        let (jmap, smtp, submission, metrics) =
+            (free_port(), free_port(), free_port(), free_port());
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {data:?}\n\
+                 hostname = \"mx.test\"\n\
+                 domains = [\"example.com\"]\n\
+                 [listen]\n\
+                 jmap = \"127.0.0.1:{jmap}\"\n\
+                 smtp = \"127.0.0.1:{smtp}\"\n\
+                 submission = \"127.0.0.1:{submission}\"\n\
+                 metrics = \"127.0.0.1:{metrics}\"\n\
+                 [smtp.checks]\n\
+                 enabled = false\n\
+                 [spam]\n\
+                 junk_threshold = 5.0\n\
+                 reject_threshold = 15.0\n\
+                 learning = true\n",
+                data = dir.path().join("data"),
+            ),
+        )
+        .unwrap();
+        let mut tern = Tern {
+            dir,
+            config,
+            jmap,
+            smtp,
+            child: None,
+        };
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&tern.config)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        tern.child = Some(child);
+        let socket = tern.dir.path().join("data").join("admin.sock");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while UnixStream::connect(&socket).is_err()
+            || TcpStream::connect(("127.0.0.1", jmap)).is_err()
+            || TcpStream::connect(("127.0.0.1", smtp)).is_err()
+        {
+            if let Some(status) = tern.child.as_mut().unwrap().try_wait().unwrap() {
+                let out = tern.child.take().unwrap().wait_with_output().unwrap();
+                panic!("tern serve exited early ({status}): {}", describe(&out));
+            }
+            assert!(Instant::now() < deadline, "tern serve did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tern
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tern {args:?}: {}", describe(&out));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.jmap)
+    }
+}
+
+impl Drop for Tern {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One SMTP transaction on the MX listener; the reply to the data.
+fn smtp_send(port: u16, to: &str, message: &str) -> String {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let reply = |reader: &mut BufReader<TcpStream>| loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return line;
+        }
+    };
+    assert!(reply(&mut reader).starts_with("220"));
+    for (command, code) in [
+        ("EHLO client.test".to_string(), "250"),
+        ("MAIL FROM:<news@elsewhere.test>".to_string(), "250"),
+        (format!("RCPT TO:<{to}>"), "250"),
+        ("DATA".to_string(), "354"),
+    ] {
+        write!(writer, "{command}\r\n").unwrap();
+        let r = reply(&mut reader);
+        assert!(r.starts_with(code), "{command}: {r}");
+    }
+    for line in message.split('\n') {
+        let stuffed = if line.starts_with('.') { "." } else { "" };
+        write!(writer, "{stuffed}{line}\r\n").unwrap();
+    }
+    write!(writer, ".\r\n").unwrap();
+    let r = reply(&mut reader);
+    write!(writer, "QUIT\r\n").unwrap();
+    r
+}
+
+/// Writes `n` messages of a made-up vocabulary into `dir`, one per file.
+fn write_corpus(dir: &Path, vocabulary: &str, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let words: Vec<String> = (0..40)
+            .map(|k| format!("{vocabulary}{}", (i * 7 + k) % 60))
+            .collect();
+        std::fs::write(
+            dir.join(format!("{i}.eml")),
+            format!(
+                "From x@{vocabulary}.example  Thu Aug 22 13:17:22 2002\n\
+                 From: x{i}@{vocabulary}.example\nSubject: {vocabulary} {i}\n\n{}\n",
+                words.join(" ")
+            ),
+        )
+        .unwrap();
+    }
+}
+
+fn newsletter(n: usize) -> String {
+    format!(
+        "From: News <news@elsewhere.test>\n\
+         To: alice@example.com\n\
+         Subject: Zanzibar widgets\n\
+         Message-ID: <news-{n}@elsewhere.test>\n\
+         Date: Mon, 2 Mar 2026 10:00:00 +0000\n\
+         \n\
+         Quarterly zanzibar widget recalibration newsletter, edition fourteen,\n\
+         with peculiar marmalade logistics.\n"
+    )
+}
+
+fn header(raw: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(raw);
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    let unfolded = head.replace("\r\n\t", " ").replace("\r\n ", " ");
+    unfolded.split("\r\n").find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+    })
+}
+
+/// (id, score, status, in junk) of the newsletter number `n`.
+async fn scored(client: &Client, junk_id: &str, n: usize) -> (String, f64, String, bool) {
+    let mut request = client.build();
+    let query = request.query_email();
+    query
+        .sort([email::query::Comparator::received_at().descending()])
+        .limit(200);
+    let reference = query.result_reference();
+    request.get_email().ids_ref(reference).properties([
+        Property::Id,
+        Property::BlobId,
+        Property::MailboxIds,
+        Property::MessageId,
+    ]);
+    let mut response = request.send().await.unwrap().unwrap_method_responses();
+    let emails = response
+        .pop()
+        .unwrap()
+        .unwrap_get_email()
+        .unwrap()
+        .take_list();
+    let wanted = format!("news-{n}@elsewhere.test");
+    let mut out = Vec::new();
+    for e in emails {
+        if !e.message_id().is_some_and(|ids| ids.contains(&wanted)) {
+            continue;
+        }
+        let raw = client.download(e.blob_id().unwrap()).await.unwrap();
+        let score = header(&raw, "X-Spam-Score")
+            .expect("X-Spam-Score")
+            .parse()
+            .unwrap();
+        let status = header(&raw, "X-Spam-Status").expect("X-Spam-Status");
+        let in_junk = e.mailbox_ids().contains(&junk_id);
+        out.push((e.id().unwrap().to_owned(), score, status, in_junk));
+    }
+    assert_eq!(out.len(), 1, "newsletter {n} is stored once");
+    out.remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tern_spam_train_and_jmap_moves_change_the_accounts_score() {
+    let tern = Tern::start();
+    tern.cli(&["account", "add", USER, "--password", PASSWORD]);
+
+    // Bulk training of the global model through the running server.
+    let corpus = tern.dir.path().join("corpus");
+    write_corpus(&corpus.join("spam"), "spamword", 25);
+    write_corpus(&corpus.join("ham"), "hamword", 25);
+    let out = tern.cli(&[
+        "spam",
+        "train",
+        "--spam",
+        corpus.join("spam").to_str().unwrap(),
+        "--ham",
+        corpus.join("ham").to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("trained 25 spam and 25 ham messages into the global model"),
+        "{out}"
+    );
+    // The server notices the global model changed within 2 s.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let port = tern.smtp;
+    let send =
+        move |n: usize| tokio::task::spawn_blocking(move || smtp_send(port, USER, &newsletter(n)));
+    let r = send(0).await.unwrap();
+    assert!(r.starts_with("250"), "{r}");
+
+    let client = Client::new()
+        .credentials(Credentials::basic(USER, PASSWORD))
+        .timeout(Duration::from_secs(30))
+        .connect(&tern.base_url())
+        .await
+        .unwrap();
+    let mut request = client.build();
+    request.get_mailbox();
+    let mailboxes = request
+        .send_single::<jmap_client::core::response::MailboxGetResponse>()
+        .await
+        .unwrap()
+        .take_list();
+    let role_id = |role: Role| -> String {
+        mailboxes
+            .iter()
+            .find(|m| m.role() == role)
+            .unwrap()
+            .id()
+            .unwrap()
+            .to_string()
+    };
+    let (inbox_id, junk_id) = (role_id(Role::Inbox), role_id(Role::Junk));
+
+    let first = scored(&client, &junk_id, 0).await;
+    let (first_id, neutral) = (first.0.clone(), first.1);
+    assert!(
+        first.2.contains("BAYES_50"),
+        "the global model is in use: {}",
+        first.2
+    );
+    assert!(!first.3, "a neutral message goes to the Inbox");
+
+    // Alice moves it into Junk: trained as spam for her (asynchronously).
+    client
+        .email_set_mailboxes(&first_id, [junk_id.clone()])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 1;
+    let spam_copy = loop {
+        let r = send(n).await.unwrap();
+        assert!(r.starts_with("250"), "{r}");
+        let last = scored(&client, &junk_id, n).await;
+        n += 1;
+        if last.1 > neutral + 4.0 {
+            break last;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the move into Junk was never learned"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(spam_copy.3, "now filed in Junk");
+    assert!(spam_copy.2.starts_with("Yes"), "{}", spam_copy.2);
+    assert!(spam_copy.2.contains("BAYES_99"), "{}", spam_copy.2);
+
+    // And out of Junk again: untrained as spam, trained as ham.
+    client
+        .email_set_mailboxes(&first_id, [inbox_id.clone()])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = send(n).await.unwrap();
+        assert!(r.starts_with("250"), "{r}");
+        let last = scored(&client, &junk_id, n).await;
+        n += 1;
+        if last.1 < neutral {
+            assert!(!last.3, "back in the Inbox");
+            assert!(last.2.contains("BAYES_00"), "{}", last.2);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the move out of Junk was never learned"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
