@@ -98,13 +98,13 @@ impl Drop for Server {
 
 fn start(dir: &Path) -> Server {
     let config = dir.join("tern.toml");
-    let (jmap, smtp, submission) = (free_port(), free_port(), free_port());
+    let (jmap, smtp, submission, metrics) = (free_port(), free_port(), free_port(), free_port());
     std::fs::write(
         &config,
         format!(
             "data_dir = {data:?}\nhostname = \"mx.test\"\ndomains = [\"example.com\"]\n\
              [listen]\njmap = \"127.0.0.1:{jmap}\"\nsmtp = \"127.0.0.1:{smtp}\"\n\
-             submission = \"127.0.0.1:{submission}\"\n\
+             submission = \"127.0.0.1:{submission}\"\nmetrics = \"127.0.0.1:{metrics}\"\n\
              [smtp]\nmax_connections = 100000\nmax_connections_per_ip = 100000\nconnections_per_minute = 1000000\n\
              [smtp.checks]\nenabled = false\n[log]\nlevel = \"warn\"\n\
              [jmap.push]\ncoalesce_ms = {coalesce}\n",

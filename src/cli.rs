@@ -43,6 +43,13 @@ pub enum Command {
     /// server runs).
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Rebuild the full-text search index from the store, with a progress
+    /// bar (works whether or not the server runs).
+    Reindex {
+        /// Only this account's index (default: every account).
+        #[arg(long, value_name = "ADDRESS")]
+        account: Option<String>,
+    },
     /// Spam filter: train the classifier (`tern spam train --spam DIR
     /// --ham DIR [--account ADDRESS]`).
     #[command(subcommand)]

@@ -44,6 +44,7 @@ pub struct Config {
     pub dkim: DkimSection,
     pub spam: SpamSection,
     pub virus: VirusSection,
+    pub search: SearchSection,
 }
 
 impl Default for Config {
@@ -63,6 +64,7 @@ impl Default for Config {
             dkim: DkimSection::default(),
             spam: SpamSection::default(),
             virus: VirusSection::default(),
+            search: SearchSection::default(),
         }
     }
 }
@@ -377,6 +379,32 @@ impl Default for VirusSection {
             timeout: d.timeout.as_secs(),
             max_size: d.max_size,
             scan_submissions: d.scan_submissions,
+        }
+    }
+}
+
+/// `[search]`: the full-text index behind Email/query's text filters.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchSection {
+    /// Milliseconds an Email/query with a text filter waits at most for
+    /// the index to catch up with the mail the request can see (read your
+    /// writes) before answering from the index as it is. 0: never wait.
+    pub query_wait_ms: u64,
+}
+
+/// Longest `search.query_wait_ms` accepted: a waiting query holds one of
+/// the account's JMAP request slots.
+pub const MAX_QUERY_WAIT_MS: u64 = 30_000;
+
+impl Default for SearchSection {
+    fn default() -> Self {
+        SearchSection {
+            query_wait_ms: tern_search::IndexOptions::default()
+                .query_wait
+                .as_millis()
+                .try_into()
+                .unwrap_or(u64::MAX),
         }
     }
 }
@@ -701,6 +729,9 @@ impl Config {
                 bail!("bad value for key `routes.{domain}`: {target:?} is not \"host:port\"");
             }
         }
+        if self.search.query_wait_ms > MAX_QUERY_WAIT_MS {
+            bail!("bad value for key `search.query_wait_ms`: must be at most {MAX_QUERY_WAIT_MS}");
+        }
         if !is_domain_name(&self.dkim.selector) {
             bail!(
                 "bad value for key `dkim.selector`: {:?} is not a DNS label",
@@ -741,6 +772,14 @@ impl Config {
             timeout: Duration::from_secs(p.timeout),
         };
         jmap
+    }
+
+    /// The search index's options (`[search]`).
+    pub fn search_options(&self) -> tern_search::IndexOptions {
+        tern_search::IndexOptions {
+            query_wait: Duration::from_millis(self.search.query_wait_ms),
+            ..Default::default()
+        }
     }
 
     /// Outbound delivery's configuration.
@@ -1092,6 +1131,30 @@ mod tests {
             "[spam]\nrules_file = \"/nonexistent/rules.toml\"\n",
             &["`spam.rules_file`"],
         );
+    }
+
+    #[test]
+    fn search_section_maps_and_validates() {
+        assert_eq!(
+            Config::default().search_options().query_wait,
+            Duration::from_secs(2)
+        );
+        let config = Config::parse("[search]\nquery_wait_ms = 250\n").unwrap();
+        assert_eq!(
+            config.search_options().query_wait,
+            Duration::from_millis(250)
+        );
+        let config = Config::parse("[search]\nquery_wait_ms = 0\n").unwrap();
+        assert_eq!(config.search_options().query_wait, Duration::ZERO);
+        check_refused(
+            "[search]\nquery_wait_ms = 30001\n",
+            &["`search.query_wait_ms`", "at most 30000"],
+        );
+        check_refused(
+            "[search]\nquery_wait_ms = -1\n",
+            &["`search.query_wait_ms`"],
+        );
+        check_refused("[search]\nwait = 1\n", &["unknown key `search.wait`"]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod admin;
 mod cli;
 mod config;
+mod reindex;
 mod serve;
 mod spam;
 
@@ -54,6 +55,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(command) => {
             init_logging(&config.log, "warn")?;
             admin_command(&config, command.into_request())
+        }
+        Command::Reindex { account } => {
+            init_logging(&config.log, "warn")?;
+            reindex::run(&config, account.as_deref())?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Spam(command) => {
             init_logging(&config.log, "warn")?;

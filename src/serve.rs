@@ -167,6 +167,38 @@ pub async fn run(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     })
     .await?;
 
+    // One filter (spam, virus, sending limits) for SMTP and JMAP
+    // submissions alike: an account's sending rate counts both.
+    let smtp = config.smtp_config();
+    let filter = {
+        let (spam, virus, dns, store) = (
+            smtp.spam.clone(),
+            smtp.virus.clone(),
+            smtp.dns.clone(),
+            store.clone(),
+        );
+        blocking(move || {
+            tern_smtp::spam::Filter::new(&spam, &virus, &dns, store)
+                .context("spam and virus filter")
+        })
+        .await?
+    };
+
+    // The full-text index, opened before JMAP starts so that its text
+    // filters, SearchSnippet/get and `tern reindex` over the admin socket
+    // (all through `SearchIndex::for_store`) share this handle and its
+    // configured options.
+    let (search_store, search_options) = (store.clone(), config.search_options());
+    let search = blocking(move || {
+        let index = tern_search::SearchIndex::for_store_with(&search_store, search_options)
+            .context("cannot open the search index")?;
+        // A new index beside existing mail is rebuilt by the indexer.
+        tern_search::schedule_if_created(&search_store, &index)
+            .context("cannot schedule the search index rebuild")?;
+        Ok(index)
+    })
+    .await?;
+
     let mut services = Services::new();
     let admin = AdminListener::bind(&config.data_dir)?;
     let admin_path = admin.path().to_owned();
@@ -174,6 +206,10 @@ pub async fn run(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     let mut jmap = config.jmap_config();
     // Session URLs must be absolute and reachable: never 0.0.0.0.
     jmap.base_url = Some(public_base_url(&config));
+    jmap.limits.submission_policy = Some(std::sync::Arc::new(SubmissionFilter {
+        filter: filter.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    }));
     let (jmap_store, stop) = (store.clone(), services.shutdown().0);
     let jmap_addr = jmap.listen;
     services.spawn("jmap", async move {
@@ -181,9 +217,12 @@ pub async fn run(config: Config, options: ServeOptions) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("JMAP on {jmap_addr}"))
     });
-    let (smtp, smtp_store, stop) = (config.smtp_config(), store.clone(), services.shutdown().0);
+    let (smtp_store, smtp_filter, stop) = (store.clone(), filter.clone(), services.shutdown().0);
     services.spawn("smtp", async move {
-        tern_smtp::serve(smtp, smtp_store, stop)
+        tern_smtp::SmtpServer::bind_with_filter(smtp, smtp_store, smtp_filter)
+            .await
+            .context("SMTP")?
+            .run(stop)
             .await
             .context("SMTP")
     });
@@ -204,11 +243,17 @@ pub async fn run(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         match tern_smtp::outbound::metrics::bind(addr).await {
             Ok(listener) => {
                 let (metrics, metrics_store) = (outbound.metrics(), store.clone());
-                let stop = services.shutdown().0;
+                let (guard, stop) = (filter.outbound_guard(), services.shutdown().0);
                 services.spawn("metrics", async move {
-                    tern_smtp::outbound::metrics::serve(listener, metrics_store, metrics, stop)
-                        .await
-                        .with_context(|| format!("metrics on {addr}"))
+                    tern_smtp::outbound::metrics::serve(
+                        listener,
+                        metrics_store,
+                        metrics,
+                        Some(guard),
+                        stop,
+                    )
+                    .await
+                    .with_context(|| format!("metrics on {addr}"))
                 });
             }
             Err(err) => {
@@ -219,6 +264,16 @@ pub async fn run(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     let stop = services.shutdown().0;
     services.spawn("outbound", async move {
         outbound.run(stop).await.context("outbound delivery")
+    });
+
+    // The indexer drains the store's index queue (written with every
+    // delivery and destroy) into the search index.
+    let (index_store, index, stop) = (store.clone(), search.clone(), services.shutdown().0);
+    services.spawn("search-indexer", async move {
+        tern_search::Indexer::new(index_store, index)
+            .run(stop)
+            .await
+            .context("search indexer")
     });
 
     println!("{}", banner(&config, &admin_path, options));
@@ -232,6 +287,7 @@ pub async fn run(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     let clean = services.stop(SHUTDOWN_GRACE).await;
     // The last handle: dropping it closes the store, which flushes.
     blocking(move || {
+        drop(search);
         drop(store);
         Ok(())
     })
@@ -240,6 +296,33 @@ pub async fn run(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     outcome?;
     anyhow::ensure!(clean, "services did not stop cleanly");
     Ok(())
+}
+
+/// JMAP EmailSubmissions through the SMTP server's filter: the same
+/// sending limits, virus scan and outbound spam score as SMTP submissions.
+#[derive(Debug)]
+struct SubmissionFilter {
+    filter: tern_smtp::spam::Filter,
+    runtime: tokio::runtime::Handle,
+}
+
+impl tern_jmap::submission::SubmissionPolicy for SubmissionFilter {
+    fn check(
+        &self,
+        account: tern_store::AccountId,
+        recipients: usize,
+        raw: &[u8],
+    ) -> Result<(), tern_jmap::submission::Refused> {
+        use tern_jmap::submission::Refused;
+        let recipients = u32::try_from(recipients).unwrap_or(u32::MAX);
+        // JMAP handlers run on the blocking pool, where waiting is fine.
+        self.runtime
+            .block_on(self.filter.check_submission(account, recipients, raw))
+            .map_err(|r| match r.kind {
+                tern_smtp::spam::RefusalKind::RateLimited => Refused::RateLimited(r.description),
+                _ => Refused::Forbidden(r.description),
+            })
+    }
 }
 
 async fn blocking<T, F>(f: F) -> anyhow::Result<T>

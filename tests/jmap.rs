@@ -4,7 +4,8 @@
 //! Mailbox/get with roles and counts, Email/query + Email/get through a
 //! back-reference, Email/set keywords, Email/changes, Mailbox/set, an
 //! attachment download, upload + Email/import, Email/queryChanges and
-//! Thread/get. Then a clean SIGTERM stop.
+//! Thread/get. Then a clean SIGTERM stop. And the vacation auto-reply:
+//! VacationResponse/set over JMAP, mail over SMTP, one reply per sender.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -534,5 +535,142 @@ async fn jmap_client_reads_mail_delivered_over_smtp_to_the_tern_binary() {
         .unwrap();
     assert_eq!(thread.email_ids(), [ids[2].as_str(), ids[0].as_str()]);
 
+    tern.stop();
+}
+
+/// One HTTP/1.1 request as `user` (password `PASSWORD`) on a fresh
+/// connection: the response body as JSON; the status must be 200.
+fn http_json(port: u16, user: &str, method: &str, path: &str, body: &str) -> serde_json::Value {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let auth = base64(format!("{user}:{PASSWORD}").as_bytes());
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{response}");
+    serde_json::from_str(body).unwrap()
+}
+
+/// `user`'s account id and the responses to `calls` (JSON with
+/// `ACCOUNT` standing for the account id).
+fn jmap_api(port: u16, user: &str, calls: &str) -> serde_json::Value {
+    let session = http_json(port, user, "GET", "/.well-known/jmap", "");
+    let account = session["primaryAccounts"]["urn:ietf:params:jmap:mail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = format!(
+        "{{\"using\": [\"urn:ietf:params:jmap:core\", \"urn:ietf:params:jmap:mail\", \
+         \"urn:ietf:params:jmap:vacationresponse\"], \"methodCalls\": {}}}",
+        calls.replace("ACCOUNT", &account)
+    );
+    http_json(port, user, "POST", "/jmap/api/", &body)["methodResponses"].clone()
+}
+
+/// Subject, To and Auto-Submitted of every email in `user`'s Inbox.
+fn inbox(port: u16, user: &str) -> Vec<serde_json::Value> {
+    let r = jmap_api(
+        port,
+        user,
+        r#"[["Mailbox/query", {"accountId": "ACCOUNT", "filter": {"role": "inbox"}}, "m"]]"#,
+    );
+    let inbox = r[0][1]["ids"][0].as_str().unwrap().to_string();
+    let r = jmap_api(
+        port,
+        user,
+        &r##"[["Email/query", {"accountId": "ACCOUNT", "filter": {"inMailbox": "INBOX"}}, "q"],
+              ["Email/get", {"accountId": "ACCOUNT",
+                "#ids": {"resultOf": "q", "name": "Email/query", "path": "/ids"},
+                "properties": ["subject", "to", "header:Auto-Submitted:asText"]}, "g"]]"##
+            .replace("INBOX", &inbox),
+    );
+    assert_eq!(r[1][0], "Email/get", "{r}");
+    r[1][1]["list"].as_array().cloned().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vacation_response_set_over_jmap_answers_smtp_mail_once_per_sender() {
+    let tern = Tern::start();
+    for user in [USER, "bob@example.com", "carol@example.com"] {
+        tern.cli(&["account", "add", user, "--password", PASSWORD]);
+    }
+    let port = tern.jmap;
+    let smtp = tern.smtp;
+    tokio::task::spawn_blocking(move || {
+        let r = jmap_api(
+            port,
+            USER,
+            r#"[["VacationResponse/set", {"accountId": "ACCOUNT", "update": {"singleton": {
+                 "isEnabled": true, "subject": "Away until Monday",
+                 "textBody": "I am away; back on Monday."}}}, "v"]]"#,
+        );
+        assert_eq!(
+            r[0][1]["updated"]["singleton"],
+            serde_json::Value::Null,
+            "{r}"
+        );
+        // Bob writes twice, Carol through a mailing list.
+        for n in 1..=2 {
+            smtp_send(
+                smtp,
+                "bob@example.com",
+                USER,
+                &format!(
+                    "From: Bob <bob@example.com>\nTo: Alice <{USER}>\nSubject: Question {n}\n\
+                     Message-ID: <q{n}@example.com>\n\nAre you there?\n"
+                ),
+            );
+        }
+        smtp_send(
+            smtp,
+            "carol@example.com",
+            USER,
+            &format!(
+                "From: Carol <carol@example.com>\nTo: Alice <{USER}>\nSubject: News\n\
+                 List-Id: <news.example.com>\nMessage-ID: <n1@example.com>\n\nNews.\n"
+            ),
+        );
+        assert_eq!(inbox(port, USER).len(), 3, "alice got all three");
+        // The reply is sent after the 250, off the SMTP reply's path.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let replies = loop {
+            let replies = inbox(port, "bob@example.com");
+            if !replies.is_empty() || Instant::now() > deadline {
+                break replies;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        // Give a second (wrong) reply time to arrive.
+        std::thread::sleep(Duration::from_secs(2));
+        let replies_now = inbox(port, "bob@example.com");
+        assert_eq!(
+            replies_now.len(),
+            1,
+            "one reply per sender: {replies_now:?}"
+        );
+        assert_eq!(replies, replies_now);
+        let reply = &replies[0];
+        assert_eq!(reply["subject"], "Away until Monday", "{reply}");
+        assert_eq!(reply["to"][0]["email"], "bob@example.com", "{reply}");
+        assert_eq!(
+            reply["header:Auto-Submitted:asText"], "auto-replied",
+            "{reply}"
+        );
+        assert!(
+            inbox(port, "carol@example.com").is_empty(),
+            "list mail is not answered (RFC 3834)"
+        );
+    })
+    .await
+    .unwrap();
     tern.stop();
 }

@@ -1021,7 +1021,8 @@ async fn websocket_limits_and_shutdown_close_cleanly() {
 }
 
 /// An HTTPS server standing in for a push service: records what it is
-/// sent; `/push/fail` answers 500, everything else 201.
+/// sent; `/push/fail` answers 500, `/push/gone` 410, `/push/flaky` 503
+/// to its first two requests, everything else 201.
 struct PushTarget {
     port: u16,
     ca: PathBuf,
@@ -1048,11 +1049,13 @@ async fn push_target(dir: &std::path::Path) -> PushTarget {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, received) = tokio::sync::mpsc::unbounded_channel();
+    let flaky = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     tokio::spawn(async move {
         loop {
             let (s, _) = listener.accept().await.unwrap();
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let flaky = flaky.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(s).await else {
                     return;
@@ -1076,6 +1079,12 @@ async fn push_target(dir: &std::path::Path) -> PushTarget {
                 r.read_exact(&mut body).await.unwrap();
                 let status = if path.starts_with("/push/fail") {
                     "500 Internal Server Error"
+                } else if path.starts_with("/push/gone") {
+                    "410 Gone"
+                } else if path.starts_with("/push/flaky")
+                    && flaky.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2
+                {
+                    "503 Service Unavailable"
                 } else {
                     "201 Created"
                 };
@@ -1095,6 +1104,31 @@ impl PushTarget {
         tokio::time::timeout(wait, self.received.recv())
             .await
             .ok()?
+    }
+
+    /// The next body POSTed to `path` within `wait` (posts to other paths
+    /// are skipped).
+    async fn next_to(&mut self, path: &str, wait: Duration) -> Option<Value> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let (p, _, body) = self
+                .next(deadline.saturating_duration_since(Instant::now()))
+                .await?;
+            if p == path {
+                return Some(body);
+            }
+        }
+    }
+
+    /// Every body POSTed to `path` until nothing has come for `quiet`.
+    async fn all_to(&mut self, path: &str, quiet: Duration) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Some((p, _, body)) = self.next(quiet).await {
+            if p == path {
+                out.push(body);
+            }
+        }
+        out
     }
 }
 
@@ -1246,4 +1280,178 @@ async fn push_subscriptions_verify_deliver_over_https_and_drop_failing_urls() {
     assert_eq!(r[0][1]["destroyed"], json!([id]));
     smtp.deliver(ALICE).await;
     assert!(target.next(Duration::from_millis(500)).await.is_none());
+}
+
+/// A UTCDate `secs` seconds from now.
+fn utc_in(secs: u64) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + secs;
+    let (days, rest) = ((t / 86_400) as i64, t % 86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_subscriptions_are_retried_and_removed_when_gone_or_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut target = push_target(dir.path()).await;
+    let tern = Tern::start(&format!(
+        "[jmap.push]\nca_files = [{:?}]\nallow_private_addresses = true\nretry_initial_ms = 50\nretry_max = 1\nmax_failures = 3\n",
+        target.ca
+    ));
+    let account = tern.account_id(ALICE).await;
+    let port = target.port;
+    let create = |name: &str, path: &str, expires: Option<String>| {
+        let mut sub =
+            json!({"deviceClientId": name, "url": format!("https://localhost:{port}{path}")});
+        if let Some(e) = expires {
+            sub["expires"] = json!(e);
+        }
+        json!([["PushSubscription/set", {"create": {name: sub}}, "0"]])
+    };
+    let get = |id: &str| json!([["PushSubscription/get", {"ids": [id]}, "0"]]);
+    let verify = |id: &str, code: &str| json!([["PushSubscription/set", {"update": {id: {"verificationCode": code}}}, "0"]]);
+    let wait = Duration::from_secs(10);
+
+    // A push service that fails twice, then accepts: the verification
+    // arrives on the third attempt and the subscription stays.
+    let r = tern.api(ALICE, create("flaky", "/push/flaky", None)).await;
+    let flaky = r[0][1]["created"]["flaky"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let attempts = target.all_to("/push/flaky", Duration::from_secs(3)).await;
+    assert_eq!(attempts.len(), 3, "{attempts:?}");
+    assert!(
+        attempts
+            .iter()
+            .all(|b| b["@type"] == "PushVerification" && b["pushSubscriptionId"] == flaky)
+    );
+    let code = attempts[2]["verificationCode"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = tern.api(ALICE, get(&flaky)).await;
+    assert_eq!(r[0][1]["list"][0]["id"], flaky, "kept after a success");
+    let r = tern.api(ALICE, verify(&flaky, &code)).await;
+    assert!(r[0][1]["updated"].get(&flaky).is_some(), "{r:?}");
+    tern.smtp().await.deliver(ALICE).await;
+    let state = tern.email_state(ALICE).await;
+    loop {
+        let body = target
+            .next_to("/push/flaky", wait)
+            .await
+            .expect("a StateChange for the verified subscription");
+        if body["changed"][&account]["Email"] == state {
+            break;
+        }
+    }
+
+    // 410 Gone: removed after the first answer, never retried.
+    let r = tern.api(ALICE, create("gone", "/push/gone", None)).await;
+    let gone = r[0][1]["created"]["gone"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let posts = target.all_to("/push/gone", Duration::from_secs(3)).await;
+    assert_eq!(posts.len(), 1, "not retried: {posts:?}");
+    let r = tern.api(ALICE, get(&gone)).await;
+    assert_eq!(r[0][1]["notFound"], json!([gone]), "removed");
+
+    // Expiry: a subscription is removed when it expires.
+    let r = tern
+        .api(ALICE, create("brief", "/push/ok", Some(utc_in(6))))
+        .await;
+    let brief = r[0][1]["created"]["brief"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = target
+        .next_to("/push/ok", wait)
+        .await
+        .expect("verification");
+    let code = body["verificationCode"].as_str().unwrap().to_string();
+    let r = tern.api(ALICE, verify(&brief, &code)).await;
+    assert!(r[0][1]["updated"].get(&brief).is_some(), "{r:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = tern.api(ALICE, get(&brief)).await;
+        if r[0][1]["notFound"] == json!([brief]) {
+            break;
+        }
+        assert_eq!(r[0][1]["list"][0]["id"], brief);
+        assert!(Instant::now() < deadline, "not removed at expiry: {r:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Only the live subscription hears of new mail now.
+    target.all_to("/push/ok", Duration::from_millis(500)).await;
+    tern.smtp().await.deliver(ALICE).await;
+    let state = tern.email_state(ALICE).await;
+    loop {
+        let body = target
+            .next_to("/push/flaky", wait)
+            .await
+            .expect("the live subscription's StateChange");
+        if body["changed"][&account]["Email"] == state {
+            break;
+        }
+    }
+    assert_eq!(
+        target.all_to("/push/ok", Duration::from_secs(1)).await,
+        Vec::<Value>::new(),
+        "nothing is pushed to an expired subscription"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_pings_websocket_clients_and_drops_silent_ones() {
+    // Pings every second; a client not heard from in three intervals goes.
+    let tern = Tern::start("[jmap.push]\nwebsocket_ping = 1\n");
+    let mut silent = ws_connect(&tern, ALICE).await;
+    let mut live = ws_connect(&tern, ALICE).await;
+    // The live client reads (tungstenite answers each ping with a pong);
+    // the silent one does not read, so it answers nothing.
+    let mut pings = 0;
+    let until = Instant::now() + Duration::from_secs(5);
+    while let Ok(m) = tokio::time::timeout_at(until.into(), live.next()).await {
+        match m {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            Some(Ok(_)) => {}
+            other => panic!("the live client was dropped: {other:?}"),
+        }
+    }
+    assert!(pings >= 3, "{pings} pings in 5 s");
+    // Still served.
+    assert_eq!(ws_sync(&mut live, "still-here").await, Vec::<Value>::new());
+    // The silent one was pinged, then dropped.
+    let mut silent_pings = 0;
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match silent.next().await {
+                Some(Ok(Message::Ping(_))) => silent_pings += 1,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(other)) => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the silent client is still connected");
+    assert!(silent_pings >= 1, "it was pinged first");
 }

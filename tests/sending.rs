@@ -3,8 +3,12 @@
 //! test zone (MX, SPF, DKIM, DMARC), and small scripted SMTP servers.
 //!
 //! - A's user sends to B's user through JMAP EmailSubmission; B's
-//!   Authentication-Results shows spf=pass, dkim=pass, dmarc=pass; the
-//!   draft moves to Sent; the submission's deliveryStatus turns "yes".
+//!   Authentication-Results shows spf=pass, dkim=pass, dmarc=pass (A signs
+//!   with Ed25519), the message came over STARTTLS and without its Bcc;
+//!   the draft moves to Sent; the submission's deliveryStatus turns "yes".
+//!   B's user answers: A's Authentication-Results shows the same with B's
+//!   RSA-2048 signature.
+//! - A delayed send (FUTURERELEASE HOLDFOR) is pending, then sent.
 //! - A destination answering 4xx and then 250 is retried and delivered.
 //! - A destination answering 5xx produces a DSN in the sender's Inbox.
 //! - A server killed with SIGKILL while holding queued mail, then
@@ -124,16 +128,18 @@ struct Node {
 }
 
 impl Node {
+    /// A node whose MX listener is on `smtp`, sending to MX hosts on
+    /// `mx_port`.
     fn new(
         dir: &Path,
         name: &str,
         domain: &str,
         dns: SocketAddr,
+        smtp: u16,
         mx_port: u16,
         routes: &[(&str, u16)],
     ) -> Node {
-        let (jmap, smtp, submission, metrics) =
-            (free_port(), free_port(), free_port(), free_port());
+        let (jmap, submission, metrics) = (free_port(), free_port(), free_port());
         let config = dir.join(format!("{name}.toml"));
         let routes: String = routes
             .iter()
@@ -382,6 +388,11 @@ impl User {
     /// Sent on success. Returns the EmailSubmission/set and implicit
     /// Email/set responses.
     fn send(&self, from: &str, to: &str, subject: &str) -> Vec<Value> {
+        self.send_with(from, to, subject, Value::Null)
+    }
+
+    /// [`User::send`] with parameters on the envelope's mailFrom.
+    fn send_with(&self, from: &str, to: &str, subject: &str, parameters: Value) -> Vec<Value> {
         let drafts = self.mailbox("drafts");
         let sent = self.mailbox("sent");
         let identity = self.identity();
@@ -398,7 +409,7 @@ impl User {
             }}}, "e"],
             ["EmailSubmission/set", {"accountId": self.account,
                 "create": {"sub": {"identityId": identity, "emailId": "#draft",
-                    "envelope": {"mailFrom": {"email": from},
+                    "envelope": {"mailFrom": {"email": from, "parameters": parameters},
                                  "rcptTo": [{"email": to}]}}},
                 "onSuccessUpdateEmail": {"#sub": {
                     format!("mailboxIds/{drafts}"): null,
@@ -575,13 +586,16 @@ fn sending_between_two_servers_with_retries_bounces_and_a_crash() {
     let reject = Scripted::start(|_| "550 5.1.1 no such user here");
     let later_port = free_port();
 
-    let mut b = Node::new(dir.path(), "b", "b.test", dns, 25, &[]);
+    // Each sends to the other's MX port.
+    let (a_smtp, b_smtp) = (free_port(), free_port());
+    let mut b = Node::new(dir.path(), "b", "b.test", dns, b_smtp, a_smtp, &[]);
     let mut a = Node::new(
         dir.path(),
         "a",
         "a.test",
         dns,
-        b.smtp,
+        a_smtp,
+        b_smtp,
         &[
             ("tempfail.test", tempfail.port),
             ("reject.test", reject.port),
@@ -634,6 +648,7 @@ fn sending_between_two_servers_with_retries_bounces_and_a_crash() {
                 "subject",
                 "header:Authentication-Results:asText",
                 "header:DKIM-Signature:asText",
+                "header:Received:all",
                 "header:Bcc"
             ]),
         );
@@ -652,6 +667,13 @@ fn sending_between_two_servers_with_retries_bounces_and_a_crash() {
         "{got}"
     );
     assert!(got["header:Bcc"].is_null(), "Bcc must not be sent: {got}");
+    // A used B's STARTTLS (opportunistic TLS).
+    assert!(
+        got["header:Received:all"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|h| h.as_str().is_some_and(|h| h.contains("(using TLS")))),
+        "{got}"
+    );
     // The draft moved to Sent, without $draft.
     let sent = alice.emails("sent", json!(["subject", "keywords"]));
     assert!(
@@ -668,6 +690,75 @@ fn sending_between_two_servers_with_retries_bounces_and_a_crash() {
         (s["deliveryStatus"]["bob@b.test"]["delivered"] == "yes" && s["undoStatus"] == "final")
             .then_some(())
     });
+
+    // 1b. B answers: signed with B's RSA key, checked by A.
+    bob.send("bob@b.test", "alice@a.test", "Hello Alice");
+    let got = wait_for("alice's answer", Duration::from_secs(30), || {
+        alice
+            .emails(
+                "inbox",
+                json!([
+                    "subject",
+                    "header:Authentication-Results:asText",
+                    "header:DKIM-Signature:asText"
+                ]),
+            )
+            .into_iter()
+            .find(|e| e["subject"] == "Hello Alice")
+    });
+    let results = got["header:Authentication-Results:asText"]
+        .as_str()
+        .unwrap_or_default();
+    for pass in ["spf=pass", "dkim=pass", "dmarc=pass"] {
+        assert!(results.contains(pass), "{pass}: {results}");
+    }
+    assert!(
+        got["header:DKIM-Signature:asText"]
+            .as_str()
+            .is_some_and(|s| s.contains("d=b.test") && s.contains("a=rsa-sha256")),
+        "{got}"
+    );
+
+    // 1c. A delayed send: pending, then sent at its time.
+    let queued_at = Instant::now();
+    let r = alice.send_with(
+        "alice@a.test",
+        "bob@b.test",
+        "Later, Bob",
+        json!({"HOLDFOR": "3"}),
+    );
+    let later = &r[1][1]["created"]["sub"];
+    assert_eq!(later["undoStatus"], "pending", "{r:?}");
+    let later = later["id"].as_str().unwrap().to_owned();
+    let r = alice.call(json!([["EmailSubmission/get",
+        {"accountId": alice.account, "ids": [later]}, "g"]]));
+    let status = &r[0][1]["list"][0];
+    assert_eq!(status["undoStatus"], "pending", "{r:?}");
+    assert_eq!(
+        status["deliveryStatus"]["bob@b.test"]["delivered"], "queued",
+        "{r:?}"
+    );
+    wait_for(
+        "the delayed send delivered",
+        Duration::from_secs(30),
+        || {
+            let r = alice.call(json!([["EmailSubmission/get",
+            {"accountId": alice.account, "ids": [later]}, "g"]]));
+            let s = &r[0][1]["list"][0];
+            (s["deliveryStatus"]["bob@b.test"]["delivered"] == "yes" && s["undoStatus"] == "final")
+                .then_some(())
+        },
+    );
+    assert!(
+        queued_at.elapsed() >= Duration::from_secs(2),
+        "sent before its time: {:?}",
+        queued_at.elapsed()
+    );
+    assert!(
+        bob.emails("inbox", json!(["subject"]))
+            .iter()
+            .any(|e| e["subject"] == "Later, Bob")
+    );
 
     // 2. 4xx, then 250: retried and delivered.
     alice.send("alice@a.test", "someone@tempfail.test", "Retry me");

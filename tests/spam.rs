@@ -3,7 +3,10 @@
 //! trained global model, then a JMAP client (the third-party `jmap-client`
 //! crate) moving a message into Junk with Email/set, after which the same
 //! message scores as spam for that account, and out again, after which it
-//! scores as ham.
+//! scores as ham. And JMAP EmailSubmissions through the same filter as
+//! SMTP submissions: the clamd scan (Debian's clamd, started by the test
+//! with a signature it writes), the sending rate, and what `/metrics`
+//! shows of them.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -13,6 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use jmap_client::client::{Client, Credentials};
+use jmap_client::core::set::SetErrorType;
 use jmap_client::email::{self, Property};
 use jmap_client::mailbox::Role;
 
@@ -42,11 +46,13 @@ struct Tern {
     config: PathBuf,
     jmap: u16,
     smtp: u16,
+    metrics: u16,
     child: Option<Child>,
 }
 
 impl Tern {
-    fn start() -> Tern {
+    /// A server with `extra` appended to its config.
+    fn start(extra: &str) -> Tern {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("tern.toml");
         let (jmap, smtp, submission, metrics) =
@@ -67,7 +73,8 @@ impl Tern {
                  [spam]\n\
                  junk_threshold = 5.0\n\
                  reject_threshold = 15.0\n\
-                 learning = true\n",
+                 learning = true\n\
+                 {extra}",
                 data = dir.path().join("data"),
             ),
         )
@@ -77,6 +84,7 @@ impl Tern {
             config,
             jmap,
             smtp,
+            metrics,
             child: None,
         };
         let child = Command::new(BIN)
@@ -250,7 +258,7 @@ async fn scored(client: &Client, junk_id: &str, n: usize) -> (String, f64, Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tern_spam_train_and_jmap_moves_change_the_accounts_score() {
-    let tern = Tern::start();
+    let tern = Tern::start("");
     tern.cli(&["account", "add", USER, "--password", PASSWORD]);
 
     // Bulk training of the global model through the running server.
@@ -358,4 +366,273 @@ async fn tern_spam_train_and_jmap_moves_change_the_accounts_score() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+// ---------------------------------------------------------- clamd ---
+
+const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+/// clamd with its own config in a temp dir and one signature, the EICAR
+/// test string; killed when dropped.
+struct Clamd {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Clamd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_clamd() -> Result<Clamd, String> {
+    let binary = ["/usr/sbin/clamd", "/usr/bin/clamd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or("clamd is not installed (apt-get install clamav-daemon)")?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let db = dir.path().join("db");
+    std::fs::create_dir(&db).map_err(|e| e.to_string())?;
+    let hex: String = EICAR.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(
+        db.join("tern-test.ndb"),
+        format!("Tern.Test.EICAR:0:*:{hex}\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    let port = free_port();
+    let config = dir.path().join("clamd.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "Foreground yes\nTCPSocket {port}\nTCPAddr 127.0.0.1\nDatabaseDirectory {}\n\
+             TemporaryDirectory {}\nLogFile {}\n",
+            db.display(),
+            dir.path().display(),
+            dir.path().join("clamd.log").display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let child = Command::new(binary)
+        .arg("-c")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run {binary}: {e}"))?;
+    let mut clamd = Clamd {
+        child,
+        port,
+        _dir: dir,
+    };
+    for _ in 0..300 {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let _ = s.write_all(b"zPING\0");
+            let mut buf = Vec::new();
+            let _ = BufReader::new(s).read_until(0, &mut buf);
+            if buf.starts_with(b"PONG") {
+                return Ok(clamd);
+            }
+        }
+        if let Ok(Some(status)) = clamd.child.try_wait() {
+            return Err(format!("clamd exited ({status})"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err("clamd did not answer PING within 30 s".into())
+}
+
+/// A message from alice to herself; with the EICAR file attached when
+/// `infected`.
+fn submission_message(subject: &str, infected: bool) -> Vec<u8> {
+    use base64::Engine;
+    let attachment = if infected {
+        base64::engine::general_purpose::STANDARD.encode(EICAR)
+    } else {
+        base64::engine::general_purpose::STANDARD.encode(b"quarterly figures")
+    };
+    let text = if subject == "gtube" {
+        "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+    } else {
+        "The figures, attached."
+    };
+    format!(
+        "From: Alice <alice@example.com>\r\nTo: alice@example.com\r\nSubject: {subject}\r\n\
+         Date: Mon, 2 Mar 2026 10:00:00 +0000\r\nMessage-ID: <{subject}@example.com>\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n\
+         --zz\r\nContent-Type: text/plain\r\n\r\n{text}\r\n\
+         --zz\r\nContent-Type: application/octet-stream\r\n\
+         Content-Disposition: attachment; filename=figures.bin\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{attachment}\r\n--zz--\r\n"
+    )
+    .into_bytes()
+}
+
+fn scrape(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
+}
+
+fn sample(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jmap_submissions_pass_the_virus_scan_and_sending_limits_and_metrics_count_them() {
+    let clamd = match tokio::task::spawn_blocking(start_clamd).await.unwrap() {
+        Ok(c) => c,
+        Err(reason) => {
+            println!("SKIPPED: clamd cannot start: {reason}");
+            return;
+        }
+    };
+    let tern = Tern::start(&format!(
+        "[spam.outbound]\nmessages_per_hour = 4\n\
+         [virus]\nclamd = \"tcp:127.0.0.1:{}\"\non_unreachable = \"tempfail\"\n",
+        clamd.port
+    ));
+    tern.cli(&["account", "add", USER, "--password", PASSWORD]);
+    let client = Client::new()
+        .credentials(Credentials::basic(USER, PASSWORD))
+        .timeout(Duration::from_secs(60))
+        .connect(&tern.base_url())
+        .await
+        .unwrap();
+    let mailbox = |role: Role| {
+        let client = &client;
+        async move {
+            client
+                .mailbox_query(
+                    Some(jmap_client::mailbox::query::Filter::role(role)),
+                    None::<Vec<_>>,
+                )
+                .await
+                .unwrap()
+                .take_ids()
+                .remove(0)
+        }
+    };
+    let (drafts, inbox) = (mailbox(Role::Drafts).await, mailbox(Role::Inbox).await);
+    let mut request = client.build();
+    request.get_identity();
+    let identity = request
+        .send_get_identity()
+        .await
+        .unwrap()
+        .take_list()
+        .remove(0)
+        .id()
+        .unwrap()
+        .to_owned();
+    let submit = |subject: &'static str, infected: bool| {
+        let (client, drafts, identity) = (&client, drafts.clone(), identity.clone());
+        async move {
+            let email = client
+                .email_import(
+                    submission_message(subject, infected),
+                    [drafts],
+                    Some(["$draft"]),
+                    None,
+                )
+                .await
+                .unwrap();
+            client
+                .email_submission_create(email.id().unwrap(), identity)
+                .await
+        }
+    };
+    let refused = |result: jmap_client::Result<_>| match result {
+        Err(jmap_client::Error::Set(e)) => (
+            e.error().clone(),
+            e.description().unwrap_or_default().to_owned(),
+        ),
+        Err(other) => panic!("not a SetError: {other:?}"),
+        Ok(created) => panic!("created: {created:?}"),
+    };
+
+    // A virus: forbiddenToSend, nothing delivered.
+    let (kind, description) = refused(submit("infected", true).await);
+    assert_eq!(kind, SetErrorType::ForbiddenToSend);
+    assert!(
+        description.contains("virus found (Tern.Test.EICAR"),
+        "{description}"
+    );
+    // Clean: sent (alice is local: delivered at once).
+    let sub = submit("clean", false).await.unwrap();
+    assert!(sub.id().is_some());
+    // Spam (GTUBE): forbiddenToSend, a strike.
+    let (kind, description) = refused(submit("gtube", false).await);
+    assert_eq!(kind, SetErrorType::ForbiddenToSend);
+    assert!(description.contains("refused as spam"), "{description}");
+    // clamd gone, policy tempfail: forbiddenToSend, try later.
+    drop(clamd);
+    let (kind, description) = refused(submit("unscanned", false).await);
+    assert_eq!(kind, SetErrorType::ForbiddenToSend);
+    assert!(description.contains("try again later"), "{description}");
+    // The fifth submission in the hour: rateLimit.
+    let (kind, _) = refused(submit("fifth", false).await);
+    assert_eq!(kind, SetErrorType::RateLimit);
+
+    // Only the clean one reached the Inbox.
+    let inbox = client
+        .email_query(
+            Some(jmap_client::email::query::Filter::in_mailbox(inbox)),
+            None::<Vec<_>>,
+        )
+        .await
+        .unwrap()
+        .take_ids();
+    assert_eq!(inbox.len(), 1, "{inbox:?}");
+
+    let port = tern.metrics;
+    let text = tokio::task::spawn_blocking(move || scrape(port))
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&text, "tern_virus_scans_total{result=\"infected\"}"),
+        1
+    );
+    assert_eq!(sample(&text, "tern_virus_scans_total{result=\"clean\"}"), 2);
+    assert_eq!(
+        sample(&text, "tern_virus_scans_total{result=\"unscanned\"}"),
+        1
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "tern_spam_verdicts_total{direction=\"outbound\",verdict=\"accept\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "tern_spam_verdicts_total{direction=\"outbound\",verdict=\"reject\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "tern_submissions_throttled_total{reason=\"rate_limit\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        sample(&text, "tern_throttled_accounts{reason=\"rate_limit\"}"),
+        1
+    );
+    assert_eq!(
+        sample(&text, "tern_throttled_accounts{reason=\"blocked\"}"),
+        0
+    );
 }

@@ -90,6 +90,13 @@ pub enum Request {
         account: Option<String>,
         paths: Vec<String>,
     },
+    /// `tern reindex`: rebuild the search index of one account (by
+    /// address) or of all. The server answers with progress lines
+    /// ([`crate::reindex::ProgressLine`]) before the final answer.
+    SearchReindex {
+        #[serde(default)]
+        account: Option<String>,
+    },
 }
 
 /// The answer to one [`Request`].
@@ -183,6 +190,7 @@ pub fn execute(store: &MailStore, request: Request) -> Response {
             account,
             paths,
         } => crate::spam::execute_train(store, &class, account.as_deref(), &paths),
+        Request::SearchReindex { account } => crate::reindex::execute(store, account.as_deref()),
         Request::AccountAdd { address, password } => {
             if password.is_empty() {
                 return Response::error(ErrorKind::Invalid, "the password must not be empty");

@@ -127,6 +127,10 @@ async fn handle(stream: UnixStream, store: MailStore, mut shutdown: Shutdown) {
             Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
                 // Never echo the line: it may hold a password.
                 Err(err) => Response::error(ErrorKind::Invalid, format!("bad request: {err}")),
+                // Progress lines first, then the answer.
+                Ok(Request::SearchReindex { account }) => {
+                    crate::reindex::stream(&store, account, &mut writer).await
+                }
                 Ok(request) => {
                     let store = store.clone();
                     match tokio::task::spawn_blocking(move || super::execute(&store, request)).await

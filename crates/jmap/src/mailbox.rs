@@ -637,10 +637,19 @@ pub fn set(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
     let req = args::parse_set(ctx, &args, &["onDestroyRemoveEmails"])?;
     let remove_emails = args::bool_arg(&args, "onDestroyRemoveEmails", false)?;
     let account = req.account;
+    // Emails of mailboxes about to be destroyed go first, in transactions
+    // of bounded size; `drained` is then the state before them (ifInState
+    // was checked against it).
+    let drained = if remove_emails {
+        drain_before_destroy(ctx, &req)?
+    } else {
+        None
+    };
     let outcome = ctx.store.kv().transact(|tx| {
         let mut w = Writer::begin(tx, account)?;
         let old = state(w.tx, account)?;
-        if let Some(expected) = req.if_in_state
+        if drained.is_none()
+            && let Some(expected) = req.if_in_state
             && expected != Some(old)
         {
             return Ok(Err(MethodError::StateMismatch));
@@ -670,9 +679,134 @@ pub fn set(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
     }
     Ok(outcome.response.into_arguments(
         account,
-        Some(id::state(outcome.old)),
+        Some(id::state(drained.unwrap_or(outcome.old))),
         id::state(outcome.new),
     ))
+}
+
+/// Most bytes one transaction taking emails out of a mailbox being
+/// destroyed writes before it commits (the store's limit is 10 MB).
+const DRAIN_BYTES: usize = 1_000_000;
+/// Most emails one such transaction takes out.
+const DRAIN_EMAILS: usize = 256;
+/// Longest time one such transaction runs (the store's limit is 5 s).
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// For Mailbox/set with onDestroyRemoveEmails: takes the emails out of
+/// every mailbox whose destruction will succeed (it exists, is not the
+/// inbox, and its children are destroyed too), in transactions of at most
+/// [`DRAIN_BYTES`], [`DRAIN_EMAILS`] and [`DRAIN_TIME`] each, so that a
+/// mailbox of any size can be destroyed within the store's transaction
+/// limits. The transaction that destroys the mailboxes then removes only
+/// what arrived meanwhile. Returns the Mailbox state before the first
+/// change (`None` when nothing was to be done, or ifInState does not match:
+/// the destroying transaction answers that).
+fn drain_before_destroy(ctx: &Ctx<'_>, req: &SetRequest) -> Result<Option<u64>, MethodError> {
+    let account = req.account;
+    if req.destroy.is_empty() {
+        return Ok(None);
+    }
+    let (old, all) = ctx.store.kv().read(|tx| {
+        Ok::<_, tern_store::Error>((state(tx, account)?, mailbox::list(tx, account)?))
+    })?;
+    if req
+        .if_in_state
+        .is_some_and(|expected| expected != Some(old))
+    {
+        return Ok(None);
+    }
+    let all: BTreeMap<DocumentId, Mailbox> = all.into_iter().collect();
+    // Parents of mailboxes this call creates or moves keep their children.
+    let mut keeps_child: BTreeSet<String> = BTreeSet::new();
+    for (_, obj) in &req.create {
+        if let Some(Value::String(p)) = obj.get("parentId") {
+            keeps_child.insert(args::resolve_ref(ctx, p));
+        }
+    }
+    for (_, patch) in &req.update {
+        if let Ok(patch) = patch
+            && let Some(Value::String(p)) = patch.get("parentId")
+        {
+            keeps_child.insert(args::resolve_ref(ctx, p));
+        }
+    }
+    let mut doomed: BTreeSet<DocumentId> = req
+        .destroy
+        .iter()
+        .filter(|s| !keeps_child.contains(*s))
+        .filter_map(|s| id::decode(Kind::Mailbox, s))
+        .filter(|i| {
+            all.get(i)
+                .is_some_and(|m| m.role.as_deref() != Some("inbox"))
+        })
+        .collect();
+    loop {
+        let orphaned: Vec<DocumentId> = doomed
+            .iter()
+            .copied()
+            .filter(|&d| {
+                all.iter()
+                    .any(|(c, m)| m.parent_id == Some(d) && !doomed.contains(c))
+            })
+            .collect();
+        if orphaned.is_empty() {
+            break;
+        }
+        for d in orphaned {
+            doomed.remove(&d);
+        }
+    }
+    let mut changed = false;
+    for &m in &doomed {
+        loop {
+            let (removed, more) = ctx.store.kv().transact(|tx| {
+                let started = std::time::Instant::now();
+                let mut w = Writer::begin(tx, account)?;
+                let mut removed = 0;
+                let mut more = true;
+                while more
+                    && removed < DRAIN_EMAILS
+                    && w.tx.size() < DRAIN_BYTES
+                    && started.elapsed() < DRAIN_TIME
+                {
+                    let page =
+                        email::list_by_date(w.tx, account, Listing::Mailbox(m), false, None, 16)?;
+                    more = page.len() == 16;
+                    for (_, e) in page {
+                        remove_from(&mut w, e, m)?;
+                        removed += 1;
+                    }
+                }
+                w.finish()?;
+                Ok::<_, tern_store::Error>((removed, more))
+            })?;
+            changed |= removed > 0;
+            if !more {
+                break;
+            }
+        }
+    }
+    Ok(changed.then_some(old))
+}
+
+/// Takes email `e` out of mailbox `m`, destroying it when it is in no
+/// other mailbox.
+fn remove_from(w: &mut Writer<'_, '_>, e: DocumentId, m: DocumentId) -> tern_store::Result<()> {
+    let Some(meta) = email::get(w.tx, w.account, e)? else {
+        return Ok(());
+    };
+    if meta.mailbox_ids.iter().all(|&x| x == m) {
+        email::destroy(w, e)?;
+    } else {
+        let rest: Vec<DocumentId> = meta
+            .mailbox_ids
+            .iter()
+            .copied()
+            .filter(|&x| x != m)
+            .collect();
+        email::update(w, e, Some(rest), None)?;
+    }
+    Ok(())
 }
 
 fn apply_set(
@@ -901,20 +1035,7 @@ fn remove_all_emails(w: &mut Writer<'_, '_>, i: DocumentId) -> tern_store::Resul
             break;
         };
         for (_, e) in &page {
-            let Some(meta) = email::get(w.tx, account, *e)? else {
-                continue;
-            };
-            if meta.mailbox_ids.iter().all(|&m| m == i) {
-                email::destroy(w, *e)?;
-            } else {
-                let rest: Vec<DocumentId> = meta
-                    .mailbox_ids
-                    .iter()
-                    .copied()
-                    .filter(|&m| m != i)
-                    .collect();
-                email::update(w, *e, Some(rest), None)?;
-            }
+            remove_from(w, *e, i)?;
         }
         after = Some(last);
     }

@@ -39,6 +39,10 @@ pub struct Limits {
     pub max_changes: usize,
     /// Largest page returned by /query when the client asks for more.
     pub max_query_limit: usize,
+    /// What every EmailSubmission's message must pass before it is sent
+    /// (sending rate, virus scan, spam score; `tern serve` plugs in the
+    /// SMTP server's filter). `None`: nothing. Not advertised.
+    pub submission_policy: Option<std::sync::Arc<dyn crate::submission::SubmissionPolicy>>,
 }
 
 impl Default for Limits {
@@ -53,6 +57,7 @@ impl Default for Limits {
             max_objects_in_set: 500,
             max_changes: 5_000,
             max_query_limit: 1_000,
+            submission_policy: None,
         }
     }
 }
@@ -180,6 +185,12 @@ impl From<tern_store::Error> for MethodError {
     fn from(e: tern_store::Error) -> Self {
         match e {
             tern_store::Error::CannotCalculateChanges => MethodError::CannotCalculateChanges,
+            // More than one transaction may write (FoundationDB's 10 MB):
+            // the client can split the call (e.g. fewer objects per /set).
+            tern_store::Error::Kv(tern_store::kv::Error::TransactionTooLarge(n)) => {
+                tracing::info!(bytes = n, "method call too large for one transaction");
+                MethodError::RequestTooLarge
+            }
             // Conflicts that outlasted every retry, or a transaction that
             // outlived the backend's history: the same call may succeed
             // later (RFC 8620 section 3.6.2, serverUnavailable).
@@ -270,6 +281,10 @@ mod tests {
                 "serverFail",
             ),
             (tern_store::Error::Invalid("x".into()), "serverFail"),
+            (
+                tern_store::Error::Kv(Kv::TransactionTooLarge(10_000_001)),
+                "requestTooLarge",
+            ),
         ];
         for (e, expected) in cases {
             let m: MethodError = e.into();

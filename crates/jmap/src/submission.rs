@@ -18,6 +18,13 @@
 //!   the envelope's mailFrom) queues every recipient with `undoStatus`
 //!   `pending` until it is released; an update to `canceled` withdraws it.
 //!
+//! - passes the message (as it will be sent) through the deployment's
+//!   [`SubmissionPolicy`] (`Limits::submission_policy`: the account's
+//!   sending rate, the virus scan, the outbound spam score) before
+//!   anything is delivered or queued: a refusal is the SetError
+//!   `rateLimit` (try later) or `forbiddenToSend` (a virus, spam, a
+//!   suspended account, the scanner down), with a description.
+//!
 //! `onSuccessUpdateEmail` / `onSuccessDestroyEmail` run an implicit
 //! Email/set whose response follows this method's ([`set_with_implicit`]).
 
@@ -71,6 +78,36 @@ pub fn submission_extensions() -> Value {
         "DSN": [],
         "SIZE": [MAX_SIZE.to_string()],
     })
+}
+
+/// A check every submitted message passes before it is sent: plugged in
+/// by the deployment (`Limits::submission_policy`), since the filters live
+/// in the SMTP crate.
+pub trait SubmissionPolicy: Send + Sync + std::fmt::Debug {
+    /// Checks `raw` (the message as it will be sent, without Bcc) that
+    /// `account` sends to `recipients` recipients. Called on a blocking
+    /// thread; may wait (for clamd).
+    fn check(&self, account: AccountId, recipients: usize, raw: &[u8]) -> Result<(), Refused>;
+}
+
+/// Why a [`SubmissionPolicy`] refuses a message; the text is shown to the
+/// user as the SetError's description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// Over the account's sending rate: SetError `rateLimit`.
+    RateLimited(String),
+    /// Not to be sent (a virus, spam, a suspended account) or not now
+    /// (the virus scanner is down): SetError `forbiddenToSend`.
+    Forbidden(String),
+}
+
+impl Refused {
+    fn set_error(self) -> SetError {
+        match self {
+            Refused::RateLimited(d) => SetError::new("rateLimit").with_description(d),
+            Refused::Forbidden(d) => SetError::new("forbiddenToSend").with_description(d),
+        }
+    }
 }
 
 fn decode(bytes: &[u8]) -> Map<String, Value> {
@@ -778,6 +815,11 @@ fn create_one(
         .read(|tx| blob::read(tx, &meta.blob))?
         .ok_or_else(|| MethodError::ServerFail("the email's blob is missing".into()))?;
     let raw = without_bcc(&raw);
+    if let Some(policy) = &ctx.limits.submission_policy
+        && let Err(refused) = policy.check(account, recipients.len(), &raw)
+    {
+        return Ok(Err(refused.set_error()));
+    }
     let held = params.hold_until.filter(|&t| t > at);
     let send_at = held.unwrap_or(at);
     // Split local and remote recipients (a delayed send queues all).

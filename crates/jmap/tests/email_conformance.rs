@@ -6,7 +6,8 @@
 //!
 //! - `title`, `rfc`: what it checks (the RFC section and requirement).
 //! - `limits` (optional): `maxObjectsInGet`, `maxObjectsInSet`,
-//!   `maxQueryLimit`, `maxChanges` overrides.
+//!   `maxQueryLimit`, `maxChanges`, `maxSizeUpload` (also
+//!   maxSizeAttachmentsPerEmail) overrides.
 //! - `createdIds` (optional): creation ids resolved before the first
 //!   step (as if created by earlier calls of the request).
 //! - `emails`: messages stored before the steps, in order (ids `E0`,
@@ -246,6 +247,7 @@ fn limits(case: &Value) -> Limits {
                 "maxObjectsInSet" => l.max_objects_in_set = n,
                 "maxQueryLimit" => l.max_query_limit = n,
                 "maxChanges" => l.max_changes = n,
+                "maxSizeUpload" => l.max_size_upload = n as u64,
                 other => panic!("unknown limit {other}"),
             }
         }

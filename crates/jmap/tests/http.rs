@@ -614,3 +614,214 @@ async fn a_truncated_change_log_answers_cannot_calculate_changes() {
     assert_eq!(r["methodResponses"][1][0], "Email/queryChanges", "{r}");
     assert_eq!(r["methodResponses"][2][0], "Mailbox/changes", "{r}");
 }
+
+/// Stores `n` emails in `mailboxes` through the store (no JMAP), each with
+/// `keywords` long keywords, a few per transaction.
+fn store_emails(
+    store: &MailStore,
+    account: AccountId,
+    mailboxes: &[tern_store::DocumentId],
+    n: usize,
+    keywords: usize,
+) {
+    let kw: Vec<String> = (0..keywords)
+        .map(|k| format!("k{k:03}{}", "x".repeat(240)))
+        .collect();
+    for start in (0..n).step_by(25) {
+        store
+            .kv()
+            .transact(|tx| {
+                let mut w = tern_store::Writer::begin(tx, account)?;
+                for i in start..(start + 25).min(n) {
+                    let raw = format!(
+                        "From: a@example.org\r\nSubject: bulk {i}\r\nMessage-ID: <{i}.{}@bulk>\r\n\r\nbody {i}\r\n",
+                        mailboxes[0]
+                    );
+                    let parsed = tern_store::parse::parse_message(raw.as_bytes()).unwrap();
+                    let hash = blob::put_in_tx(w.tx, raw.as_bytes())?;
+                    tern_store::email::insert(
+                        &mut w,
+                        tern_store::email::NewEmail {
+                            blob: hash,
+                            size: raw.len() as u64,
+                            received_at: 1_700_000_000 + i as i64,
+                            mailbox_ids: mailboxes.to_vec(),
+                            keywords: kw.clone(),
+                            parsed: &parsed,
+                        },
+                    )?;
+                }
+                w.finish()?;
+                Ok::<_, tern_store::Error>(())
+            })
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroying_a_mailbox_removes_any_number_of_emails_within_the_store_limits() {
+    // RFC 8621 section 2.5, onDestroyRemoveEmails: every email of the
+    // mailbox goes, however many, although one transaction may write at
+    // most 10 MB (FoundationDB's limit, enforced by every backend). Each
+    // email here carries 120 keywords of 244 bytes, so removing the 400 of
+    // them writes well over 10 MB.
+    let (_dir, store, account, jmap) = setup();
+    let auth = format!("Bearer {}", token(&store));
+    let acct = tern_jmap::id::account_id(account);
+    let using = json!(["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"]);
+    let r = api(
+        &jmap,
+        &auth,
+        json!({"using": using, "methodCalls": [
+            ["Mailbox/set", {"accountId": acct, "create": {"big": {"name": "Big"}, "other": {"name": "Other"}}}, "0"]
+        ]}),
+    )
+    .await;
+    let created = &r["methodResponses"][0][1]["created"];
+    let big_id = created["big"]["id"].as_str().unwrap().to_string();
+    let other_id = created["other"]["id"].as_str().unwrap().to_string();
+    let big = tern_jmap::id::decode(tern_jmap::id::Kind::Mailbox, &big_id).unwrap();
+    let other = tern_jmap::id::decode(tern_jmap::id::Kind::Mailbox, &other_id).unwrap();
+    store_emails(&store, account, &[big], 400, 120);
+    store_emails(&store, account, &[big, other], 3, 0);
+
+    let snapshot = json!({"using": using, "methodCalls": [
+        ["Mailbox/get", {"accountId": acct, "ids": [big_id, other_id], "properties": ["totalEmails"]}, "0"],
+        ["Email/get", {"accountId": acct, "ids": []}, "1"],
+    ]});
+    let before = api(&jmap, &auth, snapshot.clone()).await;
+    let mailbox_state = before["methodResponses"][0][1]["state"].clone();
+    let email_state = before["methodResponses"][1][1]["state"].clone();
+    assert_eq!(
+        before["methodResponses"][0][1]["list"][0]["totalEmails"],
+        403
+    );
+
+    // A stale ifInState changes nothing.
+    let destroy = |if_in_state: Value| {
+        json!({"using": using, "methodCalls": [
+            ["Mailbox/set", {"accountId": acct, "ifInState": if_in_state,
+                             "destroy": [big_id], "onDestroyRemoveEmails": true}, "0"]
+        ]})
+    };
+    let r = api(&jmap, &auth, destroy(json!("1"))).await;
+    assert_eq!(r["methodResponses"][0][1]["type"], "stateMismatch", "{r}");
+    let unchanged = api(&jmap, &auth, snapshot.clone()).await;
+    assert_eq!(unchanged["methodResponses"][1][1]["state"], email_state);
+
+    let r = api(&jmap, &auth, destroy(mailbox_state.clone())).await;
+    let set = &r["methodResponses"][0];
+    assert_eq!(set[0], "Mailbox/set", "{r}");
+    assert_eq!(set[1]["destroyed"], json!([big_id]), "{r}");
+    assert_eq!(
+        set[1]["oldState"], mailbox_state,
+        "the state before the call"
+    );
+
+    let after = api(&jmap, &auth, snapshot).await;
+    assert_eq!(after["methodResponses"][0][1]["notFound"], json!([big_id]));
+    assert_eq!(
+        after["methodResponses"][0][1]["list"],
+        json!([{"id": other_id, "totalEmails": 3}])
+    );
+    assert_eq!(
+        after["methodResponses"][0][1]["state"], set[1]["newState"],
+        "newState is the state after every change the call made"
+    );
+    // Email/changes reports each email once: the 400 destroyed, the 3 in
+    // Other updated.
+    let r = api(
+        &jmap,
+        &auth,
+        json!({"using": using, "methodCalls": [
+            ["Email/changes", {"accountId": acct, "sinceState": email_state}, "0"],
+            ["Email/query", {"accountId": acct}, "1"]
+        ]}),
+    )
+    .await;
+    let changes = &r["methodResponses"][0][1];
+    assert_eq!(changes["hasMoreChanges"], false);
+    assert_eq!(changes["destroyed"].as_array().unwrap().len(), 400, "{r}");
+    assert_eq!(changes["updated"].as_array().unwrap().len(), 3, "{r}");
+    assert_eq!(changes["created"], json!([]));
+    assert_eq!(
+        r["methodResponses"][1][1]["ids"].as_array().unwrap().len(),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_comes_from_the_store_whoever_writes_and_whichever_node_listens() {
+    // Two JMAP servers ("nodes") over one store, and a writer that is no
+    // JMAP server at all: a client of node B hears of changes made through
+    // node A and of changes written straight to the store.
+    let (_dir, store, account, node_a) = setup();
+    let node_b = Jmap::new(JmapConfig::default(), store.clone());
+    let auth = format!("Bearer {}", token(&store));
+    let acct = tern_jmap::id::account_id(account);
+    let mut events = open_events(&node_b, &auth, "types=*&closeafter=no&ping=0", None).await;
+    // The stream starts with the current push state.
+    let first = tokio::time::timeout(Duration::from_secs(10), events.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let first = String::from_utf8(first.into_data().unwrap().to_vec()).unwrap();
+    assert!(is_id_only(&first), "{first:?}");
+
+    // Through node A's API.
+    let r = api(
+        &node_a,
+        &auth,
+        json!({"using": ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"], "methodCalls": [
+            ["Mailbox/set", {"accountId": acct, "create": {"n": {"name": "From A"}}}, "0"]
+        ]}),
+    )
+    .await;
+    let mailbox_state = r["methodResponses"][0][1]["newState"].clone();
+    let (event, _, data) = parse_event(
+        &next_chunk(&mut events, Duration::from_secs(10))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(event, "state");
+    assert_eq!(data["changed"][&acct]["Mailbox"], mailbox_state, "{data}");
+
+    // Straight into the store (as `tern` admin commands or an importer do).
+    let raw = b"From: x@example.org\r\nSubject: direct\r\n\r\nbody\r\n";
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || {
+        s.deliver(raw, &[tern_store::Recipient::inbox(account)])
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let r = api(
+        &node_b,
+        &auth,
+        json!({"using": ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"], "methodCalls": [
+            ["Email/get", {"accountId": acct, "ids": []}, "0"]
+        ]}),
+    )
+    .await;
+    let email_state = r["methodResponses"][0][1]["state"].clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = next_chunk(
+            &mut events,
+            deadline.saturating_duration_since(tokio::time::Instant::now()),
+        )
+        .await
+        .unwrap();
+        let (event, _, data) = parse_event(&text);
+        assert_eq!(event, "state");
+        assert!(
+            data["changed"][&acct].get("Mailbox").is_none()
+                || data["changed"][&acct]["Mailbox"] != mailbox_state,
+            "nothing is pushed twice: {data}"
+        );
+        if data["changed"][&acct]["Email"] == email_state {
+            break;
+        }
+    }
+}

@@ -2,13 +2,13 @@
 //! search index (RFC 8621 sections 4.4.1 and 5), on the search crate's
 //! corpus of English, Korean and Vietnamese messages.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tern_jmap::method::{Arguments, Ctx, Limits, MethodError, MethodResult};
-use tern_search::{Indexer, SearchIndex};
+use tern_search::{IndexOptions, Indexer, SearchIndex};
 use tern_store::deliver::Recipient;
 use tern_store::{AccountId, MailStore};
 
@@ -101,6 +101,44 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
+/// The store's id of a corpus email.
+fn email_number(w: &World, name: &str) -> u32 {
+    tern_jmap::id::decode(tern_jmap::id::Kind::Email, &w.ids[name]).unwrap()
+}
+
+/// The JMAP id of the mailbox with `role`.
+fn mailbox_id(w: &World, role: &str) -> String {
+    let m = w
+        .store
+        .kv()
+        .read(|tx| tern_store::mailbox::by_role(tx, w.account, role))
+        .unwrap()
+        .unwrap();
+    tern_jmap::id::encode(tern_jmap::id::Kind::Mailbox, m)
+}
+
+/// Sets an email's keywords and, when given, its only mailbox.
+fn update(w: &World, name: &str, keywords: &[&str], mailbox: Option<&str>) {
+    let id = email_number(w, name);
+    let mailbox = mailbox.map(|m| {
+        w.store
+            .kv()
+            .read(|tx| tern_store::mailbox::by_role(tx, w.account, m))
+            .unwrap()
+            .unwrap()
+    });
+    w.store
+        .kv()
+        .transact(|tx| -> tern_store::Result<()> {
+            let mut wr = tern_store::Writer::begin(tx, w.account)?;
+            let k = keywords.iter().map(|s| s.to_string()).collect();
+            tern_store::email::update(&mut wr, id, mailbox.map(|m| vec![m]), Some(k))?;
+            wr.finish()?;
+            Ok(())
+        })
+        .unwrap();
+}
+
 #[test]
 fn text_filters_combine_with_other_conditions() {
     let w = world();
@@ -177,6 +215,290 @@ fn text_filters_combine_with_other_conditions() {
 }
 
 #[test]
+fn attachment_name_filter() {
+    let w = world();
+    drain(&w);
+    let _keep = index(&w);
+    assert_eq!(
+        query(&w, json!({"attachmentName": "invoice"})),
+        ["en-04-invoice"]
+    );
+    assert_eq!(
+        query(&w, json!({"attachmentName": "notes.txt"})),
+        ["en-04-invoice"]
+    );
+    // The text of an attachment is not its name; its name is not the body.
+    assert!(query(&w, json!({"attachmentName": "thirty"})).is_empty());
+    assert!(query(&w, json!({"body": "invoice-2024.pdf"})).is_empty());
+    assert_eq!(query(&w, json!({"text": "notes.txt"})), ["en-04-invoice"]);
+    assert_eq!(
+        query(
+            &w,
+            json!({"operator": "NOT", "conditions": [{"attachmentName": "invoice"}, {"text": "budget"}]})
+        )
+        .len(),
+        w.ids.len() - 4
+    );
+    let err = call(
+        &w,
+        tern_jmap::email::query,
+        json!({"accountId": account_id(&w), "filter": {"attachmentName": ["x"]}}),
+    )
+    .unwrap_err();
+    assert!(matches!(err, MethodError::InvalidArguments(_)), "{err:?}");
+    // It marks neither the subject nor the preview.
+    let out = call(
+        &w,
+        tern_jmap::snippet::get,
+        json!({"accountId": account_id(&w), "filter": {"attachmentName": "invoice"},
+               "emailIds": [w.ids["en-04-invoice"]]}),
+    )
+    .unwrap();
+    assert_eq!(
+        out["list"],
+        json!([{"emailId": w.ids["en-04-invoice"], "subject": null, "preview": null}])
+    );
+}
+
+/// Every non-text condition of RFC 8621 section 4.4.1, combined with text
+/// conditions under AND, OR and NOT (operators and one FilterCondition
+/// holding both), gives exactly the set algebra of the two alone.
+#[test]
+fn text_conditions_combine_with_every_non_text_condition() {
+    let w = world();
+    update(&w, "en-01-budget", &["$flagged", "$seen"], None);
+    update(&w, "en-02-reply", &["$seen"], Some("archive"));
+    update(&w, "ko-01-meeting", &["$flagged"], None);
+    update(&w, "ko-02-address", &["$seen"], None);
+    update(&w, "vi-02-report", &[], Some("archive"));
+    drain(&w);
+    let _keep = index(&w);
+    let (inbox, archive) = (mailbox_id(&w, "inbox"), mailbox_id(&w, "archive"));
+    let set = |v: Vec<String>| v.into_iter().collect::<BTreeSet<String>>();
+    let all = set(w.ids.keys().cloned().collect());
+    let non_text = [
+        json!({"inMailbox": inbox}),
+        json!({"inMailbox": archive}),
+        json!({"inMailboxOtherThan": [inbox]}),
+        json!({"before": "2000-01-01T00:00:00Z"}),
+        json!({"after": "2000-01-01T00:00:00Z"}),
+        json!({"minSize": 500}),
+        json!({"maxSize": 500}),
+        json!({"allInThreadHaveKeyword": "$seen"}),
+        json!({"someInThreadHaveKeyword": "$seen"}),
+        json!({"noneInThreadHaveKeyword": "$seen"}),
+        json!({"hasKeyword": "$flagged"}),
+        json!({"notKeyword": "$flagged"}),
+        json!({"hasAttachment": true}),
+        json!({"hasAttachment": false}),
+    ];
+    let text = [
+        json!({"text": "budget"}),
+        json!({"body": "이메일"}),
+        json!({"from": "example.com"}),
+        json!({"subject": "viet nam"}),
+        json!({"header": ["In-Reply-To"]}),
+        json!({"attachmentName": "invoice"}),
+    ];
+    let mut split = 0;
+    for t in &text {
+        let tq = set(query(&w, t.clone()));
+        assert!(!tq.is_empty(), "{t} matches something");
+        for c in &non_text {
+            let cq = set(query(&w, c.clone()));
+            let and = json!({"operator": "AND", "conditions": [t, c]});
+            let both = &tq & &cq;
+            assert_eq!(set(query(&w, and)), both, "{t} AND {c}");
+            // One FilterCondition with both properties is a conjunction.
+            let mut one = c.as_object().unwrap().clone();
+            one.extend(t.as_object().unwrap().clone());
+            assert_eq!(set(query(&w, Value::Object(one))), both, "{t} & {c}");
+            let or = json!({"operator": "OR", "conditions": [t, c]});
+            assert_eq!(set(query(&w, or)), &tq | &cq, "{t} OR {c}");
+            let but_not = json!({"operator": "AND", "conditions": [
+                c, {"operator": "NOT", "conditions": [t]}
+            ]});
+            assert_eq!(set(query(&w, but_not)), &cq - &tq, "{c} AND NOT {t}");
+            let neither = json!({"operator": "NOT", "conditions": [t, c]});
+            assert_eq!(
+                set(query(&w, neither)),
+                &(&all - &tq) - &cq,
+                "NOT ({t} OR {c})"
+            );
+            if !both.is_empty() && !(&tq - &cq).is_empty() {
+                split += 1;
+            }
+        }
+    }
+    assert!(split >= 20, "conditions split the text matches: {split}");
+    // Spot checks of the fixture itself.
+    assert_eq!(
+        sorted(query(
+            &w,
+            json!({"text": "budget", "hasKeyword": "$flagged"})
+        )),
+        ["en-01-budget"]
+    );
+    assert_eq!(
+        sorted(query(
+            &w,
+            json!({"text": "budget", "allInThreadHaveKeyword": "$seen"})
+        )),
+        ["en-01-budget", "en-02-reply"]
+    );
+    assert_eq!(
+        sorted(query(&w, json!({"text": "budget", "inMailbox": archive}))),
+        ["en-02-reply"]
+    );
+}
+
+/// Email/query's raw answer for `filter`, newest first (the default
+/// sort), with a window.
+fn page(w: &World, filter: &Value, position: usize, limit: usize, total: bool) -> Value {
+    let out = call(
+        w,
+        tern_jmap::email::query,
+        json!({
+            "accountId": account_id(w),
+            "filter": filter,
+            "position": position,
+            "limit": limit,
+            "calculateTotal": total,
+        }),
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    Value::Object(out)
+}
+
+/// Newest-first text queries answered by walking a date index (common
+/// terms) give exactly what reading and sorting every match gives (rare
+/// terms, or any filter with another condition: `minSize: 0`, always true,
+/// turns the walk off), in every mailbox listing, over windows and totals.
+#[test]
+fn newest_first_text_pages_match_the_full_evaluation() {
+    let mut w = world();
+    let words = [
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+    ];
+    for n in 0..400 {
+        let raw = format!(
+            "From: Sender {n} <sender{n}@example.com>\r\nSubject: Report number {n} {w1}\r\n\
+             Message-ID: <n{n}@example.com>\r\n\r\nThis is message {n}, about {w2}.\r\n",
+            w1 = words[n % 8],
+            w2 = words[(n / 8) % 8],
+        );
+        let d = w
+            .store
+            .deliver(raw.as_bytes(), &[Recipient::inbox(w.account)])
+            .unwrap();
+        let id = tern_jmap::id::encode(tern_jmap::id::Kind::Email, d[0].as_ref().unwrap().email);
+        w.ids.insert(format!("n{n:03}"), id);
+    }
+    for n in (0..400).step_by(3) {
+        update(&w, &format!("n{n:03}"), &["$seen"], None);
+    }
+    update(&w, "n008", &[], Some("archive"));
+    drain(&w);
+    let _keep = index(&w);
+    let inbox = mailbox_id(&w, "inbox");
+    let filters = [
+        json!({"text": "report"}),
+        json!({"subject": "alpha"}),
+        json!({"text": "alpha"}),
+        json!({"text": "alpha", "inMailbox": inbox}),
+        json!({"text": "bravo", "inMailbox": inbox, "notKeyword": "$seen"}),
+        json!({"operator": "AND", "conditions": [
+            {"text": "report"}, {"body": "charlie"}, {"inMailbox": inbox}
+        ]}),
+        json!({"from": "sender7@example.com"}),
+        json!({"text": "budget"}),
+        json!({"text": "nothingmatches"}),
+    ];
+    let windows = [
+        (0, 50, false),
+        (0, 10, true),
+        (3, 5, true),
+        (45, 10, false),
+        (395, 10, true),
+        (1000, 10, true),
+    ];
+    for f in &filters {
+        let mut slow = f.as_object().unwrap().clone();
+        if slow.contains_key("operator") {
+            slow = json!({"operator": "AND", "conditions": [f, {"minSize": 0}]})
+                .as_object()
+                .unwrap()
+                .clone();
+        } else {
+            slow.insert("minSize".into(), json!(0));
+        }
+        let slow = Value::Object(slow);
+        for &(position, limit, total) in &windows {
+            let fast = page(&w, f, position, limit, total);
+            let full = page(&w, &slow, position, limit, total);
+            for key in ["ids", "position", "total"] {
+                assert_eq!(
+                    fast.get(key),
+                    full.get(key),
+                    "{f} at {position}+{limit}, total {total}: {key}"
+                );
+            }
+        }
+    }
+    // Anchors of the fixture: Subject "alpha" is every eighth message.
+    let by_id: HashMap<&String, &String> = w.ids.iter().map(|(n, i)| (i, n)).collect();
+    let first = page(&w, &json!({"subject": "alpha"}), 0, 4, true);
+    let names: Vec<&str> = first["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| by_id[&i.as_str().unwrap().to_string()].as_str())
+        .collect();
+    assert_eq!(names, ["n392", "n384", "n376", "n368"]);
+    assert_eq!(first["total"], json!(50));
+    let unseen = page(
+        &w,
+        &json!({"subject": "alpha", "inMailbox": inbox, "notKeyword": "$seen"}),
+        0,
+        100,
+        true,
+    );
+    // Of n = 0, 8, ..., 392: not n % 3 == 0, and n008 was moved.
+    assert_eq!(unseen["total"], json!(50 - 17 - 1));
+}
+
+#[test]
+fn the_read_your_writes_wait_is_bounded_by_the_configured_time() {
+    let w = world();
+    // No indexer runs: the index never catches up.
+    let index = SearchIndex::for_store_with(
+        &w.store,
+        IndexOptions {
+            query_wait: Duration::from_millis(400),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(index.query_wait(), Duration::from_millis(400));
+    let started = Instant::now();
+    assert!(query(&w, json!({"text": "budget"})).is_empty());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_millis(1900),
+        "{waited:?}"
+    );
+    // A query without text conditions never waits.
+    let started = Instant::now();
+    assert_eq!(query(&w, json!({"hasAttachment": true})).len(), 1);
+    assert!(started.elapsed() < Duration::from_millis(400));
+    // Caught up: no wait.
+    drain(&w);
+    let started = Instant::now();
+    assert_eq!(query(&w, json!({"text": "budget"})).len(), 3);
+    assert!(started.elapsed() < Duration::from_millis(400));
+}
+
+#[test]
 fn a_query_right_after_delivery_sees_the_new_email() {
     let w = world();
     let index = index(&w);
@@ -238,6 +560,29 @@ fn search_snippets() {
     assert_eq!(list[1]["subject"], Value::Null);
     assert_eq!(list[1]["preview"], Value::Null);
     assert_eq!(out["notFound"], json!(["Mzzzzzz", "not an id"]));
+    // HTML-escaped around the marks (RFC 8621 section 5.1).
+    let raw = "From: eve@example.com\r\nSubject: Budget <draft> & \"notes\"\r\n\r\n\
+               <b>budget</b> & costs > 5 budget\r\n";
+    let d = w
+        .store
+        .deliver(raw.as_bytes(), &[Recipient::inbox(w.account)])
+        .unwrap();
+    drain(&w);
+    let id = tern_jmap::id::encode(tern_jmap::id::Kind::Email, d[0].as_ref().unwrap().email);
+    let out = call(
+        &w,
+        tern_jmap::snippet::get,
+        json!({"accountId": account_id(&w), "filter": {"text": "budget"}, "emailIds": [id]}),
+    )
+    .unwrap();
+    assert_eq!(
+        out["list"][0]["subject"],
+        json!("<mark>Budget</mark> &lt;draft&gt; &amp; &quot;notes&quot;")
+    );
+    assert_eq!(
+        out["list"][0]["preview"],
+        json!("&lt;b&gt;<mark>budget</mark>&lt;/b&gt; &amp; costs &gt; 5 <mark>budget</mark>")
+    );
     // No filter: every snippet is null, found emails are listed.
     let out = call(
         &w,

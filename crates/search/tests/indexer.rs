@@ -1,5 +1,5 @@
-//! The indexer's life cycle against a real store: destroys leave the
-//! index, keyword and mailbox changes queue nothing, an interrupted batch
+//! The indexer's life cycle against a real store: destroys and account
+//! removals leave the index, keyword and mailbox changes queue nothing, an interrupted batch
 //! is re-applied without duplicates, rebuilds match incremental indexing
 //! and resume, and a query waits (bounded) for the index to catch up.
 
@@ -46,6 +46,51 @@ fn destroyed_emails_leave_the_index() {
     assert_eq!(f.queued(), vec![(id, IndexOp::Remove)]);
     f.drain();
     assert!(f.search(&t("sender1")).is_empty());
+}
+
+#[test]
+fn a_removed_account_leaves_the_index() {
+    let mut f = Fixture::new();
+    f.deliver_corpus();
+    // An account that stays, with its own mail.
+    let other = f.store.create_account("other@example.test", "pw").unwrap();
+    f.store
+        .deliver(
+            &numbered_message(7),
+            &[tern_store::deliver::Recipient::inbox(other)],
+        )
+        .unwrap();
+    f.drain();
+    assert!(!f.index.live(f.account).unwrap().is_empty());
+    assert!(
+        !f.index
+            .inspect(f.account, "budget", tern_search::Field::Body)
+            .unwrap()
+            .is_empty()
+    );
+
+    f.store.remove_account("user@example.test").unwrap();
+    f.drain();
+    assert!(f.index.live(f.account).unwrap().is_empty());
+    assert_eq!(f.index.stats(f.account).unwrap(), Default::default());
+    for (field, term) in Fixture::corpus_terms() {
+        assert!(
+            f.index.inspect(f.account, &term, field).unwrap().is_empty(),
+            "{field:?} {term:?} left in the index"
+        );
+    }
+    let work = f
+        .store
+        .kv()
+        .read(|tx| tern_store::email::accounts_with_index_work(tx, None, 10))
+        .unwrap();
+    assert!(work.is_empty(), "the marker is cleared: {work:?}");
+    // The other account is untouched.
+    let hits = f
+        .index
+        .search_text(&f.store, other, TextField::From, "sender7@example.com")
+        .unwrap();
+    assert_eq!(hits.len(), 1);
 }
 
 #[test]
@@ -186,6 +231,65 @@ fn rebuild_matches_incremental_indexing_and_resumes() {
     });
     assert_eq!(strip(f.postings(&terms)), strip(incremental));
     assert_eq!(f.index.live(f.account).unwrap(), live);
+}
+
+#[test]
+fn a_new_index_beside_existing_mail_is_rebuilt_by_the_indexer() {
+    let mut f = Fixture::new();
+    // The fixture's index is new, beside a store with one account: its
+    // rebuild is marked as started (and finished by a rebuild).
+    assert_eq!(
+        tern_search::schedule_if_created(&f.store, &f.index).unwrap(),
+        1
+    );
+    assert_eq!(f.index.rebuild_cursor(f.account).unwrap(), Some(None));
+    reindex(&f.store, &f.index, Scope::All, &mut |_| {}).unwrap();
+    assert_eq!(f.index.rebuild_cursor(f.account).unwrap(), None);
+    f.deliver_corpus();
+    f.drain();
+    // An existing index: nothing is scheduled.
+    f.reopen_index();
+    assert_eq!(
+        tern_search::schedule_if_created(&f.store, &f.index).unwrap(),
+        0
+    );
+    let terms = Fixture::corpus_terms();
+    let before = f.postings(&terms);
+    let live = f.index.live(f.account).unwrap();
+
+    // The index is lost; the queue is empty, so only a rebuild helps.
+    let placeholder = tern_search::SearchIndex::open(&f.dir.path().join("elsewhere")).unwrap();
+    drop(std::mem::replace(&mut f.index, placeholder));
+    std::fs::remove_dir_all(f.index_path()).unwrap();
+    f.reopen_index();
+    assert!(f.queued().is_empty());
+    assert_eq!(
+        tern_search::schedule_if_created(&f.store, &f.index).unwrap(),
+        1
+    );
+    assert_eq!(
+        tern_search::schedule_if_created(&f.store, &f.index).unwrap(),
+        0,
+        "once"
+    );
+    assert!(!f.index.is_caught_up(&f.store, f.account, 0).unwrap());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let indexer = f.indexer();
+        let stop = &stop;
+        s.spawn(move || indexer.run_blocking(&|| stop.load(std::sync::atomic::Ordering::Relaxed)));
+        let state = f.email_state();
+        assert!(
+            f.index
+                .wait_caught_up(&f.store, f.account, state, Duration::from_secs(30))
+                .unwrap()
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        f.index.kick();
+    });
+    assert_eq!(f.index.rebuild_cursor(f.account).unwrap(), None);
+    assert_eq!(f.index.live(f.account).unwrap(), live);
+    assert_eq!(f.postings(&terms), before);
 }
 
 #[test]

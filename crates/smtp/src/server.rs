@@ -82,9 +82,32 @@ pub async fn serve(
 }
 
 impl SmtpServer {
-    /// Loads (or generates) the certificate, sets up the resolver and binds
-    /// the listeners.
+    /// Loads (or generates) the certificate, sets up the resolver and the
+    /// filters ([`crate::spam::Filter`]) and binds the listeners.
     pub async fn bind(config: SmtpConfig, store: MailStore) -> Result<SmtpServer, Error> {
+        let filter = {
+            let (spam, virus, dns, store) = (
+                config.spam.clone(),
+                config.virus.clone(),
+                config.dns.clone(),
+                store.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                crate::spam::Filter::new(&spam, &virus, &dns, store)
+            })
+            .await
+            .map_err(|e| Error::Config(e.to_string()))??
+        };
+        SmtpServer::bind_with_filter(config, store, filter).await
+    }
+
+    /// [`SmtpServer::bind`] with a filter made by the caller, which may
+    /// share it (its per-account sending limits) with JMAP submissions.
+    pub async fn bind_with_filter(
+        config: SmtpConfig,
+        store: MailStore,
+        filter: crate::spam::Filter,
+    ) -> Result<SmtpServer, Error> {
         let tls_config = {
             let (tls, dir, host) = (
                 config.tls.clone(),
@@ -116,19 +139,6 @@ impl SmtpServer {
                 max_errors: limits.max_errors.max(1),
                 max_line_length: limits.max_line_length.max(512),
             })
-        };
-        let filter = {
-            let (spam, virus, dns, store) = (
-                config.spam.clone(),
-                config.virus.clone(),
-                config.dns.clone(),
-                store.clone(),
-            );
-            tokio::task::spawn_blocking(move || {
-                crate::spam::Filter::new(&spam, &virus, &dns, store)
-            })
-            .await
-            .map_err(|e| Error::Config(e.to_string()))??
         };
         let shared = Arc::new(Shared {
             store,
@@ -560,10 +570,16 @@ async fn deliver(shared: &Shared, incoming: Incoming) -> Reply {
     }
     // Virus scan, submission limits, spam score (crate::spam): may refuse;
     // adds X-Spam-* headers and files spam in Junk per account.
-    let filtered = match shared.filter.filter(&incoming, &auth_headers).await {
+    let mut filtered = match shared.filter.filter(&incoming, &auth_headers).await {
         Ok(filtered) => filtered,
         Err(reply) => return reply,
     };
+    // Without the X-Spam-* (X-Virus-Status) fields it came with: only
+    // ours are delivered.
+    let mut incoming = incoming;
+    if let Some(message) = filtered.message.take() {
+        incoming.data = message;
+    }
     let received = headers::received(&incoming, &shared.hostname, &id, SystemTime::now());
     let mut raw = Vec::with_capacity(received.len() + auth_headers.len() + incoming.data.len());
     raw.extend_from_slice(received.as_bytes());

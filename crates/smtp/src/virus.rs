@@ -6,15 +6,17 @@
 //! length; clamd answers one NUL-terminated line: `stream: OK`,
 //! `stream: <signature> FOUND`, or `<reason> ERROR`.
 //!
-//! Inbound mail and submissions are scanned in the SMTP server
-//! ([`crate::spam::Filter`]); JMAP EmailSubmission calls
-//! [`Scanner::check_submission`], which maps the outcome to a refusal the
-//! JMAP layer reports as a SetError.
+//! Inbound mail and SMTP submissions are scanned in the SMTP server
+//! ([`crate::spam::Filter::filter`]), JMAP EmailSubmissions through
+//! [`crate::spam::Filter::check_submission`], whose [`Refusal`] the JMAP
+//! layer reports as a SetError.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub use crate::spam::{Refusal, RefusalKind};
 
 /// Where clamd listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,17 +107,6 @@ pub enum ScanError {
     Clamd(String),
 }
 
-/// Why a submission is refused (for JMAP EmailSubmission/set: report it as
-/// a SetError, `forbiddenToSend` when permanent, `serverFail`... when
-/// temporary; the description is safe to show).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// False: the message is refused for good (a virus). True: try later.
-    pub temporary: bool,
-    /// Text for the user.
-    pub description: String,
-}
-
 /// A clamd client. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Scanner {
@@ -161,32 +152,43 @@ impl Scanner {
         }
     }
 
-    /// Scans a message submitted through JMAP: `Ok` to send it, or why
-    /// not (with `on_unreachable` applied, and counted in
-    /// [`crate::spam::METRICS`]).
-    pub async fn check_submission(&self, raw: &[u8]) -> Result<(), Refusal> {
-        match self.scan(raw).await {
-            Ok(ScanResult::Clean) => Ok(()),
+    /// Scans `data` and applies the policy: `Ok(true)` clean, `Ok(false)`
+    /// not scanned but to be accepted (`on_unreachable = accept`: tag it
+    /// `X-Virus-Status: Unscanned`), or the refusal (a virus; clamd
+    /// unreachable under `tempfail`). Counted in [`crate::spam::METRICS`].
+    pub async fn check(&self, data: &[u8]) -> Result<bool, Refusal> {
+        let m = &crate::spam::METRICS;
+        match self.scan(data).await {
+            Ok(ScanResult::Clean) => {
+                m.add(&m.virus_clean);
+                Ok(true)
+            }
             Ok(ScanResult::Infected(name)) => {
-                crate::spam::METRICS.add(&crate::spam::METRICS.virus_found);
-                tracing::warn!(signature = %name, "submission refused: virus found");
+                m.add(&m.virus_found);
+                tracing::info!(signature = %name, "message refused: virus found");
                 Err(Refusal {
-                    temporary: false,
-                    description: format!("The message contains a virus ({})", printable(&name)),
+                    kind: RefusalKind::Virus,
+                    description: format!("Message refused: virus found ({})", printable(&name)),
                 })
             }
             Err(err) => {
-                crate::spam::METRICS.add(&crate::spam::METRICS.virus_unscanned);
-                tracing::warn!(error = %err, "submission not scanned");
+                m.add(&m.virus_unscanned);
+                tracing::warn!(error = %err, "message not scanned for viruses");
                 match self.config.on_unreachable {
-                    Unreachable::Accept => Ok(()),
+                    Unreachable::Accept => Ok(false),
                     Unreachable::TempFail => Err(Refusal {
-                        temporary: true,
-                        description: "The virus scanner is unavailable; try again later".into(),
+                        kind: RefusalKind::ScannerUnavailable,
+                        description: "Virus scanner unavailable; try again later".into(),
                     }),
                 }
             }
         }
+    }
+
+    /// Scans a message a local user submits: `Ok` to send it, or why not
+    /// ([`Scanner::check`] without the tag).
+    pub async fn check_submission(&self, raw: &[u8]) -> Result<(), Refusal> {
+        self.check(raw).await.map(|_| ())
     }
 }
 
@@ -357,7 +359,13 @@ mod tests {
             scanner.scan(b"x").await,
             Err(ScanError::Unreachable(_))
         ));
-        assert!(scanner.check_submission(b"x").await.unwrap_err().temporary);
+        assert!(
+            scanner
+                .check_submission(b"x")
+                .await
+                .unwrap_err()
+                .temporary()
+        );
         config.on_unreachable = Unreachable::Accept;
         assert!(
             Scanner::new(config)

@@ -32,6 +32,7 @@ struct TestServer {
     mx: SocketAddr,
     submission: SocketAddr,
     store: MailStore,
+    filter: tern_smtp::spam::Filter,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), tern_smtp::Error>>,
     _dir: tempfile::TempDir,
@@ -61,7 +62,22 @@ impl TestServer {
         // No DNS for SPF/DKIM in these tests.
         config.checks.enabled = false;
         configure(&mut config);
-        let server = SmtpServer::bind(config, store.clone()).await.unwrap();
+        let filter = {
+            let (spam, virus, dns, store) = (
+                config.spam.clone(),
+                config.virus.clone(),
+                config.dns.clone(),
+                store.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                tern_smtp::spam::Filter::new(&spam, &virus, &dns, store).unwrap()
+            })
+            .await
+            .unwrap()
+        };
+        let server = SmtpServer::bind_with_filter(config, store.clone(), filter.clone())
+            .await
+            .unwrap();
         let mx = server.local_addr(ListenerKind::Mx).unwrap();
         let submission = server.local_addr(ListenerKind::Submission).unwrap();
         let (stop, rx) = watch::channel(false);
@@ -70,6 +86,7 @@ impl TestServer {
             mx,
             submission,
             store,
+            filter,
             stop,
             task,
             _dir: dir,
@@ -345,10 +362,67 @@ async fn gtube_is_refused_spam_goes_to_junk_clean_mail_to_the_inbox() {
     let status = clean.header("X-Spam-Status").unwrap();
     assert!(status.starts_with("No, score="), "{status}");
     assert!(clean.score() < 5.0);
-    let m = tern_smtp::spam::METRICS.snapshot();
-    let get = |n: &str| m.iter().find(|(k, _)| *k == n).unwrap().1;
-    assert!(get("tern_spam_inbound_rejected_total") >= 1);
-    assert!(get("tern_spam_inbound_junk_total") >= 1);
+    let get = |n: &str| tern_smtp::spam::METRICS.get(n).unwrap();
+    assert!(get("tern_spam_verdicts_total{direction=\"inbound\",verdict=\"reject\"}") >= 1);
+    assert!(get("tern_spam_verdicts_total{direction=\"inbound\",verdict=\"junk\"}") >= 1);
+    assert!(get("tern_spam_verdicts_total{direction=\"inbound\",verdict=\"accept\"}") >= 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_x_spam_headers_are_removed_before_ours_are_added() {
+    let server = TestServer::start(|_| {}).await;
+    let alice = server.account(ALICE);
+    // Spam that claims to be clean, in the fields other filters write
+    // (one at the very top, one folded, one in lower case).
+    let forged = format!(
+        "X-Spam-Flag: NO\r\n{}",
+        spammy().replacen(
+            "Subject: Your order\r\n",
+            "Subject: Your order\r\nX-Spam-Status: No, score=-10.0 required=5.0\r\n\
+             x-spam-score: -10.0\r\nX-Spam-Report: all\r\n\tclean, folded\r\n",
+            1,
+        )
+    );
+    let r = mx_send(server.mx, &[ALICE], &forged).await;
+    assert!(r.starts_with("250"), "{r}");
+    // And a clean message quoting such a header in its body.
+    let quoting = message("Headers", "X-Spam-Status: Yes, quoted in the body").replacen(
+        "Subject:",
+        "X-Spam-Status: Yes, score=99\r\nSubject:",
+        1,
+    );
+    let r = mx_send(server.mx, &[ALICE], &quoting).await;
+    assert!(r.starts_with("250"), "{r}");
+
+    let copies = stored(&server.store, alice).await;
+    let (spam, clean) = (&copies[0], &copies[1]);
+    for copy in [spam, clean] {
+        let head = copy
+            .raw
+            .split("\r\n\r\n")
+            .next()
+            .unwrap()
+            .to_ascii_lowercase();
+        assert_eq!(head.matches("\nx-spam-status:").count(), 1, "{head}");
+        assert_eq!(head.matches("\nx-spam-score:").count(), 1, "{head}");
+        assert!(!head.contains("x-spam-flag"), "{head}");
+        assert!(!head.contains("x-spam-report") && !head.contains("clean, folded"));
+        assert!(
+            copy.header("X-Spam-Status")
+                .unwrap()
+                .contains("required=5.0 tests=")
+        );
+    }
+    assert!(spam.header("X-Spam-Status").unwrap().starts_with("Yes"));
+    assert!(spam.score() >= 5.0);
+    assert_eq!(spam.mailbox_role.as_deref(), Some("junk"));
+    assert!(clean.header("X-Spam-Status").unwrap().starts_with("No"));
+    assert!(
+        clean
+            .raw
+            .contains("\r\n\r\nX-Spam-Status: Yes, quoted in the body")
+    );
     server.shutdown().await;
 }
 
@@ -462,6 +536,19 @@ async fn moving_into_and_out_of_junk_trains_the_accounts_model() {
     assert_eq!(bobs.mailbox_role.as_deref(), Some("inbox"));
     assert!((bobs.score() - neutral).abs() < 0.01);
 
+    // Both in one transaction: each copy is filed by its account's own
+    // model; the headers (one message) carry the global model's score.
+    let r = mx_send(server.mx, &[ALICE, BOB], &newsletter()).await;
+    assert!(r.starts_with("250"), "{r}");
+    let alices = stored(&server.store, alice).await.pop().unwrap();
+    let bobs = stored(&server.store, bob).await.pop().unwrap();
+    assert_eq!(alices.mailbox_role.as_deref(), Some("junk"));
+    assert!(alices.keywords.iter().any(|k| k == "$junk"));
+    assert_eq!(bobs.mailbox_role.as_deref(), Some("inbox"));
+    assert!(!bobs.keywords.iter().any(|k| k == "$junk"));
+    assert_eq!(alices.score(), bobs.score());
+    assert!((bobs.score() - neutral).abs() < 0.01);
+
     // Out of Junk again: untrained as spam, trained as ham.
     assert_eq!(move_to("inbox", alice, first.id).await.unwrap(), 1);
     let class = {
@@ -526,14 +613,126 @@ AAAA\r\n--b--\r\n",
     assert!(r.starts_with("451 4.7.1"), "{r}");
     assert!(r.contains("spam"), "{r}");
 
-    let m = tern_smtp::spam::METRICS.snapshot();
-    let get = |n: &str| m.iter().find(|(k, _)| *k == n).unwrap().1;
-    assert!(get("tern_spam_outbound_rate_limited_total") >= 1);
-    assert!(get("tern_spam_outbound_spam_refused_total") >= 2);
-    assert!(get("tern_spam_outbound_blocked_total") >= 1);
+    let get = |n: &str| tern_smtp::spam::METRICS.get(n).unwrap();
+    assert!(get("tern_submissions_throttled_total{reason=\"rate_limit\"}") >= 1);
+    assert!(get("tern_spam_verdicts_total{direction=\"outbound\",verdict=\"reject\"}") >= 2);
+    assert!(get("tern_submissions_throttled_total{reason=\"blocked\"}") >= 1);
     // Bob got Alice's three notes; Alice got nothing from Bob.
     assert_eq!(stored(&server.store, server.account(BOB)).await.len(), 3);
     assert_eq!(stored(&server.store, server.account(ALICE)).await.len(), 0);
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------- metrics ---
+
+/// GET /metrics; (content type, body).
+async fn scrape(addr: SocketAddr) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
+        .await
+        .unwrap()
+        .unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let ctype = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Type: "))
+        .unwrap_or_default()
+        .to_owned();
+    (ctype, body.to_owned())
+}
+
+fn sample(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_shows_spam_verdicts_throttled_accounts_and_virus_results() {
+    // clamd is not there and the policy is to accept: each message is
+    // counted unscanned.
+    let dead = free_port();
+    let server = TestServer::start(|c| {
+        c.virus.clamd = Some(ClamdAddress::Tcp(format!("127.0.0.1:{dead}")));
+        c.virus.on_unreachable = Unreachable::Accept;
+        c.spam.outbound.messages_per_hour = 1;
+    })
+    .await;
+    let listener = tern_smtp::outbound::metrics::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let endpoint = listener.local_addr().unwrap();
+    let (stop, rx) = watch::channel(false);
+    tokio::spawn(tern_smtp::outbound::metrics::serve(
+        listener,
+        server.store.clone(),
+        Default::default(),
+        Some(server.filter.outbound_guard()),
+        rx,
+    ));
+    // The counters are the process's (other tests run alongside): compare
+    // with a first scrape.
+    let (ctype, before) = scrape(endpoint).await;
+    assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
+    let verdict =
+        |v: &str| format!("tern_spam_verdicts_total{{direction=\"inbound\",verdict=\"{v}\"}}");
+    let unscanned = "tern_virus_scans_total{result=\"unscanned\"}";
+    let limited = "tern_submissions_throttled_total{reason=\"rate_limit\"}";
+    assert_eq!(
+        sample(&before, "tern_throttled_accounts{reason=\"rate_limit\"}"),
+        0
+    );
+
+    let r = mx_send(server.mx, &[ALICE], &message("Lunch", "At noon?")).await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = mx_send(server.mx, &[ALICE], &spammy()).await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = mx_send(server.mx, &[ALICE], &message("t", GTUBE)).await;
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+    let mut c = Client::connect(server.submission).await;
+    c.cmd("EHLO client.test").await;
+    c.login(BOB).await;
+    let r = c.send(BOB, &[ALICE], &message("one", "fine")).await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = c.send(BOB, &[ALICE], &message("two", "too many")).await;
+    assert!(r.starts_with("451 4.7.1"), "{r}");
+
+    let (_, after) = scrape(endpoint).await;
+    for v in ["accept", "junk", "reject"] {
+        assert!(
+            sample(&after, &verdict(v)) > sample(&before, &verdict(v)),
+            "{v}:\n{after}"
+        );
+    }
+    assert!(sample(&after, unscanned) >= sample(&before, unscanned) + 4);
+    assert!(sample(&after, limited) > sample(&before, limited));
+    // This server's limits: exactly Bob is throttled now.
+    assert_eq!(
+        sample(&after, "tern_throttled_accounts{reason=\"rate_limit\"}"),
+        1
+    );
+    assert_eq!(
+        sample(&after, "tern_throttled_accounts{reason=\"blocked\"}"),
+        0
+    );
+    assert!(after.contains("# TYPE tern_throttled_accounts gauge\n"));
+    assert!(after.contains("# TYPE tern_virus_scans_total counter\n"));
+    assert_eq!(sample(&after, "tern_queue_messages"), 0);
+    // Every delivered copy says it was not scanned.
+    let copies = stored(&server.store, server.account(ALICE)).await;
+    assert_eq!(copies.len(), 3);
+    assert!(
+        copies
+            .iter()
+            .all(|c| c.header("X-Virus-Status").as_deref() == Some("Unscanned"))
+    );
+    stop.send_replace(true);
     server.shutdown().await;
 }
 
@@ -770,22 +969,36 @@ async fn eicar_is_refused_with_554_by_clamd_and_an_unreachable_clamd_tempfails()
     assert_eq!(stored(&server.store, server.account(ALICE)).await.len(), 1);
     server.shutdown().await;
 
-    // The JMAP EmailSubmission entry point, over the unix socket.
-    let scanner = tern_smtp::virus::Scanner::new(tern_smtp::VirusConfig {
-        clamd: Some(ClamdAddress::Unix(clamd.socket.clone())),
-        ..tern_smtp::VirusConfig::default()
-    })
+    // The JMAP EmailSubmission entry point (tern serve's SubmissionPolicy),
+    // over the unix socket.
+    let (dir, store) = open_store().await;
+    let bob = store.lookup_address(BOB).unwrap().unwrap();
+    let filter = tern_smtp::spam::Filter::new(
+        &tern_smtp::SpamConfig::default(),
+        &tern_smtp::VirusConfig {
+            clamd: Some(ClamdAddress::Unix(clamd.socket.clone())),
+            ..tern_smtp::VirusConfig::default()
+        },
+        &tern_smtp::DnsConfig::default(),
+        store,
+    )
     .unwrap();
-    let refusal = scanner
-        .check_submission(eicar_message().as_bytes())
+    let infected = eicar_message().replace("a@remote.example", BOB);
+    let refusal = filter
+        .check_submission(bob, 1, infected.as_bytes())
         .await
         .unwrap_err();
-    assert!(!refusal.temporary);
-    assert!(refusal.description.contains("virus"));
-    scanner
-        .check_submission(message("ok", "fine").as_bytes())
+    assert_eq!(refusal.kind, tern_smtp::spam::RefusalKind::Virus);
+    assert!(!refusal.temporary());
+    assert!(
+        refusal.description.contains("virus found (Tern.Test.EICAR"),
+        "{refusal:?}"
+    );
+    filter
+        .check_submission(bob, 1, message("ok", "fine").as_bytes())
         .await
         .unwrap();
+    drop(dir);
 
     // clamd gone: tempfail by default, or accept and tag.
     let port = clamd.port;
@@ -802,9 +1015,13 @@ async fn eicar_is_refused_with_554_by_clamd_and_an_unreachable_clamd_tempfails()
         c.virus.on_unreachable = Unreachable::Accept;
     })
     .await;
-    let r = mx_send(server.mx, &[ALICE], &message("clean", "nothing")).await;
+    // A sender's own X-Virus-Status is not kept.
+    let claim =
+        message("clean", "nothing").replacen("Subject:", "X-Virus-Status: Clean\r\nSubject:", 1);
+    let r = mx_send(server.mx, &[ALICE], &claim).await;
     assert!(r.starts_with("250"), "{r}");
     let copy = stored(&server.store, server.account(ALICE)).await.remove(0);
     assert_eq!(copy.header("X-Virus-Status").as_deref(), Some("Unscanned"));
+    assert_eq!(copy.raw.matches("X-Virus-Status").count(), 1);
     server.shutdown().await;
 }

@@ -265,6 +265,8 @@ pub fn remove_account_login(tx: &mut Transaction<'_>, address: &str) -> Result<A
     }
     // Mark the record removed; the data itself is cleared in batches.
     tx.clear(&keys::acct(id, family::RECORD).build())?;
+    // The search indexer, finding no such account, clears its index.
+    tx.set(&keys::index_dirty(id), &[])?;
     Ok(id)
 }
 

@@ -311,3 +311,29 @@ pub fn truncate(
     )?;
     Ok(())
 }
+
+/// Keeps the account's change log to its last `keep` changes (of all
+/// types together): every type's records up to change `last - keep` are
+/// dropped, never past the type's own state, so a client that is up to
+/// date with a type keeps getting `/changes` for it. Answers how many
+/// types were truncated. States do not change.
+pub fn retain_latest(tx: &mut Transaction<'_>, account: AccountId, keep: u64) -> Result<usize> {
+    let last = account_change(tx, account)?;
+    let upto = last.saturating_sub(keep);
+    if upto == 0 {
+        return Ok(0);
+    }
+    let mut truncated = 0;
+    for t in DataType::ALL {
+        let floor = read_u64(
+            tx,
+            &keys::acct(account, family::TYPE_FLOOR).u8(t as u8).build(),
+        )?;
+        let upto_t = upto.min(state(tx, account, t)?);
+        if upto_t > floor {
+            truncate(tx, account, t, upto_t)?;
+            truncated += 1;
+        }
+    }
+    Ok(truncated)
+}

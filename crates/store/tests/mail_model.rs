@@ -248,6 +248,56 @@ fn replies_join_the_thread_only_with_the_same_base_subject() {
 }
 
 #[test]
+fn the_change_log_keeps_its_last_changes_and_up_to_date_clients_keep_working() {
+    let (_dir, store) = store();
+    let a = store.create_account("a@example.com", "pw").unwrap();
+    let kv = store.kv();
+    let state = |t| kv.read(|tx| changes::state(tx, a, t)).unwrap();
+    let identity = state(DataType::Identity);
+    let mut email_states = vec![state(DataType::Email)];
+    for i in 0..6 {
+        store
+            .deliver(
+                &message(&format!("m{i}"), &format!("{i}@x"), "", "x"),
+                &[Recipient::inbox(a)],
+            )
+            .unwrap();
+        email_states.push(state(DataType::Email));
+    }
+    let last = kv.read(|tx| changes::account_change(tx, a)).unwrap();
+    // Nothing to drop while the log is shorter than what is kept.
+    let n = kv
+        .transact(|tx| changes::retain_latest(tx, a, last))
+        .unwrap();
+    assert_eq!(n, 0);
+    // Keep the last two changes: older email states can no longer sync.
+    kv.transact(|tx| changes::retain_latest(tx, a, 2)).unwrap();
+    let since = |s| kv.read(|tx| changes::changes(tx, a, DataType::Email, s, 100));
+    for &old in &email_states[..email_states.len() - 3] {
+        assert!(
+            matches!(since(old), Err(Error::CannotCalculateChanges)),
+            "state {old} was dropped"
+        );
+    }
+    let recent = since(email_states[email_states.len() - 3]).unwrap();
+    assert_eq!(recent.created.len(), 2, "{recent:?}");
+    assert!(
+        since(*email_states.last().unwrap())
+            .unwrap()
+            .created
+            .is_empty()
+    );
+    // A type untouched since long ago: its current state still works.
+    assert_eq!(state(DataType::Identity), identity);
+    assert!(
+        kv.read(|tx| changes::changes(tx, a, DataType::Identity, identity, 100))
+            .is_ok()
+    );
+    // States are unchanged by truncation.
+    assert_eq!(state(DataType::Email), *email_states.last().unwrap());
+}
+
+#[test]
 fn changes_are_exact_and_merge_created_then_destroyed() {
     let (_dir, store) = store();
     let a = store.create_account("a@example.com", "pw").unwrap();

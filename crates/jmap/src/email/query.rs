@@ -10,12 +10,18 @@
 //! memory.
 //!
 //! Text conditions (`text`, `from`, `to`, `cc`, `bcc`, `subject`, `body`,
-//! `header`) are answered by the search index (`tern-search`): inside the
-//! query's snapshot, after waiting (bounded) until the index reflects the
-//! Email state the snapshot holds, each is evaluated to the set of
-//! matching ids, which then takes part in AND/OR/NOT like any other
-//! condition. When the top-level conjunction holds text conditions, only
-//! their matches are read as candidates.
+//! `header`, and `attachmentName`, an extension: attachment file names)
+//! are answered by the search index (`tern-search`). Before the query's
+//! snapshot is taken, the query waits (bounded by the index's
+//! `query_wait`, `[search] query_wait_ms`) until the index reflects the
+//! account's current Email state: read your writes, without holding a
+//! transaction open while waiting. Inside the snapshot each text condition
+//! is evaluated to the set of matching ids, which then takes part in
+//! AND/OR/NOT like any other condition. When the top-level conjunction
+//! holds text conditions, only their matches are read as candidates; and
+//! when the rest of it is what a date index answers (a mailbox, not
+//! `$seen`, newest first), that index is walked for the first matches
+//! instead, as long as that is cheaper ([`text_page`]).
 //!
 //! A query's state is the Email state. Email/queryChanges recomputes the
 //! result and reports every email created, updated or destroyed since the
@@ -66,8 +72,8 @@ enum Cond {
     NotKeyword(String),
     HasAttachment(bool),
     /// A text condition (`text`, `from`, `to`, `cc`, `bcc`, `subject`,
-    /// `body`, `header`), answered by the search index: `hits` holds its
-    /// matches once [`Filter::resolve_text`] ran.
+    /// `body`, `header`, `attachmentName`), answered by the search index:
+    /// `hits` holds its matches once [`Filter::resolve_text`] ran.
     Text {
         query: tern_search::Query,
         hits: Option<RoaringBitmap>,
@@ -129,30 +135,14 @@ impl Filter {
         }
     }
 
-    /// Evaluates every text condition with the search index, after
-    /// waiting (bounded by the index's `query_wait`) until the index
-    /// reflects Email state `state`, the state this query reads (read
-    /// your writes). The non-text conditions are then matched as usual,
-    /// under the same AND/OR/NOT.
-    fn resolve_text(
-        &mut self,
-        store: &MailStore,
-        account: AccountId,
-        state: u64,
-    ) -> Result<(), Fail> {
+    /// Evaluates every text condition with the search index; the
+    /// non-text conditions are then matched as usual, under the same
+    /// AND/OR/NOT.
+    fn resolve_text(&mut self, store: &MailStore, account: AccountId) -> Result<(), Fail> {
         if !self.has_text() {
             return Ok(());
         }
         let index = SearchIndex::for_store(store).map_err(search_fail)?;
-        let caught_up = index
-            .wait_caught_up(store, account, state, index.query_wait())
-            .map_err(search_fail)?;
-        if !caught_up {
-            tracing::debug!(
-                account = account.0,
-                "search index behind; answering from it as it is"
-            );
-        }
         for cond in self.text_conds() {
             if let Cond::Text { query, hits } = cond {
                 *hits = Some(index.search(store, account, query).map_err(search_fail)?);
@@ -341,7 +331,7 @@ fn parse_filter(ctx: &Ctx<'_>, v: &Value, depth: usize) -> Result<Filter, Method
                     ));
                 }
             },
-            "text" | "from" | "to" | "cc" | "bcc" | "subject" | "body" => {
+            "text" | "from" | "to" | "cc" | "bcc" | "subject" | "body" | "attachmentName" => {
                 let field = match k.as_str() {
                     "text" => TextField::Text,
                     "from" => TextField::From,
@@ -349,6 +339,7 @@ fn parse_filter(ctx: &Ctx<'_>, v: &Value, depth: usize) -> Result<Filter, Method
                     "cc" => TextField::Cc,
                     "bcc" => TextField::Bcc,
                     "subject" => TextField::Subject,
+                    "attachmentName" => TextField::AttachmentName,
                     _ => TextField::Body,
                 };
                 Cond::Text {
@@ -509,15 +500,67 @@ impl Spec {
     }
 
     /// Evaluates the filter's text conditions ([`Filter::resolve_text`]).
-    fn resolve_text(
-        &mut self,
-        store: &MailStore,
-        account: AccountId,
-        state: u64,
-    ) -> Result<(), Fail> {
+    fn resolve_text(&mut self, store: &MailStore, account: AccountId) -> Result<(), Fail> {
         match &mut self.filter {
-            Some(f) => f.resolve_text(store, account, state),
+            Some(f) => f.resolve_text(store, account),
             None => Ok(()),
+        }
+    }
+
+    /// Read your writes: when the filter has text conditions, waits
+    /// (bounded by the index's `query_wait`) until the search index
+    /// reflects the account's Email state as of now, so that a query sees
+    /// every email created or destroyed before it was made. Called before
+    /// the query's snapshot is taken, so no transaction stays open while
+    /// waiting. On time-out the query answers from the index as it is.
+    fn wait_for_index(&self, store: &MailStore, account: AccountId) -> Result<(), Fail> {
+        if !self.filter.as_ref().is_some_and(Filter::has_text) {
+            return Ok(());
+        }
+        let index = SearchIndex::for_store(store).map_err(search_fail)?;
+        let state = store
+            .kv()
+            .read(|tx| changes::state(tx, account, DataType::Email))?;
+        let caught_up = index
+            .wait_caught_up(store, account, state, index.query_wait())
+            .map_err(search_fail)?;
+        if !caught_up {
+            tracing::debug!(
+                account = account.0,
+                "search index behind; answering from it as it is"
+            );
+        }
+        Ok(())
+    }
+
+    /// The date index that a query with text conditions walks instead of
+    /// reading every match ([`text_page`]): newest first, threads not
+    /// collapsed, and a filter that is a conjunction of text conditions
+    /// with at most one mailbox and "not `$seen`" (what
+    /// [`Spec::index_listing`] takes).
+    fn text_listing(&self) -> Option<Listing> {
+        let newest_first = self.sort.len() == 1
+            && self.sort[0].key == SortKey::ReceivedAt
+            && !self.sort[0].ascending;
+        if !newest_first || self.collapse {
+            return None;
+        }
+        let mut mailbox = None;
+        let mut unseen = false;
+        let mut text = false;
+        for c in self.filter.as_ref()?.conjunction()? {
+            match c {
+                Cond::Text { .. } => text = true,
+                Cond::InMailbox(Some(m)) if mailbox.is_none() => mailbox = Some(*m),
+                Cond::NotKeyword(k) if k == email::SEEN && !unseen => unseen = true,
+                _ => return None,
+            }
+        }
+        match (text, mailbox, unseen) {
+            (false, _, _) | (true, None, true) => None,
+            (true, None, false) => Some(Listing::All),
+            (true, Some(m), false) => Some(Listing::Mailbox(m)),
+            (true, Some(m), true) => Some(Listing::MailboxUnseen(m)),
         }
     }
 
@@ -808,6 +851,66 @@ fn index_page(
     Ok((ids, start.min(distinct), total))
 }
 
+/// A page of results: ids, position, total when counted.
+type Page = (Vec<DocumentId>, usize, Option<usize>);
+
+/// Keys of a date index walked per text match before [`text_page`] gives
+/// up (reading a key costs a fraction of reading an email's metadata).
+const WALK_PER_HIT: u64 = 16;
+/// Keys walked at least.
+const WALK_MIN: u64 = 256;
+/// Keys read per range read of the walk.
+const WALK_PAGE: usize = 256;
+
+/// A page of a text query answered from a date index: walks `listing`
+/// newest first keeping the emails among `hits` (the text matches), until
+/// the window is full (and, for a total, to the end). Cheap when matches
+/// are common, where reading and sorting the metadata of every match is
+/// not; when they are rare, gives up (`None`: read the matches instead)
+/// after [`WALK_PER_HIT`] keys per match. The order is the date index's,
+/// the same as sorting by receivedAt (ties by id), newest first.
+fn text_page(
+    tx: &mut Transaction<'_>,
+    account: AccountId,
+    listing: Listing,
+    hits: &RoaringBitmap,
+    w: &Window,
+) -> Result<Option<Page>, Fail> {
+    let start = usize::try_from(w.position).unwrap_or(usize::MAX);
+    let end = start.saturating_add(w.limit);
+    let budget = hits
+        .len()
+        .saturating_mul(WALK_PER_HIT)
+        .saturating_add(WALK_MIN);
+    let (mut walked, mut matched) = (0u64, 0usize);
+    let mut ids = Vec::new();
+    let mut cursor = None;
+    loop {
+        if walked >= budget {
+            return Ok(None);
+        }
+        let page = email::list_by_date(tx, account, listing, true, cursor, WALK_PAGE)?;
+        walked += page.len() as u64;
+        for &(at, i) in &page {
+            cursor = Some((at, i));
+            if !hits.contains(i) {
+                continue;
+            }
+            if matched >= start && matched < end {
+                ids.push(i);
+            }
+            matched += 1;
+            if matched >= end && !w.calculate_total {
+                return Ok(Some((ids, start, None)));
+            }
+        }
+        if page.len() < WALK_PAGE {
+            let total = w.calculate_total.then_some(matched);
+            return Ok(Some((ids, start.min(matched), total)));
+        }
+    }
+}
+
 fn query_state(tx: &mut Transaction<'_>, account: AccountId) -> Result<u64, Fail> {
     Ok(changes::state(tx, account, DataType::Email)?)
 }
@@ -832,18 +935,24 @@ pub fn query(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
     let mut spec = Spec::parse(ctx, &args)?;
     let window = args::parse_window(ctx, &args)?;
     let store = ctx.store;
+    spec.wait_for_index(store, account)?;
     let out = store.kv().read(|tx| -> Result<Arguments, Fail> {
         let state = query_state(tx, account)?;
-        spec.resolve_text(store, account, state)?;
-        let direct = spec
-            .index_listing()
-            .filter(|_| window.anchor.is_none() && window.position >= 0);
-        let mut out = match direct {
-            Some(listing) => {
-                let (ids, position, total) = match listing {
-                    Some(l) => index_page(tx, account, l, spec.collapse, &window)?,
-                    None => (Vec::new(), 0, Some(0)),
-                };
+        spec.resolve_text(store, account)?;
+        let simple = window.anchor.is_none() && window.position >= 0;
+        let page = match spec.index_listing().filter(|_| simple) {
+            Some(Some(l)) => Some(index_page(tx, account, l, spec.collapse, &window)?),
+            Some(None) => Some((Vec::new(), 0, Some(0))),
+            None => match (
+                spec.text_listing().filter(|_| simple),
+                spec.filter.as_ref().and_then(Filter::required_hits),
+            ) {
+                (Some(l), Some(hits)) => text_page(tx, account, l, &hits, &window)?,
+                _ => None,
+            },
+        };
+        let mut out = match page {
+            Some((ids, position, total)) => {
                 let mut out = Map::new();
                 out.insert("accountId".into(), json!(id::account_id(account)));
                 out.insert("position".into(), json!(position));
@@ -907,9 +1016,10 @@ pub fn query_changes(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
     args::opt_str(&args, "upToId")?;
     let calculate_total = args::bool_arg(&args, "calculateTotal", false)?;
     let store = ctx.store;
+    spec.wait_for_index(store, account)?;
     let out = store.kv().read(|tx| -> Result<Arguments, Fail> {
         let state = query_state(tx, account)?;
-        spec.resolve_text(store, account, state)?;
+        spec.resolve_text(store, account)?;
         let c = changes::changes(tx, account, DataType::Email, since, usize::MAX)?;
         let results = full_results(tx, account, &spec)?;
         let mut touched: HashSet<DocumentId> = c.updated.iter().copied().collect();

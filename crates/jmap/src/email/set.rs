@@ -114,17 +114,25 @@ struct Prepared {
     mailbox_ids: Value,
     keywords: Vec<String>,
     received_at: i64,
+    /// The message; emptied once its blob is stored (`stored`), so that a
+    /// call creating many large messages holds one at a time.
     raw: Vec<u8>,
+    /// The message's size.
+    size: u64,
     parsed: ParsedMessage,
     /// The blob, when it was stored ahead of the transaction.
     stored: Option<BlobHash>,
 }
 
 impl Prepared {
-    /// Stores a large message's blob in its own transactions.
+    /// Stores a large message's blob in its own transactions, and lets go
+    /// of the bytes of a message whose blob is stored.
     fn store_if_large(&mut self, ctx: &Ctx<'_>) -> Result<(), MethodError> {
         if self.stored.is_none() && self.raw.len() > INLINE_BLOB_LIMIT {
             self.stored = Some(blob::put(ctx.store.kv(), &self.raw)?);
+        }
+        if self.stored.is_some() {
+            self.raw = Vec::new();
         }
         Ok(())
     }
@@ -165,7 +173,7 @@ fn insert_all(
             w,
             email::NewEmail {
                 blob: hash,
-                size: p.raw.len() as u64,
+                size: p.size,
                 received_at: p.received_at,
                 mailbox_ids: mailboxes,
                 keywords: p.keywords.clone(),
@@ -181,7 +189,7 @@ fn insert_all(
                         "id": eid,
                         "blobId": id::blob_id(&hash),
                         "threadId": id::encode(Kind::Thread, thread),
-                        "size": p.raw.len(),
+                        "size": p.size,
                     }),
                 );
                 out.ids.push((p.creation_id.clone(), eid));
@@ -499,14 +507,30 @@ fn prepare_draft(
             .to_value()));
     };
     let store = ctx.store;
+    // maxSizeAttachmentsPerEmail: the blobs' decoded bytes, counted as they
+    // are read so that an oversized draft stops before it is all in memory.
+    let limit = ctx.limits.max_size_upload;
+    let mut attached: u64 = 0;
     let mut read = |blob_id: &str| -> Result<Option<Vec<u8>>, MethodError> {
-        match BlobRef::parse(blob_id) {
-            Some(r) => read_blob_ref(store, account, &r),
-            None => Ok(None),
+        let bytes = match BlobRef::parse(blob_id) {
+            Some(r) => read_blob_ref(store, account, &r)?,
+            None => None,
+        };
+        attached += bytes.as_ref().map_or(0, |b| b.len() as u64);
+        if attached > limit {
+            return Err(MethodError::RequestTooLarge);
         }
+        Ok(bytes)
     };
     let raw = match build::build(obj, &mut read, now) {
         Ok(raw) => raw,
+        Err(BuildError::Method(MethodError::RequestTooLarge)) => {
+            return Ok(Err(SetError::new("tooLarge")
+                .with_description(format!(
+                    "the attachments add up to more than maxSizeAttachmentsPerEmail ({limit} octets)"
+                ))
+                .to_value()));
+        }
         Err(BuildError::Set(e)) => return Ok(Err(e.to_value())),
         Err(BuildError::BlobsNotFound(ids)) => {
             let mut v = SetError::new("blobNotFound").to_value();
@@ -528,6 +552,7 @@ fn prepare_draft(
         mailbox_ids,
         keywords,
         received_at,
+        size: raw.len() as u64,
         raw,
         parsed,
         stored: None,
@@ -636,6 +661,7 @@ pub fn import(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
             mailbox_ids,
             keywords,
             received_at,
+            size: raw.len() as u64,
             raw,
             parsed,
             stored: match r {

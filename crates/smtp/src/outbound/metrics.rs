@@ -1,23 +1,29 @@
-//! Prometheus metrics of outbound delivery, served as text (exposition
-//! format 0.0.4) at `GET /metrics` by a tiny HTTP/1.1 listener
-//! (`[listen] metrics`, loopback by default).
+//! Prometheus metrics, served as text (exposition format 0.0.4) at
+//! `GET /metrics` by a tiny HTTP/1.1 listener (`[listen] metrics`,
+//! loopback by default): outbound delivery, and the spam and virus
+//! filters.
 //!
-//! Gauges are read from the store at each scrape (queue depth from a
-//! counter, the error queue and the oldest message with two short range
-//! reads); counters count recipients by outcome since the process
-//! started.
+//! Queue gauges are read from the store at each scrape (queue depth from
+//! a counter, the error queue and the oldest message with two short range
+//! reads); delivery counters count recipients by outcome since the
+//! process started. Then the filters' counters ([`crate::spam::METRICS`]:
+//! spam verdicts, throttled submissions, virus scans, training) and the
+//! accounts throttled at the moment of the scrape
+//! ([`crate::spam::OutboundGuard::throttled`]).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tern_store::MailStore;
 use tern_store::queue::Stats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use crate::spam::OutboundGuard;
 
 /// Counters of outbound delivery.
 #[derive(Debug, Default)]
@@ -105,11 +111,38 @@ impl Metrics {
     }
 }
 
+/// The whole exposition text: queue and delivery (`metrics`, `stats` at
+/// `now`), the filters' counters, and, with the sending limits `guard`,
+/// the accounts throttled now.
+pub fn exposition(
+    metrics: &Metrics,
+    stats: &Stats,
+    guard: Option<&OutboundGuard>,
+    now: i64,
+) -> String {
+    let mut out = metrics.render(stats, now);
+    crate::spam::METRICS.render(&mut out);
+    if let Some(guard) = guard {
+        let (blocked, limited) = guard.throttled(Instant::now());
+        let _ = writeln!(
+            out,
+            "# HELP tern_throttled_accounts Accounts whose submissions are refused now, by reason.\n\
+             # TYPE tern_throttled_accounts gauge\n\
+             tern_throttled_accounts{{reason=\"blocked\"}} {blocked}\n\
+             tern_throttled_accounts{{reason=\"rate_limit\"}} {limited}"
+        );
+    }
+    out
+}
+
 /// Serves `GET /metrics` on `listener` until `shutdown` turns true.
+/// `guard`: the sending limits shared by the SMTP and JMAP submissions
+/// (for the throttled-accounts gauge).
 pub async fn serve(
     listener: TcpListener,
     store: MailStore,
     metrics: Arc<Metrics>,
+    guard: Option<Arc<OutboundGuard>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
@@ -129,6 +162,7 @@ pub async fn serve(
         };
         let store = store.clone();
         let metrics = metrics.clone();
+        let guard = guard.clone();
         tokio::spawn(async move {
             let mut buf = Vec::with_capacity(1024);
             let read = tokio::time::timeout(Duration::from_secs(5), async {
@@ -155,7 +189,10 @@ pub async fn serve(
                         tokio::task::spawn_blocking(move || tern_store::queue::stats(store.kv()))
                             .await;
                     match stats {
-                        Ok(Ok(stats)) => ("200 OK", metrics.render(&stats, tern_store::now())),
+                        Ok(Ok(stats)) => (
+                            "200 OK",
+                            exposition(&metrics, &stats, guard.as_deref(), tern_store::now()),
+                        ),
                         _ => ("500 Internal Server Error", "store error\n".to_owned()),
                     }
                 }

@@ -394,14 +394,12 @@ async fn deliver(shared: &Arc<Shared>, leased: Leased) {
         ..Default::default()
     };
     // Failure DSNs for recipients that failed now, or failed before and
-    // whose DSN did not go out.
-    let wants = |i: usize, delay: bool| {
-        let n = message.recipients[i].notify;
-        match n {
-            None => !delay,
-            Some(n) if delay => n.delay,
-            Some(n) => n.failure,
-        }
+    // whose DSN did not go out. Without NOTIFY, RFC 3461 section 4.1
+    // allows FAILURE,DELAY: delay notices then follow the configuration.
+    let wants = |i: usize, delay: bool| match message.recipients[i].notify {
+        None => true,
+        Some(n) if delay => n.delay,
+        Some(n) => n.failure,
     };
     let sender = sender_account(shared, &message).await;
     let mut failed_subjects = Vec::new();

@@ -12,11 +12,14 @@
 //! - [`outbound`]: per-account sending limits; [`metrics`]: counters.
 //!
 //! [`SpamFilter::score`] is pure scoring. [`Filter`] is what the SMTP
-//! server calls between the authentication checks and delivery: virus
-//! scan, rate limits (submissions), DNSBL, score, and the decision —
-//! refuse (550 5.7.1 spam, 554 5.7.1 virus, 451 4.7.1 throttled or
-//! scanner down), or deliver with `X-Spam-Score`/`X-Spam-Status` headers
-//! to the Inbox or Junk of each recipient.
+//! server calls between the authentication checks and delivery: removal
+//! of the `X-Spam-*` fields the message came with, virus scan, rate
+//! limits (submissions), DNSBL, score, and the decision — refuse (550
+//! 5.7.1 spam, 554 5.7.1 virus, 451 4.7.1 throttled or scanner down), or
+//! deliver with our `X-Spam-Score`/`X-Spam-Status` headers to the Inbox
+//! or Junk of each recipient. [`Filter::check_submission`] is the same
+//! path for JMAP EmailSubmission, with a [`Refusal`] the JMAP layer turns
+//! into a SetError.
 
 pub mod auth;
 pub mod bayes;
@@ -48,7 +51,7 @@ use crate::config::DnsConfig;
 use crate::error::Error;
 use crate::reply::Reply;
 use crate::session::Incoming;
-use crate::virus::{ScanResult, Scanner, Unreachable, VirusConfig};
+use crate::virus::{Scanner, VirusConfig};
 
 /// The spam filter's configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -366,6 +369,10 @@ pub struct Filtered {
     /// Header lines to prepend (after Received and
     /// Authentication-Results), CRLF-terminated.
     pub headers: String,
+    /// The message without the header fields only this server may write
+    /// (see [`Filter::filter`]), when it had any: deliver this instead of
+    /// the received data.
+    pub message: Option<Vec<u8>>,
     /// Accounts whose copy goes to Junk.
     pub junk: HashSet<AccountId>,
     /// The message-level verdict, when scored.
@@ -386,8 +393,128 @@ impl Filtered {
     }
 }
 
+/// Why a message from a local user is not sent. SMTP answers it with
+/// [`Refusal::reply`]; JMAP EmailSubmission/set reports it as a SetError
+/// (`rateLimit` for [`RefusalKind::RateLimited`], `forbiddenToSend`
+/// otherwise, with the description).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Why.
+    pub kind: RefusalKind,
+    /// Text for the user (printable ASCII).
+    pub description: String,
+}
+
+/// The reasons of a [`Refusal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// clamd found a virus: refused for good.
+    Virus,
+    /// clamd could not be asked and the policy is to tempfail.
+    ScannerUnavailable,
+    /// The message scored as spam: refused for good (and a strike).
+    Spam,
+    /// Over the account's sending rate.
+    RateLimited,
+    /// The account's sending is suspended after spam.
+    Blocked,
+}
+
+impl Refusal {
+    /// Whether trying again later may succeed.
+    pub fn temporary(&self) -> bool {
+        matches!(
+            self.kind,
+            RefusalKind::ScannerUnavailable | RefusalKind::RateLimited | RefusalKind::Blocked
+        )
+    }
+
+    /// The SMTP reply: 554 5.7.1 for a virus, 550 5.7.1 for spam, 451
+    /// 4.7.1 for the temporary ones.
+    pub fn reply(&self) -> Reply {
+        let (code, enhanced) = match self.kind {
+            RefusalKind::Virus => (554, [5, 7, 1]),
+            RefusalKind::Spam => (550, [5, 7, 1]),
+            _ => (451, [4, 7, 1]),
+        };
+        Reply::owned(code, enhanced, self.description.clone())
+    }
+}
+
+impl From<Throttle> for Refusal {
+    fn from(t: Throttle) -> Refusal {
+        let (kind, description) = match t {
+            Throttle::RateLimited => (
+                RefusalKind::RateLimited,
+                "Sending rate limit exceeded; try again later",
+            ),
+            Throttle::Blocked => (
+                RefusalKind::Blocked,
+                "Sending suspended after messages scored as spam; try again later",
+            ),
+        };
+        Refusal {
+            kind,
+            description: description.to_owned(),
+        }
+    }
+}
+
+/// Whether a header field name is one only this server writes when it
+/// scores (`X-Spam-*`) or scans (`X-Virus-Status`).
+fn ours(name: &[u8], spam: bool, virus: bool) -> bool {
+    (spam && name.len() >= 7 && name[..7].eq_ignore_ascii_case(b"X-Spam-"))
+        || (virus && name.eq_ignore_ascii_case(b"X-Virus-Status"))
+}
+
+/// `raw` without the header fields (with their continuation lines) whose
+/// name `drop` matches; `None` when it has none. The body is untouched.
+pub fn strip_header_fields(raw: &[u8], drop: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+    let header_end = if raw.starts_with(b"\r\n") || raw.starts_with(b"\n") {
+        0
+    } else {
+        memchr::memmem::find(raw, b"\r\n\r\n")
+            .map(|p| p + 2)
+            .or_else(|| memchr::memmem::find(raw, b"\n\n").map(|p| p + 1))
+            .unwrap_or(raw.len())
+    };
+    // (start, end) of each field to drop.
+    let mut cut: Vec<(usize, usize)> = Vec::new();
+    let mut pos = 0;
+    let mut dropping = false;
+    while pos < header_end {
+        let end = memchr::memchr(b'\n', &raw[pos..header_end])
+            .map(|p| pos + p + 1)
+            .unwrap_or(header_end);
+        let line = &raw[pos..end];
+        if !matches!(line.first(), Some(b' ' | b'\t')) {
+            let name = line.split(|&b| b == b':').next().unwrap_or_default();
+            dropping = line.contains(&b':') && drop(name.trim_ascii_end());
+        }
+        if dropping {
+            match cut.last_mut() {
+                Some((_, e)) if *e == pos => *e = end,
+                _ => cut.push((pos, end)),
+            }
+        }
+        pos = end;
+    }
+    if cut.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut from = 0;
+    for (s, e) in cut {
+        out.extend_from_slice(&raw[from..s]);
+        from = e;
+    }
+    out.extend_from_slice(&raw[from..]);
+    Some(out)
+}
+
 /// Everything between the authentication checks and delivery: virus
-/// scanning, outbound limits, DNSBL, spam scoring. Cheap to clone.
+/// scanning, outbound limits, DNSBL, spam scoring. Cheap to clone; clones
+/// share the outbound limits' state.
 #[derive(Debug, Clone)]
 pub struct Filter {
     spam: Option<SpamFilter>,
@@ -441,9 +568,93 @@ impl Filter {
         self.virus.as_ref()
     }
 
+    /// The per-account sending limits (for the metrics endpoint's
+    /// throttled-accounts gauge).
+    pub fn outbound_guard(&self) -> Arc<OutboundGuard> {
+        Arc::clone(&self.outbound)
+    }
+
+    /// The message without the header fields a sender must not be able to
+    /// forge: `X-Spam-*` when the spam filter is on (it writes its own),
+    /// `X-Virus-Status` when a scanner is; `None` when there is nothing to
+    /// remove.
+    pub fn strip_foreign_headers(&self, raw: &[u8]) -> Option<Vec<u8>> {
+        let (spam, virus) = (self.spam.is_some(), self.virus.is_some());
+        if !spam && !virus {
+            return None;
+        }
+        strip_header_fields(raw, |name| ours(name, spam, virus))
+    }
+
+    /// Checks a message a local user submits (JMAP EmailSubmission: the
+    /// SMTP submission listeners go through [`Filter::filter`]): the
+    /// account's sending limits, the virus scan (when `scan_submissions`)
+    /// and the outbound spam score, as for SMTP submissions. `raw` is the
+    /// message as it will be sent.
+    pub async fn check_submission(
+        &self,
+        account: AccountId,
+        recipients: u32,
+        raw: &[u8],
+    ) -> Result<(), Refusal> {
+        self.outbound
+            .admit(account, recipients, Instant::now())
+            .map_err(Refusal::from)?;
+        if let Some(scanner) = &self.virus
+            && scanner.config().scan_submissions
+        {
+            scanner.check(raw).await?;
+        }
+        if let Some(spam) = self.spam.clone() {
+            self.score_submission(spam, account, Arc::new(raw.to_vec()))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Scores a submission of `account`; refuses it (and strikes the
+    /// account) from the outbound spam threshold.
+    async fn score_submission(
+        &self,
+        spam: SpamFilter,
+        account: AccountId,
+        raw: Arc<Vec<u8>>,
+    ) -> Result<SpamVerdict, Refusal> {
+        let verdict = tokio::task::spawn_blocking(move || {
+            let prepared = Prepared::new(&raw);
+            let cx = rules::Context {
+                now: tern_store::now(),
+                ..rules::Context::default()
+            };
+            spam.score_for(&prepared, &cx, Direction::Outbound, None)
+        })
+        .await
+        .map_err(|_| Refusal {
+            kind: RefusalKind::ScannerUnavailable,
+            description: "The spam filter failed; try again later".into(),
+        })?;
+        if verdict.gtube || verdict.score >= self.outbound.config().spam_threshold {
+            METRICS.add(&METRICS.outbound_spam_refused);
+            tracing::warn!(
+                account = %account,
+                score = verdict.score,
+                "submission refused as spam"
+            );
+            self.outbound.strike(account, Instant::now());
+            return Err(Refusal {
+                kind: RefusalKind::Spam,
+                description: format!("Message refused as spam (score {:.1})", verdict.score),
+            });
+        }
+        METRICS.add(&METRICS.outbound_accepted);
+        Ok(verdict)
+    }
+
     /// Filters a received message. `auth_headers` is the
     /// Authentication-Results this server wrote for it (empty when
-    /// unchecked). `Err` is the reply refusing it.
+    /// unchecked). `Err` is the reply refusing it. Header fields only this
+    /// server may write are removed first ([`Filter::strip_foreign_headers`]):
+    /// they are neither scored nor delivered.
     pub async fn filter(&self, incoming: &Incoming, auth_headers: &str) -> Result<Filtered, Reply> {
         let submitter = incoming.auth.as_ref().map(|a| a.account);
         let direction = if submitter.is_some() {
@@ -451,52 +662,41 @@ impl Filter {
         } else {
             Direction::Inbound
         };
-        let mut out = Filtered::default();
+        let mut out = Filtered {
+            message: self.strip_foreign_headers(&incoming.data),
+            ..Filtered::default()
+        };
         if let Some(account) = submitter {
             let recipients = incoming.envelope.recipients.len() as u32;
             self.outbound
                 .admit(account, recipients, Instant::now())
-                .map_err(Throttle::reply)?;
+                .map_err(|t| Refusal::from(t).reply())?;
         }
+        let data: &[u8] = out.message.as_deref().unwrap_or(&incoming.data);
         if let Some(scanner) = &self.virus
             && (direction == Direction::Inbound || scanner.config().scan_submissions)
         {
-            match scanner.scan(&incoming.data).await {
-                Ok(ScanResult::Clean) => {}
-                Ok(ScanResult::Infected(name)) => {
-                    METRICS.add(&METRICS.virus_found);
-                    tracing::info!(signature = %name, service = incoming.kind.name(), "message refused: virus");
-                    return Err(Reply::owned(
-                        554,
-                        [5, 7, 1],
-                        format!(
-                            "Message refused: virus found ({})",
-                            crate::virus::printable(&name)
-                        ),
-                    ));
-                }
-                Err(err) => {
-                    METRICS.add(&METRICS.virus_unscanned);
-                    tracing::warn!(error = %err, "message not scanned for viruses");
-                    match scanner.config().on_unreachable {
-                        Unreachable::TempFail => {
-                            return Err(Reply::new(
-                                451,
-                                [4, 7, 1],
-                                "Virus scanner unavailable; try again later",
-                            ));
-                        }
-                        Unreachable::Accept => {
-                            out.headers.push_str("X-Virus-Status: Unscanned\r\n");
-                        }
-                    }
+            match scanner.check(data).await {
+                Ok(true) => {}
+                Ok(false) => out.headers.push_str("X-Virus-Status: Unscanned\r\n"),
+                Err(refusal) => {
+                    tracing::info!(service = incoming.kind.name(), reason = ?refusal.kind, "message refused by the virus scan");
+                    return Err(refusal.reply());
                 }
             }
         }
         let Some(spam) = self.spam.clone() else {
             return Ok(out);
         };
-        let raw = Arc::new(incoming.data.clone());
+        let raw = Arc::new(data.to_vec());
+        if let Some(account) = submitter {
+            let verdict = self
+                .score_submission(spam, account, raw)
+                .await
+                .map_err(|r| r.reply())?;
+            out.verdict = Some(verdict);
+            return Ok(out);
+        }
         let prepared = {
             let raw = Arc::clone(&raw);
             tokio::task::spawn_blocking(move || Prepared::new(&raw))
@@ -508,7 +708,7 @@ impl Filter {
             now: tern_store::now(),
             ..rules::Context::default()
         };
-        if direction == Direction::Inbound && self.dnsbl.enabled() {
+        if self.dnsbl.enabled() {
             let listed = self
                 .dnsbl
                 .check(Some(incoming.peer.ip()), &prepared.link_domains())
@@ -526,80 +726,54 @@ impl Filter {
                 .filter(|a| seen.insert(*a))
                 .collect()
         };
-        let scored = tokio::task::spawn_blocking(move || {
-            match direction {
-                Direction::Outbound => {
-                    let v = spam.score_for(&prepared, &cx, direction, None);
-                    (v, Vec::new())
-                }
-                Direction::Inbound => {
-                    // One account: its own model joins the global one for
-                    // the message's score. Several: the message's score
-                    // is the global one; each copy is filed by its own.
-                    let single = (accounts.len() == 1).then(|| accounts[0]);
-                    let v = spam.score_for(&prepared, &cx, direction, single);
-                    let per_account: Vec<(AccountId, SpamAction)> = if accounts.len() > 1 {
-                        accounts
-                            .iter()
-                            .map(|&a| {
-                                (a, spam.score_for(&prepared, &cx, direction, Some(a)).action)
-                            })
-                            .collect()
-                    } else {
-                        accounts.iter().map(|&a| (a, v.action)).collect()
-                    };
-                    (v, per_account)
-                }
-            }
+        let (verdict, per_account) = tokio::task::spawn_blocking(move || {
+            // One account: its own model joins the global one for the
+            // message's score. Several: the message's score (its headers)
+            // is the global one; each copy is filed by its account's own.
+            let single = (accounts.len() == 1).then(|| accounts[0]);
+            let v = spam.score_for(&prepared, &cx, Direction::Inbound, single);
+            let per_account: Vec<(AccountId, SpamAction)> = if accounts.len() > 1 {
+                accounts
+                    .iter()
+                    .map(|&a| {
+                        (
+                            a,
+                            spam.score_for(&prepared, &cx, Direction::Inbound, Some(a))
+                                .action,
+                        )
+                    })
+                    .collect()
+            } else {
+                accounts.iter().map(|&a| (a, v.action)).collect()
+            };
+            (v, per_account)
         })
         .await
         .map_err(|_| crate::reply::TEMP_FAILURE)?;
-        let (verdict, per_account) = scored;
-        match direction {
-            Direction::Outbound => {
-                METRICS.add(&METRICS.outbound_scored);
-                let account = submitter.expect("outbound has a submitter");
-                if verdict.gtube || verdict.score >= self.outbound.config().spam_threshold {
-                    METRICS.add(&METRICS.outbound_spam_refused);
-                    tracing::warn!(
-                        account = %account,
-                        score = verdict.score,
-                        "submission refused as spam"
-                    );
-                    self.outbound.strike(account, Instant::now());
-                    return Err(Reply::owned(
-                        550,
-                        [5, 7, 1],
-                        format!("Message refused as spam (score {:.1})", verdict.score),
-                    ));
-                }
-            }
-            Direction::Inbound => {
-                METRICS.add(&METRICS.inbound_scored);
-                if verdict.action == SpamAction::Reject {
-                    METRICS.add(&METRICS.inbound_rejected);
-                    tracing::info!(
-                        score = verdict.score,
-                        gtube = verdict.gtube,
-                        "message refused as spam"
-                    );
-                    return Err(Reply::owned(
-                        550,
-                        [5, 7, 1],
-                        format!("Message refused as spam (score {:.1})", verdict.score),
-                    ));
-                }
-                out.junk = per_account
-                    .into_iter()
-                    .filter(|(_, a)| *a != SpamAction::Accept)
-                    .map(|(a, _)| a)
-                    .collect();
-                if !out.junk.is_empty() {
-                    METRICS.add(&METRICS.inbound_junk);
-                }
-                out.headers.push_str(&verdict.headers(self.junk_threshold));
-            }
+        if verdict.action == SpamAction::Reject {
+            METRICS.add(&METRICS.inbound_rejected);
+            tracing::info!(
+                score = verdict.score,
+                gtube = verdict.gtube,
+                "message refused as spam"
+            );
+            return Err(Reply::owned(
+                550,
+                [5, 7, 1],
+                format!("Message refused as spam (score {:.1})", verdict.score),
+            ));
         }
+        out.junk = per_account
+            .into_iter()
+            .filter(|(_, a)| *a != SpamAction::Accept)
+            .map(|(a, _)| a)
+            .collect();
+        METRICS.add(if out.junk.is_empty() {
+            &METRICS.inbound_accepted
+        } else {
+            &METRICS.inbound_junk
+        });
+        out.headers.push_str(&verdict.headers(self.junk_threshold));
         out.verdict = Some(verdict);
         Ok(out)
     }
@@ -663,6 +837,35 @@ Message-ID: <1@a.example>\r\n\r\nhello\r\n";
         assert!(inbound.tests.iter().any(|(n, _)| n == "DMARC_FAIL"));
         assert!(inbound.score >= 6.0, "{inbound:?}");
         assert!(outbound.tests.iter().all(|(n, _)| !n.contains("FAIL")));
+    }
+
+    #[test]
+    fn foreign_spam_fields_are_stripped_with_their_continuations_and_the_body_kept() {
+        let spam_only = |n: &[u8]| ours(n, true, false);
+        let raw = b"X-Spam-Flag: YES\r\nFrom: a@b\r\nx-spam-status: No,\r\n\ttests=none\r\n\
+X-Spammer: keep\r\nX-Virus-Status: Clean\r\nSubject: s\r\nX-SPAM-SCORE : -5\r\n\r\n\
+X-Spam-Status: body text\r\n";
+        let out = strip_header_fields(raw, spam_only).unwrap();
+        assert_eq!(
+            out,
+            b"From: a@b\r\nX-Spammer: keep\r\nX-Virus-Status: Clean\r\nSubject: s\r\n\r\n\
+X-Spam-Status: body text\r\n"
+        );
+        let both = strip_header_fields(raw, |n| ours(n, true, true)).unwrap();
+        assert!(!both.windows(14).any(|w| w == b"X-Virus-Status"));
+        // LF only, no body, nothing to strip.
+        assert_eq!(
+            strip_header_fields(b"Subject: s\nX-Spam-Score: 1\n", spam_only).unwrap(),
+            b"Subject: s\n"
+        );
+        assert_eq!(
+            strip_header_fields(b"Subject: s\r\n\r\nX-Spam-Score: 1\r\n", spam_only),
+            None
+        );
+        assert_eq!(
+            strip_header_fields(b"\r\nX-Spam-Score: 1\r\n", spam_only),
+            None
+        );
     }
 
     #[test]

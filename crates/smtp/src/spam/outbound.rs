@@ -94,20 +94,9 @@ pub enum Throttle {
 }
 
 impl Throttle {
-    /// The SMTP reply.
+    /// The SMTP reply (451 4.7.1).
     pub fn reply(self) -> Reply {
-        match self {
-            Throttle::RateLimited => Reply::new(
-                451,
-                [4, 7, 1],
-                "Sending rate limit exceeded; try again later",
-            ),
-            Throttle::Blocked => Reply::new(
-                451,
-                [4, 7, 1],
-                "Sending suspended after messages scored as spam; try again later",
-            ),
-        }
+        super::Refusal::from(self).reply()
     }
 }
 
@@ -173,6 +162,26 @@ impl OutboundGuard {
         }
     }
 
+    /// Accounts whose submissions are refused at `now`: (blocked after
+    /// spam, at a rate limit), for the metrics endpoint.
+    pub fn throttled(&self, now: Instant) -> (usize, usize) {
+        let mut windows = self.windows.lock();
+        let (mut blocked, mut limited) = (0, 0);
+        for w in windows.values_mut() {
+            w.expire(now);
+            if w.blocked_until.is_some() {
+                blocked += 1;
+            } else if (self.config.messages_per_hour > 0
+                && w.sent.len() as u64 >= self.config.messages_per_hour as u64)
+                || (self.config.recipients_per_hour > 0
+                    && w.recipients >= self.config.recipients_per_hour as u64)
+            {
+                limited += 1;
+            }
+        }
+        (blocked, limited)
+    }
+
     /// Records that a submission of `account` scored as spam; returns
     /// whether the account is now blocked.
     pub fn strike(&self, account: AccountId, now: Instant) -> bool {
@@ -212,6 +221,7 @@ mod tests {
         );
         // Another account is not affected.
         g.admit(AccountId(2), 1, t0).unwrap();
+        assert_eq!(g.throttled(t0 + Duration::from_secs(10)), (0, 1));
         // An hour after the first, one slot is free again.
         g.admit(a, 1, t0 + HOUR + Duration::from_millis(500))
             .unwrap();
@@ -239,6 +249,8 @@ mod tests {
             Err(Throttle::Blocked)
         );
         assert_eq!(Throttle::Blocked.reply().code, 451);
+        assert_eq!(g.throttled(t0 + Duration::from_secs(2)), (1, 0));
+        assert_eq!(g.throttled(t0 + Duration::from_secs(62)), (0, 0));
         g.admit(a, 1, t0 + Duration::from_secs(62)).unwrap();
     }
 }
