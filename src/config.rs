@@ -134,6 +134,10 @@ pub struct JmapSection {
     pub max_objects_in_get: usize,
     /// maxObjectsInSet.
     pub max_objects_in_set: usize,
+    /// Changes kept in each account's change log (all data types
+    /// together); a client whose state is older gets
+    /// cannotCalculateChanges and resynchronises. 0 keeps everything.
+    pub changes_kept: u64,
     pub push: PushSection,
 }
 
@@ -195,6 +199,7 @@ impl Default for JmapSection {
             max_calls_in_request: limits.max_calls_in_request,
             max_objects_in_get: limits.max_objects_in_get,
             max_objects_in_set: limits.max_objects_in_set,
+            changes_kept: 10_000,
             push: PushSection::default(),
         }
     }

@@ -276,6 +276,34 @@ pub async fn run(config: Config, options: ServeOptions) -> anyhow::Result<()> {
             .context("search indexer")
     });
 
+    // Change-log retention: each account keeps its last `changes_kept`
+    // changes; trimmed a minute after start, then hourly.
+    if config.jmap.changes_kept > 0 {
+        let (keep, trim_store, mut stop) = (
+            config.jmap.changes_kept,
+            store.clone(),
+            services.shutdown().0,
+        );
+        services.spawn("change-log-retention", async move {
+            let mut next = Duration::from_secs(60);
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|&s| s) => return Ok(()),
+                    _ = tokio::time::sleep(next) => {}
+                }
+                next = Duration::from_secs(3600);
+                let store = trim_store.clone();
+                let trimmed = tokio::task::spawn_blocking(move || trim_change_logs(&store, keep))
+                    .await
+                    .context("change-log retention")?;
+                match trimmed {
+                    Ok(n) => tracing::debug!(accounts = n, "change logs trimmed"),
+                    Err(err) => tracing::warn!(error = %err, "trimming change logs failed"),
+                }
+            }
+        });
+    }
+
     println!("{}", banner(&config, &admin_path, options));
     tracing::info!(hostname = %config.hostname, "tern is running");
 
@@ -419,9 +447,67 @@ fn public_base_url(config: &Config) -> String {
     format!("{scheme}://{host}:{}", addr.port())
 }
 
+/// Keeps every account's change log to its last `keep` changes; answers
+/// how many accounts had records dropped.
+fn trim_change_logs(store: &MailStore, keep: u64) -> tern_store::Result<usize> {
+    let mut trimmed = 0;
+    for account in store.list_accounts()? {
+        let n = store
+            .kv()
+            .transact(|tx| tern_store::changes::retain_latest(tx, account.id, keep))?;
+        trimmed += usize::from(n > 0);
+    }
+    Ok(trimmed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tern_store::{DataType, Recipient, changes};
+
+    #[test]
+    fn trimming_drops_old_changes_of_every_account_with_a_long_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MailStore::open(dir.path()).unwrap();
+        store.add_domain("example.com").unwrap();
+        let a = store.create_account("a@example.com", "pw").unwrap();
+        let b = store.create_account("b@example.com", "pw").unwrap();
+        let email_state = |acct| {
+            store
+                .kv()
+                .read(|tx| changes::state(tx, acct, DataType::Email))
+                .unwrap()
+        };
+        let before = (email_state(a), email_state(b));
+        for i in 0..3 {
+            let raw = format!("From: x@example.org\r\nSubject: {i}\r\n\r\nbody\r\n");
+            store
+                .deliver(raw.as_bytes(), &[Recipient::inbox(a), Recipient::inbox(b)])
+                .unwrap();
+        }
+        let last = store
+            .kv()
+            .read(|tx| changes::account_change(tx, a))
+            .unwrap();
+        assert_eq!(trim_change_logs(&store, last + 1).unwrap(), 0);
+        assert_eq!(trim_change_logs(&store, 1).unwrap(), 2);
+        for (acct, old) in [(a, before.0), (b, before.1)] {
+            let since = store
+                .kv()
+                .read(|tx| changes::changes(tx, acct, DataType::Email, old, 10));
+            assert!(
+                matches!(since, Err(tern_store::Error::CannotCalculateChanges)),
+                "{since:?}"
+            );
+            let now = email_state(acct);
+            assert!(
+                store
+                    .kv()
+                    .read(|tx| changes::changes(tx, acct, DataType::Email, now, 10))
+                    .is_ok()
+            );
+        }
+    }
 
     #[test]
     fn session_url_for_defaults_and_production() {
