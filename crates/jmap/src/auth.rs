@@ -39,7 +39,9 @@ const MAX_CACHED: usize = 10_000;
 pub struct Authenticator {
     store: MailStore,
     ttl: Duration,
-    cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    /// Verified Basic credentials: principal, when, and the store's
+    /// credentials epoch then (a password change drops them at once).
+    cache: Mutex<HashMap<[u8; 32], (Principal, Instant, u64)>>,
 }
 
 impl Authenticator {
@@ -64,11 +66,12 @@ impl Authenticator {
             return None;
         }
         let key: [u8; 32] = Sha256::digest(header.as_bytes()).into();
+        let epoch = self.store.credentials_epoch();
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache
             .get(&key)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
-            .map(|(p, _)| p.clone())
+            .filter(|(_, at, seen)| at.elapsed() < self.ttl && *seen == epoch)
+            .map(|(p, _, _)| p.clone())
     }
 
     /// Authenticates an Authorization header value. Blocks (store reads,
@@ -91,6 +94,9 @@ impl Authenticator {
             .map_err(|_| AuthError::Invalid)?;
         let decoded = String::from_utf8(decoded).map_err(|_| AuthError::Invalid)?;
         let (user, password) = decoded.split_once(':').ok_or(AuthError::Invalid)?;
+        // Read before verifying: a change that lands during the check
+        // leaves a stale epoch in the entry, never a stale password.
+        let epoch = self.store.credentials_epoch();
         let id = self
             .store
             .authenticate(user, password)
@@ -101,12 +107,12 @@ impl Authenticator {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= MAX_CACHED {
             let ttl = self.ttl;
-            cache.retain(|_, (_, at)| at.elapsed() < ttl);
+            cache.retain(|_, (_, at, seen)| at.elapsed() < ttl && *seen == epoch);
             if cache.len() >= MAX_CACHED {
                 cache.clear();
             }
         }
-        cache.insert(key, (principal.clone(), Instant::now()));
+        cache.insert(key, (principal.clone(), Instant::now(), epoch));
         Ok(principal)
     }
 

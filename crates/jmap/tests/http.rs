@@ -95,6 +95,37 @@ async fn bearer_app_tokens_authenticate_and_unknown_or_revoked_ones_do_not() {
     assert_eq!(send(&jmap, req).await.status(), 401);
 }
 
+#[tokio::test]
+async fn a_changed_password_stops_working_on_the_next_request() {
+    use base64::Engine as _;
+    let (_dir, store, _account, jmap) = setup();
+    let basic = |password: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{password}"))
+        )
+    };
+    let status = |auth: String| {
+        let jmap = &jmap;
+        async move {
+            let req = Request::get("/jmap/session")
+                .header("authorization", auth)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            send(jmap, req).await.status()
+        }
+    };
+    // Verified once, then served from the cache.
+    assert_eq!(status(basic(PASSWORD)).await, 200);
+    assert_eq!(status(basic(PASSWORD)).await, 200);
+    // The cache does not outlive a password change (nor a removal).
+    store.set_password(USER, "looking-glass").unwrap();
+    assert_eq!(status(basic(PASSWORD)).await, 401);
+    assert_eq!(status(basic("looking-glass")).await, 200);
+    store.remove_account(USER).unwrap();
+    assert_eq!(status(basic("looking-glass")).await, 401);
+}
+
 async fn open_events(jmap: &Jmap, auth: &str, query: &str, last: Option<&str>) -> ResponseBody {
     let mut req = Request::get(format!("/jmap/eventsource/?{query}")).header("authorization", auth);
     if let Some(id) = last {

@@ -57,6 +57,7 @@ pub struct MailStore {
     kv: Kv,
     path: PathBuf,
     combiner: Arc<deliver::Combiner>,
+    credentials: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl MailStore {
@@ -103,7 +104,21 @@ impl MailStore {
             kv,
             path,
             combiner: Arc::default(),
+            credentials: Arc::default(),
         })
+    }
+
+    /// A number that changes whenever this process changes or removes an
+    /// account's credentials (password, account removal). Caches of
+    /// verified passwords compare it to drop what they hold at once; other
+    /// processes sharing the store (FoundationDB) do not see it.
+    pub fn credentials_epoch(&self) -> u64 {
+        self.credentials.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn credentials_changed(&self) {
+        self.credentials
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// The key-value store underneath.
@@ -158,6 +173,7 @@ impl MailStore {
         let id = self
             .kv
             .transact(|tx| account::remove_account_login(tx, &address))?;
+        self.credentials_changed();
         while self
             .kv
             .transact(|tx| account::purge_account_batch(tx, id, 1000))?
@@ -179,7 +195,9 @@ impl MailStore {
                 .ok_or_else(|| Error::NotFound(format!("account {address}")))?;
             record.password_hash = hash.clone();
             account::put_account(tx, id, &record)
-        })
+        })?;
+        self.credentials_changed();
+        Ok(())
     }
 
     /// The account whose login is `address` if `password` is right.
