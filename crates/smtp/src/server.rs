@@ -54,9 +54,18 @@ struct Shared {
     /// Spam and virus filtering (crate::spam).
     filter: crate::spam::Filter,
     sessions: [Arc<SessionConfig>; 3],
+    /// Work started off a reply's path (vacation auto-replies): `run`
+    /// waits for it before returning, so nothing holds the store after.
+    background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Shared {
+    fn in_background(&self, f: impl FnOnce() + Send + 'static) {
+        let mut tasks = self.background.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(tokio::task::spawn_blocking(f));
+    }
+
     fn session_config(&self, kind: ListenerKind) -> Arc<SessionConfig> {
         Arc::clone(&self.sessions[kind_index(kind)])
     }
@@ -153,6 +162,7 @@ impl SmtpServer {
             )),
             limits: limits.clone(),
             checker,
+            background: std::sync::Mutex::default(),
             sessions: [
                 session(ListenerKind::Mx),
                 session(ListenerKind::Submission),
@@ -211,6 +221,16 @@ impl SmtpServer {
         while accept_loops.join_next().await.is_some() {}
         // Sessions still running finish their message or get 421.
         let _ = done_rx.recv().await;
+        let background = std::mem::take(
+            &mut *self
+                .shared
+                .background
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for task in background {
+            let _ = task.await;
+        }
         tracing::debug!("SMTP stopped");
         Ok(())
     }
@@ -661,7 +681,7 @@ async fn deliver(shared: &Shared, incoming: Incoming) -> Reply {
             );
             // Vacation replies (RFC 3834), off the reply's path.
             if let Some((store, accounts, mail_from, raw)) = autoreply {
-                tokio::task::spawn_blocking(move || {
+                shared.in_background(move || {
                     for account in accounts {
                         if let Err(err) =
                             tern_store::vacation::auto_reply(&store, account, &mail_from, &raw)

@@ -115,22 +115,8 @@ const ALICE: (&str, &str) = ("alice@example.com", "secret");
 const BOB: (&str, &str) = ("bob@example.com", "hunter2");
 const UTF8_USER: (&str, &str) = ("δοκιμή@example.com", "secret");
 
-/// Opens the store of a server that just stopped. RocksDB's lock is held
-/// until the last handle drops, and a stopped server's tasks may drop
-/// theirs a moment after it returns: wait for that (bounded) before
-/// failing.
 fn open_store(dir: &std::path::Path) -> MailStore {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match MailStore::open(&dir.join("store")) {
-            Ok(store) => return store,
-            Err(err) if Instant::now() < deadline => {
-                eprintln!("reopening the store: {err}; retrying");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(err) => panic!("reopening the store: {err}"),
-        }
-    }
+    MailStore::open(&dir.join("store")).unwrap()
 }
 
 /// Starts a server on 127.0.0.1:0 ports with a fresh store holding the
