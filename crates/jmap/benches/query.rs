@@ -41,6 +41,10 @@ use serde_json::{Value, json};
 use tern_jmap::JmapConfig;
 use tern_store::{AccountId, MailStore, Recipient};
 
+// The allocator `tern serve` runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USER: &str = "bench@example.com";
 const PASSWORD: &str = "bench-password";
 const PAGE: usize = 50;

@@ -42,6 +42,10 @@ pub(crate) struct Inner {
     auth: Authenticator,
     api_inflight: Mutex<HashMap<AccountId, usize>>,
     upload_inflight: Mutex<HashMap<AccountId, usize>>,
+    /// Session states by principal: the session object depends only on the
+    /// principal and this server's fixed configuration, and hashing it for
+    /// every API response was a visible share of a small request's cost.
+    session_states: Mutex<HashMap<(AccountId, String), Arc<str>>>,
     shutdown_tx: watch::Sender<bool>,
     /// Push notifiers and WebSocket connections (`crate::push`).
     pub(crate) push: push::PushRuntime,
@@ -92,7 +96,10 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> ResponseBody {
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response<ResponseBody> {
-    let mut r = Response::new(full(value.to_string()));
+    // `to_vec`, not `to_string`: `Display` goes through `fmt::Write` a few
+    // bytes at a time, several times slower for a large response.
+    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -291,6 +298,7 @@ impl Jmap {
                 auth,
                 api_inflight: Mutex::new(HashMap::new()),
                 upload_inflight: Mutex::new(HashMap::new()),
+                session_states: Mutex::new(HashMap::new()),
                 shutdown_tx,
                 push,
             }),
@@ -447,6 +455,33 @@ impl Jmap {
         session::session(principal, &self.inner.config.limits, &self.inner.base)
     }
 
+    /// The session state for `principal` (the `state` of its session
+    /// object), computed once per principal.
+    fn session_state(&self, principal: &Principal) -> Arc<str> {
+        let key = (principal.account, principal.username.clone());
+        if let Some(s) = self
+            .inner
+            .session_states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return s.clone();
+        }
+        let object = self.session_object(principal);
+        let state: Arc<str> = object["state"].as_str().unwrap_or_default().into();
+        let mut map = self
+            .inner
+            .session_states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if map.len() >= 65_536 {
+            map.clear();
+        }
+        map.insert(key, state.clone());
+        state
+    }
+
     fn session(&self, principal: &Principal) -> Response<ResponseBody> {
         let mut r = json_response(StatusCode::OK, &self.session_object(principal));
         r.headers_mut().insert(
@@ -513,7 +548,7 @@ impl Jmap {
             }
         };
         let inner = self.inner.clone();
-        let state = session::session_state(&self.session_object(&principal));
+        let state = self.session_state(&principal);
         let result = tokio::task::spawn_blocking(move || {
             api::process(
                 &inner.store,

@@ -19,7 +19,9 @@
 //!
 //! `TERN_BENCH_MESSAGES` sets the messages per 16-thread configuration per
 //! round (default 20,000), `TERN_BENCH_DIR` the parent directory of the
-//! database.
+//! database, `TERN_BENCH_BLOB_MIN` the backend's value-separation threshold
+//! in bytes (default: the store's own, 4096; `0` turns separation off, for
+//! comparison).
 
 mod common;
 
@@ -27,7 +29,12 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::{Load, Probe, Rng, Summary, bench_dir, env_or, heading, message, ms};
+use tern_store::kv::RocksOptions;
 use tern_store::{AccountId, MailStore, Recipient, account};
+
+// The allocator `tern serve` runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const THREADS: usize = 16;
 
@@ -155,7 +162,12 @@ fn run(
 /// A fresh store in a new directory with a domain and `THREADS` accounts.
 fn fresh_store() -> (tempfile::TempDir, MailStore, Vec<(AccountId, String)>) {
     let dir = bench_dir("deliver");
-    let store = MailStore::open(dir.path()).expect("open the store");
+    let mut options = RocksOptions::default();
+    if let Ok(min) = std::env::var("TERN_BENCH_BLOB_MIN") {
+        let min: u64 = min.parse().expect("TERN_BENCH_BLOB_MIN is a number");
+        options.blob_min_bytes = (min > 0).then_some(min);
+    }
+    let store = MailStore::open_with(dir.path(), options).expect("open the store");
     store.add_domain("example.com").expect("add the domain");
     // Accounts are created directly (no argon2 hashing: nobody logs in).
     let accounts: Vec<(AccountId, String)> = (0..THREADS)

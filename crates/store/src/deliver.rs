@@ -8,6 +8,7 @@
 //! combined, they share one transaction and one fsync. A batch that fails
 //! is retried one job at a time so one bad message cannot fail the others.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -210,8 +211,9 @@ fn take_batch(queue: &mut Vec<Queued>) -> Vec<Queued> {
 fn run_batch(kv: &Kv, batch: Vec<Queued>) {
     let jobs: Vec<&Job> = batch.iter().map(|q| q.job.as_ref()).collect();
     match kv.transact(|tx| {
+        let mut roles = Roles::default();
         jobs.iter()
-            .map(|job| store_job(tx, job))
+            .map(|job| store_job(tx, job, &mut roles))
             .collect::<Result<Vec<Outcome>>>()
     }) {
         Ok(outcomes) => {
@@ -225,15 +227,22 @@ fn run_batch(kv: &Kv, batch: Vec<Queued>) {
         Err(_) => {
             // Isolate the failing job: store each on its own.
             for q in &batch {
-                let r = kv.transact(|tx| store_job(tx, &q.job));
+                let r = kv.transact(|tx| store_job(tx, &q.job, &mut Roles::default()));
                 let _ = q.reply.send(Message::Done(r));
             }
         }
     }
 }
 
+/// The delivery mailbox found for each (account, role) within one
+/// transaction: a batch to one account looks it up once, not per message
+/// (a lookup reads the account's whole mailbox list). Deliveries never
+/// create, rename or destroy mailboxes, so an answer holds for the whole
+/// transaction.
+type Roles = HashMap<(AccountId, &'static str), DocumentId>;
+
 /// Stores one job for all its recipients inside `tx`.
-fn store_job(tx: &mut crate::kv::Transaction<'_>, job: &Job) -> Result<Outcome> {
+fn store_job(tx: &mut crate::kv::Transaction<'_>, job: &Job, roles: &mut Roles) -> Result<Outcome> {
     let hash = match (&job.raw, job.blob) {
         (_, Some(h)) => h,
         (Some(raw), None) => blob::put_in_tx(tx, raw)?,
@@ -248,10 +257,18 @@ fn store_job(tx: &mut crate::kv::Transaction<'_>, job: &Job) -> Result<Outcome> 
         let mut w = Writer::begin(tx, r.account)?;
         let mailbox = match r.folder {
             Folder::Mailbox(id) => id,
-            Folder::Role(role) => match mailbox::by_role(w.tx, r.account, role)? {
-                Some(id) => id,
-                None => mailbox::by_role(w.tx, r.account, "inbox")?
-                    .ok_or_else(|| Error::NotFound(format!("inbox of account {}", r.account)))?,
+            Folder::Role(role) => match roles.get(&(r.account, role)) {
+                Some(&id) => id,
+                None => {
+                    let id = match mailbox::by_role(w.tx, r.account, role)? {
+                        Some(id) => id,
+                        None => mailbox::by_role(w.tx, r.account, "inbox")?.ok_or_else(|| {
+                            Error::NotFound(format!("inbox of account {}", r.account))
+                        })?,
+                    };
+                    roles.insert((r.account, role), id);
+                    id
+                }
             },
         };
         let stored = email::insert_checked(

@@ -206,6 +206,13 @@ pub struct RocksOptions {
     pub sync: bool,
     /// Block cache size in bytes.
     pub cache_bytes: usize,
+    /// Values of at least this many bytes (message bodies, in practice) are
+    /// kept in RocksDB's blob files instead of its tables, so flushes and
+    /// compactions move a small reference instead of rewriting the value
+    /// (RocksDB's integrated BlobDB). `None` keeps every value in the
+    /// tables. Changing it between opens is safe: existing values are read
+    /// from wherever they were written.
+    pub blob_min_bytes: Option<u64>,
 }
 
 impl Default for RocksOptions {
@@ -213,6 +220,7 @@ impl Default for RocksOptions {
         Self {
             sync: true,
             cache_bytes: 256 << 20,
+            blob_min_bytes: Some(4096),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Transactions: a snapshot, a write buffer read through (read-your-writes),
 //! and the read and write conflict ranges handed to the backend at commit.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Bound;
 use std::time::Instant;
@@ -65,8 +66,17 @@ pub struct Transaction<'s> {
     /// Counters read by [`Transaction::get_counter`] before this
     /// transaction wrote them, with the value read.
     counters_read: BTreeMap<Vec<u8>, i64>,
+    /// Small values already read from the snapshot (which never changes):
+    /// a transaction that stores a batch of deliveries to one account reads
+    /// the same account record, counters and mailbox many times.
+    read_cache: RefCell<HashMap<Vec<u8>, Option<Vec<u8>>>>,
     bytes: usize,
 }
+
+/// Values up to this size are kept in a transaction's read cache.
+const CACHED_VALUE_BYTES: usize = 1024;
+/// Most entries in a transaction's read cache.
+const CACHED_ENTRIES: usize = 4096;
 
 impl fmt::Debug for Transaction<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -105,6 +115,7 @@ impl<'s> Transaction<'s> {
             reads: Vec::new(),
             extra_write_conflicts: Vec::new(),
             counters_read: BTreeMap::new(),
+            read_cache: RefCell::new(HashMap::new()),
             bytes: 0,
         }
     }
@@ -112,6 +123,20 @@ impl<'s> Transaction<'s> {
     /// The version this transaction reads at.
     pub fn read_version(&self) -> super::Version {
         self.snapshot.version()
+    }
+
+    /// The snapshot's value at `key`, through the read cache.
+    fn snapshot_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.read_cache.borrow().get(key) {
+            return Ok(v.clone());
+        }
+        let v = self.snapshot.get(key)?;
+        let mut cache = self.read_cache.borrow_mut();
+        if v.as_ref().is_none_or(|v| v.len() <= CACHED_VALUE_BYTES) && cache.len() < CACHED_ENTRIES
+        {
+            cache.insert(key.to_vec(), v.clone());
+        }
+        Ok(v)
     }
 
     fn is_cleared(&self, key: &[u8]) -> bool {
@@ -136,13 +161,13 @@ impl<'s> Transaction<'s> {
                 let base = if self.is_cleared(key) {
                     None
                 } else {
-                    self.snapshot.get(key)?
+                    self.snapshot_get(key)?
                 };
                 let base = base.as_deref().map(decode_counter).unwrap_or(0);
                 Ok(Some(base.wrapping_add(*delta).to_le_bytes().to_vec()))
             }
             None if self.is_cleared(key) => Ok(None),
-            None => self.snapshot.get(key),
+            None => self.snapshot_get(key),
         }
     }
 
