@@ -494,23 +494,70 @@ pub fn index_queue(
 /// account's `38` marker when the queue is then empty, and returns whether
 /// it is. The read of the queue makes a concurrent enqueue conflict, so the
 /// marker is never cleared over new work.
+///
+/// The applied span is removed with one range clear (and whatever must stay
+/// in it written back), not a clear per entry: on RocksDB every point
+/// delete leaves a tombstone that each later scan from the queue's start
+/// walks over until a compaction drops it, and the indexer scans from the
+/// start for every batch, while a range tombstone is skipped in one step.
 pub fn dequeue_index(
     tx: &mut Transaction<'_>,
     account: AccountId,
     done: &[(DocumentId, IndexOp)],
 ) -> Result<bool> {
-    for &(id, op) in done {
-        let key = keys::doc(account, family::INDEX_QUEUE, id);
-        if tx.get(&key)?.as_deref() == Some(&[op as u8][..]) {
-            tx.clear(&key)?;
+    let queue = keys::acct(account, family::INDEX_QUEUE).prefix_range();
+    let (Some(first), Some(last)) = (
+        done.iter().map(|d| d.0).min(),
+        done.iter().map(|d| d.0).max(),
+    ) else {
+        return queue_empty(tx, account, &queue, None);
+    };
+    let span = KeyRange::new(
+        keys::doc(account, family::INDEX_QUEUE, first),
+        KeyRange::single(&keys::doc(account, family::INDEX_QUEUE, last)).end,
+    );
+    let applied: std::collections::HashMap<DocumentId, IndexOp> = done.iter().copied().collect();
+    let key_len = keys::doc(account, family::INDEX_QUEUE, 0).len();
+    let held = tx.range(&span, RangeOptions::default())?;
+    tx.clear_range(&span)?;
+    let mut kept = false;
+    for (k, v) in held {
+        let id = (k.len() == key_len).then(|| keys::be_u32(&k, key_len - 4));
+        let op = v.first().copied().and_then(IndexOp::from_u8);
+        let was_applied = matches!((id, op), (Some(id), Some(op)) if applied.get(&id) == Some(&op));
+        if !was_applied {
+            tx.set(&k, &v)?;
+            kept = true;
         }
     }
-    let empty = tx
-        .range(
-            &keys::acct(account, family::INDEX_QUEUE).prefix_range(),
-            RangeOptions::limit(1),
-        )?
-        .is_empty();
+    if kept {
+        return Ok(false);
+    }
+    queue_empty(tx, account, &queue, Some(&span))
+}
+
+/// Whether the account's index queue is empty (clearing the `38` marker if
+/// so), not counting `skip`, a span this transaction has just emptied.
+fn queue_empty(
+    tx: &mut Transaction<'_>,
+    account: AccountId,
+    queue: &KeyRange,
+    skip: Option<&KeyRange>,
+) -> Result<bool> {
+    let parts = match skip {
+        None => vec![queue.clone()],
+        Some(span) => vec![
+            KeyRange::new(queue.begin.clone(), span.begin.clone()),
+            KeyRange::new(span.end.clone(), queue.end.clone()),
+        ],
+    };
+    let mut empty = true;
+    for part in parts {
+        if !tx.range(&part, RangeOptions::limit(1))?.is_empty() {
+            empty = false;
+            break;
+        }
+    }
     if empty {
         tx.clear(&keys::index_dirty(account))?;
     }
