@@ -30,6 +30,10 @@ use tern_smtp::spam::{
 };
 use tern_store::MailStore;
 
+// The allocator `tern serve` runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const JUNK: f64 = 5.0;
 const REJECT: f64 = 15.0;
 

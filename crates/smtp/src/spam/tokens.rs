@@ -62,7 +62,25 @@ const VALUE_HEADERS: &[&str] = &[
 
 struct Sink {
     set: HashSet<u64, BuildHasherDefault<IdentityHasher>>,
-    buf: String,
+}
+
+/// FNV-1a 64 fed in pieces: `Fnv::new(kind).feed(a).feed(b).finish()`
+/// equals `hash(kind, a ++ b)`.
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Fnv {
+    fn new(kind: u8) -> Self {
+        Self(0xcbf2_9ce4_8422_2325).feed(&[kind])
+    }
+
+    fn feed(mut self, bytes: &[u8]) -> Self {
+        for &b in bytes {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self
+    }
 }
 
 impl Sink {
@@ -70,12 +88,13 @@ impl Sink {
         self.set.insert(hash(kind, text.as_bytes()));
     }
 
+    /// The token `a b` (a space between).
     fn add_parts(&mut self, kind: u8, a: &str, b: &str) {
-        self.buf.clear();
-        self.buf.push_str(a);
-        self.buf.push(' ');
-        self.buf.push_str(b);
-        self.set.insert(hash(kind, self.buf.as_bytes()));
+        let h = Fnv::new(kind)
+            .feed(a.as_bytes())
+            .feed(b" ")
+            .feed(b.as_bytes());
+        self.set.insert(h.0);
     }
 }
 
@@ -83,7 +102,6 @@ impl Sink {
 pub fn tokenize(a: &Analyzed) -> Vec<u64> {
     let mut sink = Sink {
         set: HashSet::with_capacity_and_hasher(2048, Default::default()),
-        buf: String::new(),
     };
     headers(a, &mut sink);
     words(&a.text, kind::WORD, &mut sink, MAX_WORDS, true);
@@ -232,7 +250,11 @@ fn received(value: &str, sink: &mut Sink) {
 /// word" token; URLs become URL tokens. With `bigrams`, adjacent word
 /// pairs are tokens too.
 fn words(text: &str, k: u8, sink: &mut Sink, max: usize, bigrams: bool) {
-    let mut prev: Option<String> = None;
+    // The previous word and the current one, lowercased, in buffers reused
+    // for every word (a message has thousands).
+    let mut prev = String::new();
+    let mut has_prev = false;
+    let mut word = String::new();
     for (n, raw) in text.split_whitespace().enumerate() {
         if n >= max {
             break;
@@ -258,20 +280,29 @@ fn words(text: &str, k: u8, sink: &mut Sink, max: usize, bigrams: bool) {
             )
         });
         if trimmed.is_empty() {
-            prev = None;
+            has_prev = false;
             continue;
         }
-        let lower_prefix = trimmed.get(..8).map(str::to_ascii_lowercase);
-        if let Some(p) = &lower_prefix
-            && (p.starts_with("http://") || p.starts_with("https://") || p.starts_with("www."))
+        // (The first 8 bytes, when they end at a character boundary: the
+        // rule trained models were built with.)
+        if trimmed.len() >= 8
+            && trimmed.is_char_boundary(8)
+            && (starts_with_ignore_case(trimmed, "http://")
+                || starts_with_ignore_case(trimmed, "https://")
+                || starts_with_ignore_case(trimmed, "www."))
         {
             url(trimmed, sink);
-            prev = None;
+            has_prev = false;
             continue;
         }
-        let chars = trimmed.chars().count();
+        let ascii = trimmed.is_ascii();
+        let chars = if ascii {
+            trimmed.len()
+        } else {
+            trimmed.chars().count()
+        };
         if chars < 3 {
-            prev = None;
+            has_prev = false;
             continue;
         }
         if chars > 20 {
@@ -280,23 +311,38 @@ fn words(text: &str, k: u8, sink: &mut Sink, max: usize, bigrams: bool) {
                 kind::LONG,
                 &format!("{}{}:{}", k as char, first, chars / 10),
             );
-            prev = None;
+            has_prev = false;
             continue;
         }
-        let word = trimmed.to_lowercase();
+        word.clear();
+        if ascii {
+            word.extend(trimmed.bytes().map(|b| b.to_ascii_lowercase() as char));
+        } else {
+            // `str::to_lowercase`, not per char: it lowers a final sigma
+            // by its context.
+            word.push_str(&trimmed.to_lowercase());
+        }
         if word.bytes().all(|b| b.is_ascii_digit()) {
             sink.add(k, &format!("#num{}", word.len()));
-            prev = None;
+            has_prev = false;
             continue;
         }
         sink.add(k, &word);
         if bigrams {
-            if let Some(p) = &prev {
-                sink.add_parts(kind::BIGRAM, p, &word);
+            if has_prev {
+                sink.add_parts(kind::BIGRAM, &prev, &word);
             }
-            prev = Some(word);
+            std::mem::swap(&mut prev, &mut word);
+            has_prev = true;
         }
     }
+}
+
+/// Whether `s` starts with the ASCII `prefix`, ignoring ASCII case.
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 /// Host and path tokens of a URL.
@@ -389,6 +435,91 @@ Message-ID: <a@shop.example>\r\n\r\nFree FREE free! Visit https://www.shop.examp
         let mut sorted = t.clone();
         sorted.dedup();
         assert_eq!(sorted.len(), t.len(), "tokens are distinct");
+    }
+
+    /// The word tokens as first written (a `String` per word): trained
+    /// models hold these hashes, so the buffer-reusing `words` must give
+    /// exactly the same set.
+    fn words_reference(text: &str, k: u8, max: usize, bigrams: bool) -> Vec<u64> {
+        let mut sink = Sink {
+            set: HashSet::default(),
+        };
+        let mut prev: Option<String> = None;
+        for (n, raw) in text.split_whitespace().enumerate() {
+            if n >= max {
+                break;
+            }
+            let trimmed = raw.trim_matches(|c: char| ".,;:()[]{}<>\"'*`".contains(c));
+            if trimmed.is_empty() {
+                prev = None;
+                continue;
+            }
+            let lower_prefix = trimmed.get(..8).map(str::to_ascii_lowercase);
+            if let Some(p) = &lower_prefix
+                && (p.starts_with("http://") || p.starts_with("https://") || p.starts_with("www."))
+            {
+                url(trimmed, &mut sink);
+                prev = None;
+                continue;
+            }
+            let chars = trimmed.chars().count();
+            if chars < 3 {
+                prev = None;
+                continue;
+            }
+            if chars > 20 {
+                let first = trimmed.chars().next().unwrap_or('?');
+                sink.add(
+                    kind::LONG,
+                    &format!("{}{}:{}", k as char, first, chars / 10),
+                );
+                prev = None;
+                continue;
+            }
+            let word = trimmed.to_lowercase();
+            if word.bytes().all(|b| b.is_ascii_digit()) {
+                sink.add(k, &format!("#num{}", word.len()));
+                prev = None;
+                continue;
+            }
+            sink.add(k, &word);
+            if bigrams {
+                if let Some(p) = &prev {
+                    sink.add(kind::BIGRAM, &format!("{p} {word}"));
+                }
+                prev = Some(word);
+            }
+        }
+        let mut out: Vec<u64> = sink.set.into_iter().collect();
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    fn words_hash_as_the_reference_tokenizer_does() {
+        let texts = [
+            "Free FREE free! Visit https://www.shop.example/buy-now today.",
+            "ΟΔΥΣΣΕΥΣ and ΣΟΦΟΣ wrote; «Ελληνικά» κείμενα ΤΕΛΟΣ.",
+            "www.abcé.example WWW.SHOP.EXAMPLE/x HTTPS://Bank.Example:443/login?a=1",
+            "12345 000 x1 a ab abc Straße ÀÉÎÕÜ naïve café 이메일로 보내드립니다",
+            "supercalifragilisticexpialidocious antidisestablishmentarianism ok",
+            "(quoted) [bracketed] {braced} <angled> \"double\" 'single' *star* `tick`",
+            "",
+            "   \t\r\n  ",
+        ];
+        for text in texts {
+            for (k, max, bigrams) in [(kind::WORD, 20_000, true), (kind::SUBJECT, 3, false)] {
+                let mut sink = Sink {
+                    set: HashSet::default(),
+                };
+                words(text, k, &mut sink, max, bigrams);
+                let mut got: Vec<u64> = sink.set.into_iter().collect();
+                got.sort_unstable();
+                assert_eq!(got, words_reference(text, k, max, bigrams), "{text:?}");
+            }
+        }
+        let h = Fnv::new(kind::BIGRAM).feed(b"ab").feed(b" ").feed(b"cd");
+        assert_eq!(h.0, hash(kind::BIGRAM, b"ab cd"));
     }
 
     #[test]
