@@ -2,8 +2,9 @@
 //! expire, downloads of whole blobs and of message parts, and Blob/copy.
 //!
 //! An upload stores the blob, then takes one reference for the account and
-//! records an expiry under family `0x51` (docs/store-format.md), so the
-//! collector keeps it while the upload is live. The next upload of the
+//! records its expiry and size under families `0x51` (by hash) and `0x52`
+//! (by expiry), with the total in the counter `0x53` (docs/store-format.md),
+//! so the collector keeps it while the upload is live. The next upload of the
 //! account releases expired uploads, and the oldest ones when the
 //! account's unreferenced uploads would exceed its upload quota
 //! (section 6: "delete unreferenced blobs in date order, oldest first").
@@ -39,8 +40,27 @@ fn upload_key(account: AccountId, hash: &BlobHash) -> Vec<u8> {
         .build()
 }
 
+fn expiry_key(account: AccountId, expiry: u64, hash: &BlobHash) -> Vec<u8> {
+    keys::acct(account, family::BLOB_UPLOAD_EXPIRY)
+        .u64(expiry)
+        .bytes(&hash.0)
+        .build()
+}
+
+fn be_u64(v: &[u8], at: usize) -> Option<u64> {
+    v.get(at..at + 8)?.try_into().ok().map(u64::from_be_bytes)
+}
+
+/// Most expired uploads one upload releases (the rest go with the next).
+const RELEASE_PER_UPLOAD: usize = 1_000;
+
 /// Stores an upload for `account`, live for `ttl_secs`; returns its hash.
 /// Blocks.
+///
+/// The account's uploads are listed by hash (`0x51`) and by expiry
+/// (`0x52`), with their total size in a counter (`0x53`): an upload reads
+/// only the expired entries it releases and the oldest ones it evicts, never
+/// every upload the account holds.
 pub fn upload(
     store: &MailStore,
     account: AccountId,
@@ -55,41 +75,102 @@ pub fn upload(
     let size = data.len() as u64;
     store.kv().transact(|tx| {
         let now = now().max(0) as u64;
-        let range = keys::acct(account, family::BLOB_UPLOAD).prefix_range();
-        // (expiry, hash, size) of the live uploads other than this one.
-        let mut live = Vec::new();
-        for (k, v) in tx.range(&range, RangeOptions::limit(10_000))? {
-            let Ok(h) = <[u8; 32]>::try_from(&k[k.len() - 32..]) else {
-                continue;
-            };
-            let h = BlobHash(h);
-            let expiry = v.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
-            if expiry <= now {
-                blob::add_ref(tx, account, &h, -1)?;
-                tx.clear(&k)?;
-            } else if h != hash {
-                let size = blob::header(tx, &h)?.map_or(0, |hd| hd.size);
-                live.push((expiry, h, size));
-            }
+        index_uploads(tx, account)?;
+        let bytes_key = keys::acct(account, family::BLOB_UPLOAD_BYTES).build();
+        // Release expired uploads, oldest first.
+        let by_expiry = keys::acct(account, family::BLOB_UPLOAD_EXPIRY).prefix_range();
+        let expired = tern_store::kv::KeyRange::new(
+            by_expiry.begin.clone(),
+            keys::acct(account, family::BLOB_UPLOAD_EXPIRY)
+                .u64(now + 1)
+                .build(),
+        );
+        for (k, v) in tx.range(&expired, RangeOptions::limit(RELEASE_PER_UPLOAD))? {
+            release(tx, account, &k, &v, &bytes_key)?;
         }
-        live.sort();
-        let mut total: u64 = live.iter().map(|l| l.2).sum();
-        for (_, h, s) in &live {
-            if total + size <= quota {
-                break;
-            }
-            blob::add_ref(tx, account, h, -1)?;
-            tx.clear(&upload_key(account, h))?;
-            total -= s;
-        }
+        // This blob's earlier upload, if any, is replaced (a new expiry).
         let key = upload_key(account, &hash);
-        if tx.get(&key)?.is_none() {
-            blob::add_ref(tx, account, &hash, 1)?;
+        match tx.get(&key)? {
+            Some(v) => {
+                if let Some(expiry) = be_u64(&v, 0) {
+                    let old = expiry_key(account, expiry, &hash);
+                    if let Some(s) = tx.get(&old)? {
+                        tx.clear(&old)?;
+                        tx.add(&bytes_key, -(be_u64(&s, 0).unwrap_or(0) as i64))?;
+                    }
+                }
+            }
+            None => blob::add_ref(tx, account, &hash, 1)?,
         }
-        tx.set(&key, &(now + ttl_secs).to_be_bytes())?;
+        // Evict the oldest while the uploads would not fit.
+        let mut total = tx.get_counter(&bytes_key)?.max(0) as u64;
+        while total + size > quota {
+            let Some((k, v)) = tx.range(&by_expiry, RangeOptions::limit(1))?.pop() else {
+                break;
+            };
+            total = total.saturating_sub(be_u64(&v, 0).unwrap_or(0));
+            release(tx, account, &k, &v, &bytes_key)?;
+        }
+        let expiry = now + ttl_secs;
+        let mut value = expiry.to_be_bytes().to_vec();
+        value.extend_from_slice(&size.to_be_bytes());
+        tx.set(&key, &value)?;
+        tx.set(&expiry_key(account, expiry, &hash), &size.to_be_bytes())?;
+        tx.add(&bytes_key, size as i64)?;
         Ok::<_, tern_store::Error>(())
     })?;
     Ok(hash)
+}
+
+/// Drops the upload whose `0x52` entry is `(k, v)`: its reference, both of
+/// its entries, its bytes from the counter.
+fn release(
+    tx: &mut tern_store::kv::Transaction<'_>,
+    account: AccountId,
+    k: &[u8],
+    v: &[u8],
+    bytes_key: &[u8],
+) -> tern_store::Result<()> {
+    let Ok(h) = <[u8; 32]>::try_from(&k[k.len().saturating_sub(32)..]) else {
+        tx.clear(k)?;
+        return Ok(());
+    };
+    let h = BlobHash(h);
+    blob::add_ref(tx, account, &h, -1)?;
+    tx.clear(&upload_key(account, &h))?;
+    tx.clear(k)?;
+    tx.add(bytes_key, -(be_u64(v, 0).unwrap_or(0) as i64))?;
+    Ok(())
+}
+
+/// Builds the account's `0x52` entries and `0x53` counter from its `0x51`
+/// entries once (an account whose uploads were recorded before those
+/// families existed), and marks it done with `0x54`.
+fn index_uploads(
+    tx: &mut tern_store::kv::Transaction<'_>,
+    account: AccountId,
+) -> tern_store::Result<()> {
+    let done = keys::acct(account, family::BLOB_UPLOAD_INDEXED).build();
+    if tx.get(&done)?.is_some() {
+        return Ok(());
+    }
+    let bytes_key = keys::acct(account, family::BLOB_UPLOAD_BYTES).build();
+    let range = keys::acct(account, family::BLOB_UPLOAD).prefix_range();
+    for (k, v) in tx.range(&range, RangeOptions::default())? {
+        let Ok(h) = <[u8; 32]>::try_from(&k[k.len().saturating_sub(32)..]) else {
+            continue;
+        };
+        let h = BlobHash(h);
+        let expiry = be_u64(&v, 0).unwrap_or(0);
+        let size = match be_u64(&v, 8) {
+            Some(s) => s,
+            None => blob::header(tx, &h)?.map_or(0, |hd| hd.size),
+        };
+        tx.set(&expiry_key(account, expiry, &h), &size.to_be_bytes())?;
+        tx.add(&bytes_key, size as i64)?;
+    }
+    tx.set(&done, &[])?;
+    Ok(())
 }
 
 /// What a blobId names.

@@ -327,6 +327,59 @@ fn uploads_expire_and_respect_the_upload_quota() {
     ));
 }
 
+#[test]
+fn uploads_recorded_before_the_expiry_index_count_after_an_upgrade() {
+    use tern_store::keys::{self, family};
+    let (_dir, store, account, _jmap) = setup();
+    let refs = |data: &[u8]| {
+        store
+            .kv()
+            .read(|tx| blob::refs(tx, account, &tern_store::BlobHash::of(data)))
+            .unwrap()
+    };
+    // Two uploads as the first format recorded them: `0x51` -> expiry
+    // only, no `0x52`/`0x53`/`0x54`.
+    let now = tern_store::now() as u64;
+    for (data, expiry) in [(&[7u8; 300][..], now + 100), (&[8u8; 300][..], now + 200)] {
+        let hash = blob::put(store.kv(), data).unwrap();
+        store
+            .kv()
+            .transact(|tx| {
+                blob::add_ref(tx, account, &hash, 1)?;
+                let key = keys::acct(account, family::BLOB_UPLOAD)
+                    .bytes(&hash.0)
+                    .build();
+                tx.set(&key, &expiry.to_be_bytes())?;
+                Ok::<_, tern_store::Error>(())
+            })
+            .unwrap();
+    }
+    // A new upload that fits only without the older of the two.
+    tern_jmap::blob::upload(&store, account, &[9u8; 500], 3600, 1000).unwrap();
+    assert_eq!(
+        refs(&[7u8; 300]),
+        0,
+        "the oldest upgraded upload is evicted"
+    );
+    assert_eq!(refs(&[8u8; 300]), 1);
+    assert_eq!(refs(&[9u8; 500]), 1);
+    let bytes = store
+        .kv()
+        .read(|tx| tx.get_counter(&keys::acct(account, family::BLOB_UPLOAD_BYTES).build()))
+        .unwrap();
+    assert_eq!(bytes, 800, "the counter holds the live uploads' sizes");
+    // Many live uploads: each new one still finds its way (and the counter
+    // stays exact).
+    for i in 0..200u32 {
+        tern_jmap::blob::upload(&store, account, &i.to_be_bytes(), 3600, 1_000_000).unwrap();
+    }
+    let bytes = store
+        .kv()
+        .read(|tx| tx.get_counter(&keys::acct(account, family::BLOB_UPLOAD_BYTES).build()))
+        .unwrap();
+    assert_eq!(bytes, 800 + 200 * 4);
+}
+
 #[tokio::test]
 async fn concurrent_request_limit_is_a_limit_problem() {
     // maxConcurrentRequests = 0 makes every API request exceed it.

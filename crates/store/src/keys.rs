@@ -87,8 +87,17 @@ pub mod family {
     pub const CHANGE: u8 = 0x40;
     /// Blob references held by the account: `++ hash` -> count (u32 BE).
     pub const BLOB_REF: u8 = 0x50;
-    /// Uploaded blobs not yet referenced: `++ hash` -> expiry (u64 BE, unix s).
+    /// Uploads held for the account: `++ hash` -> expiry (u64 BE, unix s)
+    /// ++ size (u64 BE; absent in entries written before `0x54`).
     pub const BLOB_UPLOAD: u8 = 0x51;
+    /// The same uploads by expiry: `++ expiry (u64 BE) ++ hash` -> size
+    /// (u64 BE).
+    pub const BLOB_UPLOAD_EXPIRY: u8 = 0x52;
+    /// Bytes of the uploads listed in `0x52` (counter).
+    pub const BLOB_UPLOAD_BYTES: u8 = 0x53;
+    /// Present once the account's `0x52` and `0x53` cover every `0x51`
+    /// entry (written by the first upload after an upgrade).
+    pub const BLOB_UPLOAD_INDEXED: u8 = 0x54;
     /// Search index queue: `++ email id` -> operation byte.
     pub const INDEX_QUEUE: u8 = 0x60;
 }
