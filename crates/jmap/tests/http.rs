@@ -295,15 +295,18 @@ async fn event_source_rejects_bad_parameters() {
     }
 }
 
+/// The references `account` holds to the blob of `data`.
+fn upload_refs(store: &MailStore, account: tern_store::AccountId, data: &[u8]) -> u32 {
+    store
+        .kv()
+        .read(|tx| blob::refs(tx, account, &tern_store::BlobHash::of(data)))
+        .unwrap()
+}
+
 #[test]
 fn uploads_expire_and_respect_the_upload_quota() {
     let (_dir, store, account, _jmap) = setup();
-    let refs = |data: &[u8]| {
-        store
-            .kv()
-            .read(|tx| blob::refs(tx, account, &tern_store::BlobHash::of(data)))
-            .unwrap()
-    };
+    let refs = |data: &[u8]| upload_refs(&store, account, data);
     // Expired uploads are released by the next upload.
     tern_jmap::blob::upload(&store, account, b"old", 0, 1000).unwrap();
     assert_eq!(refs(b"old"), 1, "an upload is held by the account");
@@ -331,12 +334,7 @@ fn uploads_expire_and_respect_the_upload_quota() {
 fn uploads_recorded_before_the_expiry_index_count_after_an_upgrade() {
     use tern_store::keys::{self, family};
     let (_dir, store, account, _jmap) = setup();
-    let refs = |data: &[u8]| {
-        store
-            .kv()
-            .read(|tx| blob::refs(tx, account, &tern_store::BlobHash::of(data)))
-            .unwrap()
-    };
+    let refs = |data: &[u8]| upload_refs(&store, account, data);
     // Two uploads as the first format recorded them: `0x51` -> expiry
     // only, no `0x52`/`0x53`/`0x54`.
     let now = tern_store::now() as u64;
