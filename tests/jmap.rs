@@ -7,212 +7,38 @@
 //! Thread/get. Then a clean SIGTERM stop. And the vacation auto-reply:
 //! VacationResponse/set over JMAP, mail over SMTP, one reply per sender.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{Listeners, Tern, smtp_deliver};
 use jmap_client::client::{Client, Credentials};
 use jmap_client::core::query::Filter;
 use jmap_client::email::{self, Property};
 use jmap_client::mailbox::Role;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tern");
 const USER: &str = "alice@example.com";
 const PASSWORD: &str = "wonderland";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// A temp directory with a config on free ports, and the server once
-/// started (killed on drop if the test fails before stopping it).
-struct Tern {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    jmap: u16,
-    smtp: u16,
-    child: Option<Child>,
-}
-
-impl Tern {
-    fn start() -> Tern {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("tern.toml");
-        let (jmap, smtp, submission) = (free_port(), free_port(), free_port());
-        // DNS is unreachable here: no SPF/DKIM/DMARC checks on the MX.
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = {data:?}\n\
-                 hostname = \"mx.test\"\n\
-                 domains = [\"example.com\"]\n\
-                 [listen]\n\
-                 jmap = \"127.0.0.1:{jmap}\"\n\
-                 smtp = \"127.0.0.1:{smtp}\"\n\
-                 submission = \"127.0.0.1:{submission}\"\n\
-                 [smtp.checks]\n\
-                 enabled = false\n\
-                 [log]\n\
-                 level = \"info\"\n",
-                data = dir.path().join("data"),
-            ),
-        )
-        .unwrap();
-        let mut tern = Tern {
-            dir,
-            config,
-            jmap,
-            smtp,
-            child: None,
-        };
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(&tern.config)
-            .arg("serve")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        tern.child = Some(child);
-        let socket = tern.dir.path().join("data").join("admin.sock");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while UnixStream::connect(&socket).is_err()
-            || TcpStream::connect(("127.0.0.1", jmap)).is_err()
-            || TcpStream::connect(("127.0.0.1", smtp)).is_err()
-        {
-            if let Some(status) = tern.child.as_mut().unwrap().try_wait().unwrap() {
-                let out = tern.child.take().unwrap().wait_with_output().unwrap();
-                panic!("tern serve exited early ({status}): {}", describe(&out));
-            }
-            assert!(Instant::now() < deadline, "tern serve did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        tern
-    }
-
-    /// Runs a CLI command against the running server, expecting success.
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "tern {args:?}: {}", describe(&out));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.jmap)
-    }
-
-    /// SIGTERM, then the exit status must be success.
-    fn stop(mut self) {
-        let mut child = self.child.take().unwrap();
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        let deadline = Instant::now() + Duration::from_secs(40);
-        while child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "tern serve ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", describe(&out));
-    }
-}
-
-impl Drop for Tern {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// One SMTP transaction on the MX listener, by hand: EHLO, MAIL, RCPT,
-/// DATA (dot-stuffed), QUIT. Panics on any reply but the expected one.
-fn smtp_send(port: u16, from: &str, to: &str, message: &str) {
-    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
-    let expect = |code: &str, reader: &mut BufReader<TcpStream>| {
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            assert!(line.starts_with(code), "expected {code}, got {line:?}");
-            if line.as_bytes().get(3) != Some(&b'-') {
-                break;
-            }
-        }
-    };
-    expect("220", &mut reader);
-    for (command, code) in [
-        ("EHLO client.test".to_string(), "250"),
-        (format!("MAIL FROM:<{from}>"), "250"),
-        (format!("RCPT TO:<{to}>"), "250"),
-        ("DATA".to_string(), "354"),
-    ] {
-        write!(writer, "{command}\r\n").unwrap();
-        expect(code, &mut reader);
-    }
-    for line in message.lines() {
-        let stuffed = if line.starts_with('.') { "." } else { "" };
-        write!(writer, "{stuffed}{line}\r\n").unwrap();
-    }
-    write!(writer, ".\r\n").unwrap();
-    expect("250", &mut reader);
-    write!(writer, "QUIT\r\n").unwrap();
-    expect("221", &mut reader);
+/// `tern serve` on free ports; DNS is unreachable here: no SPF/DKIM/DMARC
+/// checks on the MX.
+fn start() -> Tern {
+    let mut tern = Tern::new(
+        Listeners::default(),
+        "[smtp.checks]\nenabled = false\n[log]\nlevel = \"info\"\n",
+    );
+    tern.start();
+    tern
 }
 
 fn attachment_bytes() -> Vec<u8> {
     (0..3000u32).map(|i| (i * 7 % 256) as u8).collect()
 }
 
+/// Base64 in 76-character lines, as MIME wants.
 fn base64(data: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    // 76-character lines, as MIME wants.
-    out.as_bytes()
+    common::base64(data)
+        .as_bytes()
         .chunks(76)
         .map(|l| std::str::from_utf8(l).unwrap())
         .collect::<Vec<_>>()
@@ -267,14 +93,14 @@ fn messages() -> [String; 3] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jmap_client_reads_mail_delivered_over_smtp_to_the_tern_binary() {
-    let tern = Tern::start();
+    let mut tern = start();
     tern.cli(&["account", "add", USER, "--password", PASSWORD]);
 
     // Three messages over SMTP, one after the other (receivedAt order).
     let port = tern.smtp;
     tokio::task::spawn_blocking(move || {
         for m in messages() {
-            smtp_send(port, "sender@elsewhere.test", USER, &m);
+            smtp_deliver(port, "sender@elsewhere.test", USER, &m);
             std::thread::sleep(Duration::from_millis(20));
         }
     })
@@ -538,42 +364,17 @@ async fn jmap_client_reads_mail_delivered_over_smtp_to_the_tern_binary() {
     tern.stop();
 }
 
-/// One HTTP/1.1 request as `user` (password `PASSWORD`) on a fresh
-/// connection: the response body as JSON; the status must be 200.
-fn http_json(port: u16, user: &str, method: &str, path: &str, body: &str) -> serde_json::Value {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let auth = base64(format!("{user}:{PASSWORD}").as_bytes());
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{response}");
-    serde_json::from_str(body).unwrap()
-}
-
-/// `user`'s account id and the responses to `calls` (JSON with
-/// `ACCOUNT` standing for the account id).
+/// The responses to `calls` as `user` (password `PASSWORD`): JSON with
+/// `ACCOUNT` standing for the account id.
 fn jmap_api(port: u16, user: &str, calls: &str) -> serde_json::Value {
-    let session = http_json(port, user, "GET", "/.well-known/jmap", "");
-    let account = session["primaryAccounts"]["urn:ietf:params:jmap:mail"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let body = format!(
-        "{{\"using\": [\"urn:ietf:params:jmap:core\", \"urn:ietf:params:jmap:mail\", \
-         \"urn:ietf:params:jmap:vacationresponse\"], \"methodCalls\": {}}}",
-        calls.replace("ACCOUNT", &account)
-    );
-    http_json(port, user, "POST", "/jmap/api/", &body)["methodResponses"].clone()
+    let account = common::account_id(port, user, PASSWORD);
+    let calls = serde_json::from_str(&calls.replace("ACCOUNT", &account)).unwrap();
+    let using = [
+        common::CORE,
+        common::MAIL,
+        "urn:ietf:params:jmap:vacationresponse",
+    ];
+    serde_json::Value::Array(common::jmap(port, user, PASSWORD, &using, calls))
 }
 
 /// Subject, To and Auto-Submitted of every email in `user`'s Inbox.
@@ -599,7 +400,7 @@ fn inbox(port: u16, user: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vacation_response_set_over_jmap_answers_smtp_mail_once_per_sender() {
-    let tern = Tern::start();
+    let mut tern = start();
     for user in [USER, "bob@example.com", "carol@example.com"] {
         tern.cli(&["account", "add", user, "--password", PASSWORD]);
     }
@@ -620,7 +421,7 @@ async fn vacation_response_set_over_jmap_answers_smtp_mail_once_per_sender() {
         );
         // Bob writes twice, Carol through a mailing list.
         for n in 1..=2 {
-            smtp_send(
+            smtp_deliver(
                 smtp,
                 "bob@example.com",
                 USER,
@@ -630,7 +431,7 @@ async fn vacation_response_set_over_jmap_answers_smtp_mail_once_per_sender() {
                 ),
             );
         }
-        smtp_send(
+        smtp_deliver(
             smtp,
             "carol@example.com",
             USER,
@@ -672,5 +473,63 @@ async fn vacation_response_set_over_jmap_answers_smtp_mail_once_per_sender() {
     })
     .await
     .unwrap();
+    tern.stop();
+}
+
+/// Email/copy over the real server: alice cannot reach bob's account
+/// (fromAccountNotFound, and no implicit Email/set for
+/// onSuccessDestroyOriginal), nor copy within her own (invalidArguments);
+/// bob's email stays where it was.
+#[test]
+fn email_copy_from_an_account_the_user_cannot_reach_is_refused() {
+    let mut tern = start();
+    for user in [USER, "bob@example.com"] {
+        tern.cli(&["account", "add", user, "--password", PASSWORD]);
+    }
+    smtp_deliver(
+        tern.smtp,
+        "carol@elsewhere.test",
+        "bob@example.com",
+        "From: Carol <carol@elsewhere.test>\nTo: bob@example.com\nSubject: For Bob\n\nHello.\n",
+    );
+    let port = tern.jmap;
+    let bob = common::account_id(port, "bob@example.com", PASSWORD);
+    let bob_emails = || {
+        jmap_api(
+            port,
+            "bob@example.com",
+            r#"[["Email/query", {"accountId": "ACCOUNT"}, "q"]]"#,
+        )[0][1]["ids"]
+            .clone()
+    };
+    let ids = bob_emails();
+    assert_eq!(ids.as_array().unwrap().len(), 1, "{ids}");
+    let inbox = jmap_api(
+        port,
+        USER,
+        r#"[["Mailbox/query", {"accountId": "ACCOUNT", "filter": {"role": "inbox"}}, "m"]]"#,
+    )[0][1]["ids"][0]
+        .clone();
+
+    let copy = |from: &str| {
+        jmap_api(
+            port,
+            USER,
+            &format!(
+                r#"[["Email/copy", {{"fromAccountId": "{from}", "accountId": "ACCOUNT",
+                     "create": {{"c": {{"id": {id}, "mailboxIds": {{{inbox}: true}}}}}},
+                     "onSuccessDestroyOriginal": true}}, "c"]]"#,
+                id = ids[0],
+            ),
+        )
+    };
+    let r = copy(&bob);
+    assert_eq!(r.as_array().unwrap().len(), 1, "no implicit Email/set: {r}");
+    assert_eq!(r[0][0], "error", "{r}");
+    assert_eq!(r[0][1]["type"], "fromAccountNotFound", "{r}");
+    assert_eq!(r[0][2], "c", "{r}");
+    let r = copy("ACCOUNT");
+    assert_eq!(r[0][1]["type"], "invalidArguments", "{r}");
+    assert_eq!(bob_emails(), ids);
     tern.stop();
 }

@@ -7,14 +7,14 @@
 //! (section 7.2) are delivered to an HTTPS server run by the test with a
 //! self-signed certificate the server is told to trust.
 
+mod common;
+
 use std::collections::HashMap;
-use std::net::{TcpListener, TcpStream as StdTcpStream};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{CORE, Listeners, MAIL, Tern};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -25,155 +25,30 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tern");
 const ALICE: &str = "alice@example.com";
 const BOB: &str = "bob@example.com";
 const PASSWORD: &str = "wonderland";
-const CORE: &str = "urn:ietf:params:jmap:core";
-const MAIL: &str = "urn:ietf:params:jmap:mail";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn base64(input: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
 
 fn basic(user: &str) -> String {
-    format!("Basic {}", base64(format!("{user}:{PASSWORD}").as_bytes()))
+    common::basic(user, PASSWORD)
 }
 
-/// A running `tern serve` on free ports, killed on drop.
-struct Tern {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    jmap: u16,
-    smtp: u16,
-    child: Option<Child>,
+/// Starts the server with `extra` appended to its config (sections such
+/// as `[jmap.push]`), with alice and bob as accounts. DNS is unreachable
+/// here: no SPF/DKIM/DMARC checks on the MX.
+fn start(extra: &str) -> Tern {
+    let mut tern = Tern::new(
+        Listeners::default(),
+        &format!("[smtp.checks]\nenabled = false\n[log]\nlevel = \"warn\"\n{extra}\n"),
+    );
+    tern.start();
+    for user in [ALICE, BOB] {
+        tern.cli(&["account", "add", user, "--password", PASSWORD]);
+    }
+    tern
 }
 
 impl Tern {
-    /// Starts the server with `extra` appended to its config (sections
-    /// such as `[jmap.push]`), with alice and bob as accounts.
-    fn start(extra: &str) -> Tern {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("tern.toml");
-        let (jmap, smtp, submission) = (free_port(), free_port(), free_port());
-        // DNS is unreachable here: no SPF/DKIM/DMARC checks on the MX.
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = {data:?}\n\
-                 hostname = \"mx.test\"\n\
-                 domains = [\"example.com\"]\n\
-                 [listen]\n\
-                 jmap = \"127.0.0.1:{jmap}\"\n\
-                 smtp = \"127.0.0.1:{smtp}\"\n\
-                 submission = \"127.0.0.1:{submission}\"\n\
-                 [smtp.checks]\n\
-                 enabled = false\n\
-                 [log]\n\
-                 level = \"warn\"\n\
-                 {extra}\n",
-                data = dir.path().join("data"),
-            ),
-        )
-        .unwrap();
-        let mut tern = Tern {
-            dir,
-            config,
-            jmap,
-            smtp,
-            child: None,
-        };
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(&tern.config)
-            .arg("serve")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        tern.child = Some(child);
-        let socket = tern.dir.path().join("data").join("admin.sock");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while UnixStream::connect(&socket).is_err()
-            || StdTcpStream::connect(("127.0.0.1", jmap)).is_err()
-            || StdTcpStream::connect(("127.0.0.1", smtp)).is_err()
-        {
-            if let Some(status) = tern.child.as_mut().unwrap().try_wait().unwrap() {
-                let out = tern.child.take().unwrap().wait_with_output().unwrap();
-                panic!("tern serve exited early ({status}): {}", describe(&out));
-            }
-            assert!(Instant::now() < deadline, "tern serve did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        for user in [ALICE, BOB] {
-            tern.cli(&["account", "add", user, "--password", PASSWORD]);
-        }
-        tern
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "tern {args:?}: {}", describe(&out));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// SIGTERM; returns the exit status's success and the output.
-    fn stop(mut self) -> (bool, String) {
-        let mut child = self.child.take().unwrap();
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        let deadline = Instant::now() + Duration::from_secs(40);
-        while child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "tern serve ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = child.wait_with_output().unwrap();
-        (out.status.success(), describe(&out))
-    }
-
     /// One HTTP/1.1 exchange with the JMAP listener: status, headers
     /// (lowercase names), body.
     async fn http(
@@ -184,37 +59,12 @@ impl Tern {
         body: &[u8],
     ) -> (u16, HashMap<String, String>, Vec<u8>) {
         let mut s = TcpStream::connect(("127.0.0.1", self.jmap)).await.unwrap();
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
-        s.write_all(body).await.unwrap();
+        let request = common::request(self.jmap, method, path, headers, body);
+        s.write_all(&request).await.unwrap();
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await.unwrap();
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("a header block");
-        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        (status, headers, raw[split + 4..].to_vec())
+        let r = common::parse_response(&raw);
+        (r.status, r.headers, r.body)
     }
 
     async fn session(&self, user: &str) -> Value {
@@ -269,15 +119,6 @@ impl Tern {
 
     async fn smtp(&self) -> Smtp {
         Smtp::connect(self.smtp).await
-    }
-}
-
-impl Drop for Tern {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -531,7 +372,7 @@ impl EventStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_push_reports_smtp_and_jmap_changes_and_resumes_with_push_state() {
-    let tern = Tern::start("");
+    let mut tern = start("");
     let account = tern.account_id(ALICE).await;
 
     // Authentication as for HTTP: no credentials, no upgrade.
@@ -705,13 +546,12 @@ async fn websocket_push_reports_smtp_and_jmap_changes_and_resumes_with_push_stat
     .unwrap();
     assert_eq!(&pong[..], b"hi");
     drop((ws, ws2));
-    let (ok, out) = tern.stop();
-    assert!(ok, "{out}");
+    tern.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_of_one_account_are_notified_and_other_accounts_are_not() {
-    let tern = Tern::start("");
+    let tern = start("");
     let alice = tern.account_id(ALICE).await;
     let bob = tern.account_id(BOB).await;
     let mut alice_ws = Vec::new();
@@ -785,7 +625,7 @@ async fn many_clients_of_one_account_are_notified_and_other_accounts_are_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_source_follows_rfc8620_7_3() {
-    let tern = Tern::start("");
+    let tern = start("");
     let account = tern.account_id(ALICE).await;
     // Only Email, pings every second.
     let mut es = EventStream::open(&tern, ALICE, "types=Email&closeafter=no&ping=1", None).await;
@@ -860,7 +700,7 @@ async fn event_source_follows_rfc8620_7_3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_deliveries_coalesces_into_few_state_changes() {
     // A 100 ms window makes the bound independent of machine speed.
-    let tern = Tern::start("[jmap.push]\ncoalesce_ms = 100\n");
+    let tern = start("[jmap.push]\ncoalesce_ms = 100\n");
     let account = tern.account_id(ALICE).await;
     let mut ws = ws_connect(&tern, ALICE).await;
     ws_send(
@@ -923,7 +763,7 @@ async fn jmap_client_websocket_gets_responses_and_state_changes() {
     use jmap_client::client::{Client, Credentials};
     use jmap_client::client_ws::WebSocketMessage;
     use jmap_client::{DataType, PushObject};
-    let tern = Tern::start("");
+    let tern = start("");
     let client = Client::new()
         .credentials(Credentials::basic(ALICE, PASSWORD))
         .timeout(Duration::from_secs(30))
@@ -973,7 +813,7 @@ async fn jmap_client_websocket_gets_responses_and_state_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_limits_and_shutdown_close_cleanly() {
-    let tern = Tern::start("[jmap]\nmax_request_size = 4096\n");
+    let mut tern = start("[jmap]\nmax_request_size = 4096\n");
     // A message over maxSizeRequest closes the connection with 1009.
     let mut ws = ws_connect(&tern, ALICE).await;
     let big = format!(
@@ -1016,8 +856,7 @@ async fn websocket_limits_and_shutdown_close_cleanly() {
         .unwrap();
         assert_eq!(frame.unwrap().code, CloseCode::Away);
     }
-    let (ok, out) = stopper.join().unwrap();
-    assert!(ok, "{out}");
+    stopper.join().unwrap();
 }
 
 /// An HTTPS server standing in for a push service: records what it is
@@ -1136,7 +975,7 @@ impl PushTarget {
 async fn push_subscriptions_verify_deliver_over_https_and_drop_failing_urls() {
     let dir = tempfile::tempdir().unwrap();
     let mut target = push_target(dir.path()).await;
-    let tern = Tern::start(&format!(
+    let tern = start(&format!(
         "[jmap.push]\nca_files = [{:?}]\nallow_private_addresses = true\nretry_initial_ms = 50\nretry_max = 1\nmax_failures = 3\n",
         target.ca
     ));
@@ -1312,7 +1151,7 @@ fn utc_in(secs: u64) -> String {
 async fn push_subscriptions_are_retried_and_removed_when_gone_or_expired() {
     let dir = tempfile::tempdir().unwrap();
     let mut target = push_target(dir.path()).await;
-    let tern = Tern::start(&format!(
+    let tern = start(&format!(
         "[jmap.push]\nca_files = [{:?}]\nallow_private_addresses = true\nretry_initial_ms = 50\nretry_max = 1\nmax_failures = 3\n",
         target.ca
     ));
@@ -1423,7 +1262,7 @@ async fn push_subscriptions_are_retried_and_removed_when_gone_or_expired() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_pings_websocket_clients_and_drops_silent_ones() {
     // Pings every second; a client not heard from in three intervals goes.
-    let tern = Tern::start("[jmap.push]\nwebsocket_ping = 1\n");
+    let tern = start("[jmap.push]\nwebsocket_ping = 1\n");
     let mut silent = ws_connect(&tern, ALICE).await;
     let mut live = ws_connect(&tern, ALICE).await;
     // The live client reads (tungstenite answers each ping with a pong);

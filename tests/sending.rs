@@ -843,3 +843,122 @@ fn sending_between_two_servers_with_retries_bounces_and_a_crash() {
             .then_some(())
     });
 }
+
+// ------------------------------------------- dsnBlobIds (issue 6) ---
+
+/// Everything an event-source stream of `node` for `user` sends, as it
+/// arrives (read on a thread).
+fn event_stream(node: &Node, user: &User) -> Arc<Mutex<String>> {
+    let mut stream = TcpStream::connect(("127.0.0.1", node.jmap)).unwrap();
+    write!(
+        stream,
+        "GET /jmap/eventsource/?types=EmailSubmission&closeafter=no&ping=0 HTTP/1.1\r\n\
+         Host: 127.0.0.1\r\nAuthorization: {}\r\nAccept: text/event-stream\r\n\r\n",
+        user.auth
+    )
+    .unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            s.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    seen
+}
+
+#[test]
+fn rfc8621_7_a_bounced_submission_lists_its_dsn_in_dsn_blob_ids_and_pushes_the_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dns_server(Arc::new(Mutex::new(Zone::default())));
+    let reject = Scripted::start(|_| "550 5.1.1 no such user here");
+    let mut a = Node::new(
+        dir.path(),
+        "dsn-a",
+        "a.test",
+        dns,
+        free_port(),
+        free_port(),
+        &[("reject.test", reject.port)],
+    );
+    a.tern(&["domain", "add", "a.test"]);
+    a.tern(&["account", "add", "alice@a.test", "--password", "pw-a"]);
+    a.start();
+    let alice = User::login(&a, "alice@a.test", "pw-a");
+    let events = event_stream(&a, &alice);
+
+    let r = alice.send("alice@a.test", "nobody@reject.test", "Bounce me");
+    assert_eq!(r[1][0], "EmailSubmission/set", "{r:?}");
+    let created_state = r[1][1]["newState"].as_str().unwrap().to_owned();
+    let sub = r[1][1]["created"]["sub"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not created: {r:?}"))
+        .to_owned();
+    assert_eq!(r[1][1]["created"]["sub"].get("dsnBlobIds"), None);
+
+    // The DSN arrives in alice's Inbox; the submission lists its blob.
+    let dsn_blob = wait_for("the DSN", Duration::from_secs(30), || {
+        alice
+            .emails("inbox", json!(["subject", "blobId"]))
+            .into_iter()
+            .find(|e| {
+                e["subject"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("Undelivered"))
+            })
+            .map(|e| e["blobId"].as_str().unwrap().to_owned())
+    });
+    let (state, got) = wait_for("dsnBlobIds", Duration::from_secs(15), || {
+        let r = alice.call(json!([["EmailSubmission/get",
+            {"accountId": alice.account, "ids": [sub],
+             "properties": ["dsnBlobIds", "deliveryStatus", "mdnBlobIds"]}, "g"]]));
+        let s = r[0][1]["list"][0].clone();
+        (s["dsnBlobIds"] != json!([])).then(|| (r[0][1]["state"].as_str().unwrap().to_owned(), s))
+    });
+    assert_eq!(got["dsnBlobIds"], json!([dsn_blob]), "{got}");
+    assert_eq!(got["mdnBlobIds"], json!([]), "{got}");
+    assert_eq!(
+        got["deliveryStatus"]["nobody@reject.test"]["delivered"], "no",
+        "{got}"
+    );
+    // The blob listed is the DSN as delivered: a multipart/report.
+    let r = alice.call(json!([["Email/query", {"accountId": alice.account}, "q"],
+        ["Email/get", {"accountId": alice.account,
+            "properties": ["blobId", "header:Content-Type:asText"],
+            "#ids": {"resultOf": "q", "name": "Email/query", "path": "/ids"}}, "e"]]));
+    let report = r[1][1]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["blobId"] == dsn_blob)
+        .cloned()
+        .unwrap_or_else(|| panic!("no email with the listed blob: {r:?}"));
+    let kind = report["header:Content-Type:asText"].as_str().unwrap_or("");
+    assert!(
+        kind.contains("multipart/report") && kind.contains("delivery-status"),
+        "{report}"
+    );
+    // The change is in EmailSubmission/changes and was pushed.
+    let r = alice.call(json!([["EmailSubmission/changes",
+        {"accountId": alice.account, "sinceState": created_state}, "c"]]));
+    assert!(
+        r[0][1]["updated"]
+            .as_array()
+            .is_some_and(|u| u.contains(&json!(sub))),
+        "{r:?}"
+    );
+    assert_eq!(r[0][1]["newState"], state, "{r:?}");
+    wait_for("the pushed state", Duration::from_secs(15), || {
+        events
+            .lock()
+            .unwrap()
+            .contains(&format!("\"EmailSubmission\":\"{state}\""))
+            .then_some(())
+    });
+}

@@ -8,17 +8,17 @@
 //! are off (`[smtp.checks] enabled = false`) except in the test that runs
 //! them against a DNS server of its own.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{Listeners, Ready, Server, Setup, free_port};
 use tern_store::MailStore;
 use tern_store::email::Listing;
-
-const BIN: &str = env!("CARGO_BIN_EXE_tern");
 
 const ALICE: (&str, &str) = ("alice@example.com", "alice-pw");
 const BOB: (&str, &str) = ("bob@example.com", "bob-pw");
@@ -37,11 +37,10 @@ struct Extra {
     dns: String,
 }
 
-/// A temp directory with a config file on free ports and the accounts
-/// above.
+/// A temp directory with a config file on free ports (submissions too)
+/// and the accounts above.
 struct Tern {
-    dir: tempfile::TempDir,
-    config: PathBuf,
+    setup: Setup,
     jmap: SocketAddr,
     mx: SocketAddr,
     submission: SocketAddr,
@@ -50,183 +49,54 @@ struct Tern {
 
 impl Tern {
     fn new(extra: Extra) -> Tern {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("tern.toml");
+        let setup = Setup::new(
+            Listeners {
+                submissions: true,
+                ..Listeners::default()
+            },
+            &format!(
+                "[smtp]\n{smtp}\n\
+                 [smtp.checks]\n{checks}\n\
+                 [dns]\n{dns}\n\
+                 [routes]\n\
+                 \"example.org\" = \"127.0.0.1:{closed}\"\n\
+                 [log]\n\
+                 level = \"info\"\n",
+                smtp = extra.smtp,
+                checks = extra.checks.unwrap_or("enabled = false"),
+                dns = extra.dns,
+                // Remote mail goes to a port nobody listens on: it waits in
+                // the outbound queue (connection refused is temporary).
+                closed = free_port(),
+            ),
+        );
         let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-        let (jmap, mx, submission, submissions) = (
-            addr(free_port()),
-            addr(free_port()),
-            addr(free_port()),
-            addr(free_port()),
-        );
-        let text = format!(
-            "data_dir = {data:?}\n\
-             hostname = \"mx.test\"\n\
-             domains = [\"example.com\"]\n\
-             [listen]\n\
-             jmap = \"{jmap}\"\n\
-             smtp = \"{mx}\"\n\
-             submission = \"{submission}\"\n\
-             submissions = \"{submissions}\"\n\
-             [smtp]\n{smtp}\n\
-             [smtp.checks]\n{checks}\n\
-             [dns]\n{dns}\n\
-             [routes]\n\
-             \"example.org\" = \"127.0.0.1:{closed}\"\n\
-             [log]\n\
-             level = \"info\"\n",
-            data = dir.path().join("data"),
-            smtp = extra.smtp,
-            checks = extra.checks.unwrap_or("enabled = false"),
-            dns = extra.dns,
-            // Remote mail goes to a port nobody listens on: it waits in
-            // the outbound queue (connection refused is temporary).
-            closed = free_port(),
-        );
-        std::fs::write(&config, text).unwrap();
         let tern = Tern {
-            dir,
-            config,
-            jmap,
-            mx,
-            submission,
-            submissions,
+            jmap: addr(setup.jmap),
+            mx: addr(setup.smtp),
+            submission: addr(setup.submission),
+            submissions: addr(setup.submissions),
+            setup,
         };
         // `tern serve` adds the config's domains; the accounts come first.
-        tern.cli(&["domain", "add", "example.com"]);
+        tern.setup.cli(&["domain", "add", "example.com"]);
         for (address, password) in [ALICE, BOB, UTF8_USER] {
-            tern.cli(&["account", "add", address, "--password", password]);
+            tern.setup
+                .cli(&["account", "add", address, "--password", password]);
         }
         tern
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    /// `tern --config <config> <args>`, expecting success.
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "tern {args:?}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
     }
 
     /// Starts `tern serve` and waits until every listener is bound (the
     /// log says so: probing the SMTP ports would use up rate limit).
     fn serve(&self) -> Server {
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("serve")
-            .env("TERN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut server = Server {
-            child: Some(child),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let text = server.log();
-            if text.matches("SMTP listening").count() == 3 && text.contains("JMAP listening") {
-                return server;
-            }
-            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("tern serve exited early ({status}):\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tern serve did not start:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.setup.serve(&[], Ready::Logged)
     }
 
     /// Opens the store on the data directory (the server must be stopped).
     fn store(&self) -> MailStore {
-        MailStore::open(&self.data_dir()).unwrap()
+        MailStore::open(&self.setup.data_dir()).unwrap()
     }
-}
-
-/// A running `tern serve`; killed if the test ends without stopping it.
-struct Server {
-    child: Option<Child>,
-    log: Arc<Mutex<String>>,
-}
-
-impl Server {
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// SIGTERM, then waits for a clean exit; returns the log.
-    fn stop(mut self) -> String {
-        let mut child = self.child.take().unwrap();
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "tern serve ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let log = self.log();
-        assert!(status.success(), "tern serve exited with {status}:\n{log}");
-        log
-    }
-
-    /// SIGKILL: no shutdown, no flush.
-    fn kill(mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 // -------------------------------------------------------- stored mail ---
@@ -897,7 +767,7 @@ fn sigkill_right_after_the_250s_loses_no_acknowledged_message() {
         assert!(Instant::now() < deadline, "the 250s are too slow");
         std::thread::sleep(Duration::from_millis(1));
     }
-    let cert_path = tern.data_dir().join("tls").join("cert.pem");
+    let cert_path = tern.setup.data_dir().join("tls").join("cert.pem");
     let cert = std::fs::read(&cert_path).expect("a self-signed certificate was generated");
     server.kill();
     for session in sessions {

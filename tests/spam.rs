@@ -8,170 +8,48 @@
 //! with a signature it writes), the sending rate, and what `/metrics`
 //! shows of them.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Listeners, Tern, free_port};
 use jmap_client::client::{Client, Credentials};
 use jmap_client::core::set::SetErrorType;
 use jmap_client::email::{self, Property};
 use jmap_client::mailbox::Role;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tern");
 const USER: &str = "alice@example.com";
 const PASSWORD: &str = "wonderland";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-struct Tern {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    jmap: u16,
-    smtp: u16,
-    metrics: u16,
-    child: Option<Child>,
-}
-
-impl Tern {
-    /// A server with `extra` appended to its config.
-    fn start(extra: &str) -> Tern {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("tern.toml");
-        let (jmap, smtp, submission, metrics) =
-            (free_port(), free_port(), free_port(), free_port());
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = {data:?}\n\
-                 hostname = \"mx.test\"\n\
-                 domains = [\"example.com\"]\n\
-                 [listen]\n\
-                 jmap = \"127.0.0.1:{jmap}\"\n\
-                 smtp = \"127.0.0.1:{smtp}\"\n\
-                 submission = \"127.0.0.1:{submission}\"\n\
-                 metrics = \"127.0.0.1:{metrics}\"\n\
-                 [smtp.checks]\n\
-                 enabled = false\n\
-                 [spam]\n\
-                 junk_threshold = 5.0\n\
-                 reject_threshold = 15.0\n\
-                 learning = true\n\
-                 {extra}",
-                data = dir.path().join("data"),
-            ),
-        )
-        .unwrap();
-        let mut tern = Tern {
-            dir,
-            config,
-            jmap,
-            smtp,
-            metrics,
-            child: None,
-        };
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(&tern.config)
-            .arg("serve")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        tern.child = Some(child);
-        let socket = tern.dir.path().join("data").join("admin.sock");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while UnixStream::connect(&socket).is_err()
-            || TcpStream::connect(("127.0.0.1", jmap)).is_err()
-            || TcpStream::connect(("127.0.0.1", smtp)).is_err()
-        {
-            if let Some(status) = tern.child.as_mut().unwrap().try_wait().unwrap() {
-                let out = tern.child.take().unwrap().wait_with_output().unwrap();
-                panic!("tern serve exited early ({status}): {}", describe(&out));
-            }
-            assert!(Instant::now() < deadline, "tern serve did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        tern
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "tern {args:?}: {}", describe(&out));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.jmap)
-    }
-}
-
-impl Drop for Tern {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// A server (with the metrics listener) with `extra` appended to its
+/// config.
+fn start(extra: &str) -> Tern {
+    let mut tern = Tern::new(
+        Listeners {
+            metrics: true,
+            ..Listeners::default()
+        },
+        &format!(
+            "[smtp.checks]\n\
+             enabled = false\n\
+             [spam]\n\
+             junk_threshold = 5.0\n\
+             reject_threshold = 15.0\n\
+             learning = true\n\
+             {extra}"
+        ),
+    );
+    tern.start();
+    tern
 }
 
 /// One SMTP transaction on the MX listener; the reply to the data.
 fn smtp_send(port: u16, to: &str, message: &str) -> String {
-    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
-    let reply = |reader: &mut BufReader<TcpStream>| loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if line.as_bytes().get(3) != Some(&b'-') {
-            return line;
-        }
-    };
-    assert!(reply(&mut reader).starts_with("220"));
-    for (command, code) in [
-        ("EHLO client.test".to_string(), "250"),
-        ("MAIL FROM:<news@elsewhere.test>".to_string(), "250"),
-        (format!("RCPT TO:<{to}>"), "250"),
-        ("DATA".to_string(), "354"),
-    ] {
-        write!(writer, "{command}\r\n").unwrap();
-        let r = reply(&mut reader);
-        assert!(r.starts_with(code), "{command}: {r}");
-    }
-    for line in message.split('\n') {
-        let stuffed = if line.starts_with('.') { "." } else { "" };
-        write!(writer, "{stuffed}{line}\r\n").unwrap();
-    }
-    write!(writer, ".\r\n").unwrap();
-    let r = reply(&mut reader);
-    write!(writer, "QUIT\r\n").unwrap();
-    r
+    common::smtp_send(port, "news@elsewhere.test", to, message)
 }
 
 /// Writes `n` messages of a made-up vocabulary into `dir`, one per file.
@@ -258,7 +136,7 @@ async fn scored(client: &Client, junk_id: &str, n: usize) -> (String, f64, Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tern_spam_train_and_jmap_moves_change_the_accounts_score() {
-    let tern = Tern::start("");
+    let tern = start("");
     tern.cli(&["account", "add", USER, "--password", PASSWORD]);
 
     // Bulk training of the global model through the running server.
@@ -471,13 +349,9 @@ fn submission_message(subject: &str, infected: bool) -> Vec<u8> {
 }
 
 fn scrape(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut s, &mut text).unwrap();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    text
+    let r = common::http(port, "GET", "/metrics", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
 }
 
 fn sample(text: &str, name: &str) -> u64 {
@@ -495,7 +369,7 @@ async fn jmap_submissions_pass_the_virus_scan_and_sending_limits_and_metrics_cou
             return;
         }
     };
-    let tern = Tern::start(&format!(
+    let tern = start(&format!(
         "[spam.outbound]\nmessages_per_hour = 4\n\
          [virus]\nclamd = \"tcp:127.0.0.1:{}\"\non_unreachable = \"tempfail\"\n",
         clamd.port

@@ -30,8 +30,8 @@ enum Handler {
     /// Gets whether the request uses the mail capability (Quota methods
     /// hide types the client did not opt into).
     WithMail(WithMail),
-    /// May call for an implicit method (EmailSubmission/set's Email/set),
-    /// whose response follows with the same call id.
+    /// May call for an implicit method (the Email/set of EmailSubmission/set
+    /// and of Email/copy), whose response follows with the same call id.
     WithImplicit(WithImplicit),
 }
 
@@ -59,6 +59,7 @@ fn lookup(name: &str) -> Option<(&'static str, Handler)> {
         "Email/changes" => (MAIL, P(crate::email::changes)),
         "Email/query" => (MAIL, P(crate::email::query)),
         "Email/queryChanges" => (MAIL, P(crate::email::query_changes)),
+        "Email/copy" => (MAIL, I(crate::email::copy)),
         "Email/import" => (MAIL, P(crate::email::import)),
         "Email/parse" => (MAIL, P(crate::email::parse)),
         "SearchSnippet/get" => (MAIL, P(crate::snippet::get)),

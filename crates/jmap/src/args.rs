@@ -1,12 +1,15 @@
 //! Argument parsing and response building shared by the standard methods
 //! (RFC 8620 section 5): /get, /changes, /set and /query.
 
+use std::collections::BTreeSet;
+
 use serde_json::{Map, Value, json};
 use tern_store::changes::{self, Changes};
+use tern_store::kv::Transaction;
 use tern_store::{AccountId, DataType, DocumentId};
 
 use crate::id::{self, Kind};
-use crate::method::{Arguments, Ctx, MethodError, SetError};
+use crate::method::{Arguments, Ctx, MethodError, MethodResult, SetError};
 
 /// Fails with invalidArguments when `args` holds a name not in `allowed`
 /// (RFC 8620 section 3.9: unknown arguments are invalid).
@@ -324,6 +327,15 @@ pub fn parse_set(
     })
 }
 
+/// A map of a /set or /copy response: `null` when empty.
+pub fn or_null(m: Map<String, Value>) -> Value {
+    if m.is_empty() {
+        Value::Null
+    } else {
+        Value::Object(m)
+    }
+}
+
 /// The outcome of a /set, built up item by item.
 #[derive(Debug, Default)]
 pub struct SetResponse {
@@ -364,13 +376,6 @@ impl SetResponse {
         old_state: Option<String>,
         new_state: String,
     ) -> Arguments {
-        let or_null = |m: Map<String, Value>| {
-            if m.is_empty() {
-                Value::Null
-            } else {
-                Value::Object(m)
-            }
-        };
         let mut out = Map::new();
         out.insert("accountId".into(), json!(id::account_id(account)));
         out.insert("oldState".into(), json!(old_state));
@@ -520,6 +525,130 @@ pub fn window_response(
     if w.limit_clamped {
         out.insert("limit".into(), json!(w.limit));
     }
+    Ok(out)
+}
+
+/// A /query over a listing of the whole account (Mailbox,
+/// EmailSubmission): reads the state of `t` and `list` from one snapshot,
+/// orders the listing with `run` (which may fail on a bad filter or sort)
+/// and answers the window of ids of `kind` with the queryState;
+/// canCalculateChanges is true. The caller has checked the arguments'
+/// names and `account`.
+pub fn query_listing<L>(
+    ctx: &mut Ctx<'_>,
+    args: &Arguments,
+    account: AccountId,
+    (t, kind): (DataType, Kind),
+    list: impl FnOnce(&mut Transaction<'_>, AccountId) -> tern_store::Result<L>,
+    run: impl FnOnce(&mut Ctx<'_>, &L) -> Result<Vec<DocumentId>, MethodError>,
+) -> MethodResult {
+    let window = parse_window(ctx, args)?;
+    let (st, listing) = ctx.store.kv().read(|tx| {
+        Ok::<_, tern_store::Error>((changes::state(tx, account, t)?, list(tx, account)?))
+    })?;
+    let ids: Vec<String> = run(ctx, &listing)?
+        .into_iter()
+        .map(|i| id::encode(kind, i))
+        .collect();
+    let mut out = window_response(account, &ids, &window)?;
+    out.insert("queryState".into(), json!(id::state(st)));
+    out.insert("canCalculateChanges".into(), json!(true));
+    Ok(out)
+}
+
+/// The arguments of a /queryChanges besides accountId, filter and sort.
+#[derive(Debug)]
+pub struct QueryChanges {
+    /// sinceQueryState.
+    pub since: u64,
+    /// maxChanges (`usize::MAX` when absent).
+    pub max: usize,
+    /// calculateTotal.
+    pub calculate_total: bool,
+}
+
+/// Parses sinceQueryState (required; one Tern never gave is
+/// cannotCalculateChanges), maxChanges (positive), upToId (checked, not
+/// used: every change is reported) and calculateTotal.
+pub fn parse_query_changes(args: &Arguments) -> Result<QueryChanges, MethodError> {
+    let since = match args.get("sinceQueryState") {
+        Some(Value::String(s)) => id::parse_state(s).ok_or(MethodError::CannotCalculateChanges)?,
+        _ => {
+            return Err(MethodError::invalid_arguments(
+                "sinceQueryState is required",
+            ));
+        }
+    };
+    let max = match args.get("maxChanges") {
+        None | Some(Value::Null) => usize::MAX,
+        Some(v) => match v.as_u64() {
+            Some(n) if n > 0 => n as usize,
+            _ => {
+                return Err(MethodError::invalid_arguments(
+                    "maxChanges must be a positive integer",
+                ));
+            }
+        },
+    };
+    let _ = opt_str(args, "upToId")?;
+    Ok(QueryChanges {
+        since,
+        max,
+        calculate_total: bool_arg(args, "calculateTotal", false)?,
+    })
+}
+
+/// Reads, from one snapshot, the state of `t`, `list` and every change
+/// to `t` since `since`: what a /queryChanges over a whole-account
+/// listing works from.
+pub fn read_query_changes<L>(
+    ctx: &Ctx<'_>,
+    account: AccountId,
+    t: DataType,
+    since: u64,
+    list: impl FnOnce(&mut Transaction<'_>, AccountId) -> tern_store::Result<L>,
+) -> Result<(u64, L, Changes), MethodError> {
+    Ok(ctx.store.kv().read(|tx| {
+        let st = changes::state(tx, account, t)?;
+        let listing = list(tx, account)?;
+        let c = changes::changes(tx, account, t, since, usize::MAX)?;
+        Ok::<_, tern_store::Error>((st, listing, c))
+    })?)
+}
+
+/// The /queryChanges response: `removed` (in that order) are the ids of
+/// `kind` reported removed; every one of them and of `created` still in
+/// `results` (the current ordered results) is added at its index.
+/// tooManyChanges past maxChanges.
+pub fn query_changes_response(
+    account: AccountId,
+    kind: Kind,
+    q: &QueryChanges,
+    new_state: u64,
+    results: &[DocumentId],
+    removed: &[DocumentId],
+    created: &[DocumentId],
+) -> MethodResult {
+    let fresh: BTreeSet<DocumentId> = removed.iter().chain(created).copied().collect();
+    let removed: Vec<String> = removed.iter().map(|&i| id::encode(kind, i)).collect();
+    let added: Vec<Value> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| fresh.contains(i))
+        .map(|(index, &i)| json!({"id": id::encode(kind, i), "index": index}))
+        .collect();
+    if removed.len() + added.len() > q.max {
+        return Err(MethodError::TooManyChanges);
+    }
+    let mut out = Map::new();
+    out.insert("accountId".into(), json!(id::account_id(account)));
+    out.insert("oldQueryState".into(), json!(id::state(q.since)));
+    out.insert("newQueryState".into(), json!(id::state(new_state)));
+    if q.calculate_total {
+        out.insert("total".into(), json!(results.len()));
+    }
+    out.insert("removed".into(), json!(removed));
+    out.insert("added".into(), Value::Array(added));
     Ok(out)
 }
 

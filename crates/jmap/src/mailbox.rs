@@ -379,18 +379,14 @@ pub fn query(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
     )?;
     let account = ctx.account(&args)?;
     let q = parse_query(ctx, &args)?;
-    let window = args::parse_window(ctx, &args)?;
-    let (st, all) = ctx.store.kv().read(|tx| {
-        Ok::<_, tern_store::Error>((state(tx, account)?, mailbox::list(tx, account)?))
-    })?;
-    let ids: Vec<String> = run_query(&q, &all)
-        .into_iter()
-        .map(|i| id::encode(Kind::Mailbox, i))
-        .collect();
-    let mut out = args::window_response(account, &ids, &window)?;
-    out.insert("queryState".into(), json!(id::state(st)));
-    out.insert("canCalculateChanges".into(), json!(true));
-    Ok(out)
+    args::query_listing(
+        ctx,
+        &args,
+        account,
+        (DataType::Mailbox, Kind::Mailbox),
+        mailbox::list,
+        |_, all| Ok(run_query(&q, all)),
+    )
 }
 
 /// Mailbox/queryChanges: every mailbox changed since the old state (other
@@ -413,33 +409,9 @@ pub fn query_changes(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
     )?;
     let account = ctx.account(&args)?;
     let q = parse_query(ctx, &args)?;
-    let since = match args.get("sinceQueryState") {
-        Some(Value::String(s)) => id::parse_state(s).ok_or(MethodError::CannotCalculateChanges)?,
-        _ => {
-            return Err(MethodError::invalid_arguments(
-                "sinceQueryState is required",
-            ));
-        }
-    };
-    let max = match args.get("maxChanges") {
-        None | Some(Value::Null) => usize::MAX,
-        Some(v) => match v.as_u64() {
-            Some(n) if n > 0 => n as usize,
-            _ => {
-                return Err(MethodError::invalid_arguments(
-                    "maxChanges must be a positive integer",
-                ));
-            }
-        },
-    };
-    let _ = args::opt_str(&args, "upToId")?;
-    let calculate_total = args::bool_arg(&args, "calculateTotal", false)?;
-    let (st, all, c) = ctx.store.kv().read(|tx| {
-        let st = state(tx, account)?;
-        let all = mailbox::list(tx, account)?;
-        let c = changes::changes(tx, account, DataType::Mailbox, since, usize::MAX)?;
-        Ok::<_, tern_store::Error>((st, all, c))
-    })?;
+    let p = args::parse_query_changes(&args)?;
+    let (st, all, c) =
+        args::read_query_changes(ctx, account, DataType::Mailbox, p.since, mailbox::list)?;
     let results = run_query(&q, &all);
     let mut changed: BTreeSet<DocumentId> = c.destroyed.iter().copied().collect();
     if !c.counts_only {
@@ -451,31 +423,18 @@ pub fn query_changes(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
         // A change to one mailbox may move or hide its whole subtree.
         changed.extend(results.iter().copied());
     }
-    let mut removed: Vec<String> = changed
-        .iter()
-        .map(|&i| id::encode(Kind::Mailbox, i))
-        .collect();
-    removed.sort();
-    let fresh: BTreeSet<DocumentId> = changed.iter().chain(c.created.iter()).copied().collect();
-    let added: Vec<Value> = results
-        .iter()
-        .enumerate()
-        .filter(|(_, i)| fresh.contains(i))
-        .map(|(index, &i)| json!({"id": id::encode(Kind::Mailbox, i), "index": index}))
-        .collect();
-    if removed.len() + added.len() > max {
-        return Err(MethodError::TooManyChanges);
-    }
-    let mut out = Map::new();
-    out.insert("accountId".into(), json!(id::account_id(account)));
-    out.insert("oldQueryState".into(), json!(id::state(since)));
-    out.insert("newQueryState".into(), json!(id::state(st)));
-    if calculate_total {
-        out.insert("total".into(), json!(results.len()));
-    }
-    out.insert("removed".into(), json!(removed));
-    out.insert("added".into(), Value::Array(added));
-    Ok(out)
+    // Removed in the order of their ids' spelling.
+    let mut removed: Vec<DocumentId> = changed.into_iter().collect();
+    removed.sort_by_key(|&i| id::encode(Kind::Mailbox, i));
+    args::query_changes_response(
+        account,
+        Kind::Mailbox,
+        &p,
+        st,
+        &results,
+        &removed,
+        &c.created,
+    )
 }
 
 // ---------------------------------------------------------------- set

@@ -157,7 +157,12 @@ fn render(id: DocumentId, stored: &[u8], status: Option<&SubmissionStatus>) -> M
     };
     o.insert("undoStatus".into(), json!(undo));
     o.insert("deliveryStatus".into(), delivery);
-    o.entry("dsnBlobIds").or_insert(json!([]));
+    // The DSNs delivered to the sender about it (RFC 8621 section 7), as
+    // the queue records them.
+    let dsns: Vec<String> = status
+        .map(|s| s.dsn_blobs.iter().map(id::blob_id).collect())
+        .unwrap_or_default();
+    o.insert("dsnBlobIds".into(), json!(dsns));
     o.entry("mdnBlobIds").or_insert(json!([]));
     o
 }
@@ -354,19 +359,14 @@ pub fn query(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
         ],
     )?;
     let account = ctx.account(&args)?;
-    let window = args::parse_window(ctx, &args)?;
-    let (st, rows) = ctx
-        .store
-        .kv()
-        .read(|tx| Ok::<_, tern_store::Error>((state(tx, account)?, all(tx, account)?)))?;
-    let ids: Vec<String> = run_query(ctx, &args, &rows)?
-        .into_iter()
-        .map(|i| id::encode(Kind::Submission, i))
-        .collect();
-    let mut out = args::window_response(account, &ids, &window)?;
-    out.insert("queryState".into(), json!(id::state(st)));
-    out.insert("canCalculateChanges".into(), json!(true));
-    Ok(out)
+    args::query_listing(
+        ctx,
+        &args,
+        account,
+        (DataType::EmailSubmission, Kind::Submission),
+        all,
+        |ctx, rows| run_query(ctx, &args, rows),
+    )
 }
 
 /// EmailSubmission/queryChanges: every submission changed since the old
@@ -386,63 +386,26 @@ pub fn query_changes(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
         ],
     )?;
     let account = ctx.account(&args)?;
-    let since = match args.get("sinceQueryState") {
-        Some(Value::String(s)) => id::parse_state(s).ok_or(MethodError::CannotCalculateChanges)?,
-        _ => {
-            return Err(MethodError::invalid_arguments(
-                "sinceQueryState is required",
-            ));
-        }
-    };
-    let max = match args::opt_uint(&args, "maxChanges")? {
-        Some(0) => {
-            return Err(MethodError::invalid_arguments(
-                "maxChanges must be positive",
-            ));
-        }
-        Some(n) => n as usize,
-        None => usize::MAX,
-    };
-    let _ = args::opt_str(&args, "upToId")?;
-    let calculate_total = args::bool_arg(&args, "calculateTotal", false)?;
-    let (st, rows, c) = ctx.store.kv().read(|tx| {
-        Ok::<_, tern_store::Error>((
-            state(tx, account)?,
-            all(tx, account)?,
-            changes::changes(tx, account, DataType::EmailSubmission, since, usize::MAX)?,
-        ))
-    })?;
+    let p = args::parse_query_changes(&args)?;
+    let (st, rows, c) =
+        args::read_query_changes(ctx, account, DataType::EmailSubmission, p.since, all)?;
     let results = run_query(ctx, &args, &rows)?;
-    let changed: BTreeSet<DocumentId> = c
+    let removed: BTreeSet<DocumentId> = c
         .destroyed
         .iter()
         .chain(c.updated.iter())
         .copied()
         .collect();
-    let fresh: BTreeSet<DocumentId> = changed.iter().chain(c.created.iter()).copied().collect();
-    let removed: Vec<String> = changed
-        .iter()
-        .map(|&i| id::encode(Kind::Submission, i))
-        .collect();
-    let added: Vec<Value> = results
-        .iter()
-        .enumerate()
-        .filter(|(_, i)| fresh.contains(i))
-        .map(|(index, &i)| json!({"id": id::encode(Kind::Submission, i), "index": index}))
-        .collect();
-    if removed.len() + added.len() > max {
-        return Err(MethodError::TooManyChanges);
-    }
-    let mut out = Map::new();
-    out.insert("accountId".into(), json!(id::account_id(account)));
-    out.insert("oldQueryState".into(), json!(id::state(since)));
-    out.insert("newQueryState".into(), json!(id::state(st)));
-    if calculate_total {
-        out.insert("total".into(), json!(results.len()));
-    }
-    out.insert("removed".into(), json!(removed));
-    out.insert("added".into(), Value::Array(added));
-    Ok(out)
+    let removed: Vec<DocumentId> = removed.into_iter().collect();
+    args::query_changes_response(
+        account,
+        Kind::Submission,
+        &p,
+        st,
+        &results,
+        &removed,
+        &c.created,
+    )
 }
 
 // ---------------------------------------------------------------- set ---
@@ -936,6 +899,7 @@ fn create_one(
                 UndoStatus::Final
             },
             recipients: statuses.clone(),
+            dsn_blobs: Vec::new(),
         };
         queue::put_status(w.tx, account, sid, &status)?;
         w.finish()?;

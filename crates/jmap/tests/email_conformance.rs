@@ -47,6 +47,13 @@ fn handler(name: &str) -> Option<Handler> {
         "Email/queryChanges" => tern_jmap::email::query_changes,
         "Email/import" => tern_jmap::email::import,
         "Email/parse" => tern_jmap::email::parse,
+        // Its implicit Email/set follows a copy, which needs a second
+        // account the user can reach: none here.
+        "Email/copy" => |ctx, args| {
+            let (result, implicit) = tern_jmap::email::copy(ctx, args);
+            assert!(implicit.is_none(), "Email/copy made an implicit call");
+            result
+        },
         "SearchSnippet/get" => tern_jmap::snippet::get,
         _ => return None,
     })

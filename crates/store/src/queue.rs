@@ -434,6 +434,9 @@ pub struct Attempt {
     pub error: Option<String>,
     /// A delay notice was sent in this attempt.
     pub delay_notified: bool,
+    /// The blobs of the DSNs this attempt delivered to the sender (listed
+    /// in the submission's `dsnBlobIds`).
+    pub dsn_blobs: Vec<BlobHash>,
 }
 
 /// What [`finish_attempt`] did.
@@ -452,71 +455,125 @@ pub enum Finished {
 /// lease, and removes the message when nothing is left to do; updates the
 /// JMAP submission's delivery status. One transaction.
 pub fn finish_attempt(kv: &Kv, id: QueueId, token: u64, attempt: &Attempt) -> Result<Finished> {
+    kv.transact(|tx| finish_in(tx, id, token, attempt))
+}
+
+/// [`finish_attempt`] for many attempts (on distinct messages) in one
+/// transaction: the outbound workers' recorder commits the outcomes of
+/// concurrent deliveries together. One [`Finished`] per attempt, in order;
+/// nothing is recorded unless all are.
+pub fn finish_attempts(kv: &Kv, attempts: &[(QueueId, u64, &Attempt)]) -> Result<Vec<Finished>> {
     kv.transact(|tx| {
-        let Some(mut msg) = get(tx, id)? else {
-            return Ok(Finished::LeaseLost);
+        attempts
+            .iter()
+            .map(|(id, token, attempt)| finish_in(tx, *id, *token, attempt))
+            .collect()
+    })
+}
+
+/// [`finish_attempt`] inside a transaction.
+pub fn finish_in(
+    tx: &mut Transaction<'_>,
+    id: QueueId,
+    token: u64,
+    attempt: &Attempt,
+) -> Result<Finished> {
+    let Some(mut msg) = get(tx, id)? else {
+        return Ok(Finished::LeaseLost);
+    };
+    if msg.lease.map(|l| l.token) != Some(token) || msg.held.is_some() {
+        return Ok(Finished::LeaseLost);
+    }
+    for o in &attempt.recipients {
+        let Some(r) = msg.recipients.get_mut(o.index) else {
+            continue;
         };
-        if msg.lease.map(|l| l.token) != Some(token) || msg.held.is_some() {
-            return Ok(Finished::LeaseLost);
-        }
-        for o in &attempt.recipients {
-            let Some(r) = msg.recipients.get_mut(o.index) else {
+        r.state = o.state;
+        r.reply = Some(truncate(o.reply.clone()));
+        r.remote_mta = o.remote_mta.clone();
+        r.notified = o.notified;
+    }
+    msg.attempts += 1;
+    if msg.expires.is_none() {
+        msg.expires = attempt.expires;
+    }
+    if attempt.error.is_some() {
+        msg.last_error = attempt.error.clone().map(truncate);
+    }
+    msg.delay_notified |= attempt.delay_notified;
+    msg.lease = None;
+    if let (Some(account), Some(submission)) = (msg.account, msg.submission) {
+        let recipients = msg.recipients.clone();
+        update_status(tx, account, submission, |s| {
+            s.undo = UndoStatus::Final;
+            for r in &recipients {
+                let delivered = match r.state {
+                    RcptState::Pending => Delivery::Queued,
+                    RcptState::Delivered => Delivery::Yes,
+                    RcptState::Failed => Delivery::No,
+                };
+                let reply = r.reply.clone().unwrap_or_default();
+                match s.recipients.iter_mut().find(|x| x.address == r.address) {
+                    Some(x) => {
+                        x.delivered = delivered;
+                        x.reply = reply;
+                    }
+                    None => s.recipients.push(RecipientStatus {
+                        address: r.address.clone(),
+                        delivered,
+                        reply,
+                    }),
+                }
+            }
+            for hash in &attempt.dsn_blobs {
+                if !s.dsn_blobs.contains(hash) {
+                    s.dsn_blobs.push(*hash);
+                }
+            }
+            true
+        })?;
+    }
+    tx.clear(&due_key(msg.due, id))?;
+    if msg.is_done() {
+        msg.due = 0;
+        tx.clear_chunked(&record_key(id))?;
+        blob::add_ref(tx, QUEUE_HOLDER, &msg.blob, -1)?;
+        tx.add(DEPTH_KEY, -1)?;
+        return Ok(Finished::Removed);
+    }
+    // Final recipients whose DSN failed to go out are retried with
+    // the pending ones.
+    msg.due = attempt.retry_at;
+    tx.set(&due_key(msg.due, id), &[])?;
+    put(tx, id, &msg)?;
+    Ok(Finished::Rescheduled(msg.due))
+}
+
+/// Gives leased messages back unattempted (a worker stopping with leases
+/// it did not start): each whose lease is still `token` is due again at
+/// once. Returns how many were released.
+pub fn release(kv: &Kv, leases: &[(QueueId, u64)]) -> Result<usize> {
+    kv.transact(|tx| {
+        let mut released = 0;
+        let at = now();
+        for &(id, token) in leases {
+            let Some(mut msg) = get(tx, id)? else {
                 continue;
             };
-            r.state = o.state;
-            r.reply = Some(truncate(o.reply.clone()));
-            r.remote_mta = o.remote_mta.clone();
-            r.notified = o.notified;
+            if msg.lease.map(|l| l.token) != Some(token) || msg.held.is_some() {
+                continue;
+            }
+            tx.clear(&due_key(msg.due, id))?;
+            msg.lease = None;
+            msg.due = at;
+            tx.set(&due_key(at, id), &[])?;
+            put(tx, id, &msg)?;
+            released += 1;
         }
-        msg.attempts += 1;
-        if msg.expires.is_none() {
-            msg.expires = attempt.expires;
+        if released > 0 {
+            tx.add(WAKE_KEY, 1)?;
         }
-        if attempt.error.is_some() {
-            msg.last_error = attempt.error.clone().map(truncate);
-        }
-        msg.delay_notified |= attempt.delay_notified;
-        msg.lease = None;
-        if let (Some(account), Some(submission)) = (msg.account, msg.submission) {
-            let recipients = msg.recipients.clone();
-            update_status(tx, account, submission, |s| {
-                s.undo = UndoStatus::Final;
-                for r in &recipients {
-                    let delivered = match r.state {
-                        RcptState::Pending => Delivery::Queued,
-                        RcptState::Delivered => Delivery::Yes,
-                        RcptState::Failed => Delivery::No,
-                    };
-                    let reply = r.reply.clone().unwrap_or_default();
-                    match s.recipients.iter_mut().find(|x| x.address == r.address) {
-                        Some(x) => {
-                            x.delivered = delivered;
-                            x.reply = reply;
-                        }
-                        None => s.recipients.push(RecipientStatus {
-                            address: r.address.clone(),
-                            delivered,
-                            reply,
-                        }),
-                    }
-                }
-                true
-            })?;
-        }
-        tx.clear(&due_key(msg.due, id))?;
-        if msg.is_done() {
-            msg.due = 0;
-            tx.clear_chunked(&record_key(id))?;
-            blob::add_ref(tx, QUEUE_HOLDER, &msg.blob, -1)?;
-            tx.add(DEPTH_KEY, -1)?;
-            return Ok(Finished::Removed);
-        }
-        // Final recipients whose DSN failed to go out are retried with
-        // the pending ones.
-        msg.due = attempt.retry_at;
-        tx.set(&due_key(msg.due, id), &[])?;
-        put(tx, id, &msg)?;
-        Ok(Finished::Rescheduled(msg.due))
+        Ok(released)
     })
 }
 
@@ -692,6 +749,45 @@ pub struct SubmissionStatus {
     pub undo: UndoStatus,
     /// Per recipient.
     pub recipients: Vec<RecipientStatus>,
+    /// The DSNs delivered to the sender about this submission, oldest
+    /// first (JMAP `dsnBlobIds`). Added in record version 2.
+    pub dsn_blobs: Vec<BlobHash>,
+}
+
+/// [`SubmissionStatus`] as record version 1 wrote it (before `dsn_blobs`).
+#[derive(Deserialize)]
+struct SubmissionStatusV1 {
+    queue_id: Option<QueueId>,
+    undo: UndoStatus,
+    recipients: Vec<RecipientStatus>,
+}
+
+/// The version byte of [`SubmissionStatus`] records written now.
+const STATUS_VERSION: u8 = 2;
+
+fn encode_status(status: &SubmissionStatus) -> Vec<u8> {
+    let mut out = vec![STATUS_VERSION];
+    postcard::to_io(status, &mut out).expect("serializing to a Vec cannot fail");
+    out
+}
+
+fn decode_status(key: &[u8], bytes: &[u8]) -> Result<SubmissionStatus> {
+    let corrupt = |e: postcard::Error| -> Error {
+        crate::kv::Error::corrupt(key, format!("submission status: {e}")).into()
+    };
+    match bytes.split_first() {
+        Some((1, rest)) => {
+            let v1: SubmissionStatusV1 = postcard::from_bytes(rest).map_err(corrupt)?;
+            Ok(SubmissionStatus {
+                queue_id: v1.queue_id,
+                undo: v1.undo,
+                recipients: v1.recipients,
+                dsn_blobs: Vec::new(),
+            })
+        }
+        Some((&STATUS_VERSION, rest)) => postcard::from_bytes(rest).map_err(corrupt),
+        _ => Err(crate::kv::Error::corrupt(key, "unknown submission status version").into()),
+    }
 }
 
 /// The delivery status of a submission.
@@ -701,7 +797,9 @@ pub fn get_status(
     submission: DocumentId,
 ) -> Result<Option<SubmissionStatus>> {
     let key = status_key(account, submission);
-    tx.get_chunked(&key)?.map(|v| decode(&key, &v)).transpose()
+    tx.get_chunked(&key)?
+        .map(|v| decode_status(&key, &v))
+        .transpose()
 }
 
 /// Writes a submission's delivery status (the caller records the change).
@@ -711,7 +809,7 @@ pub fn put_status(
     submission: DocumentId,
     status: &SubmissionStatus,
 ) -> Result<()> {
-    tx.set_chunked(&status_key(account, submission), &encode(status))?;
+    tx.set_chunked(&status_key(account, submission), &encode_status(status))?;
     Ok(())
 }
 
@@ -926,6 +1024,7 @@ mod tests {
                 expires: Some(t + 5 * 86400),
                 error: Some("451 4.3.0 try later".into()),
                 delay_notified: false,
+                dsn_blobs: Vec::new(),
             },
         )
         .unwrap();
@@ -976,5 +1075,140 @@ mod tests {
         assert!(kv.transact(|tx| cancel_pending(tx, id)).unwrap());
         assert!(list(kv).unwrap().is_empty());
         assert!(!kv.transact(|tx| cancel_pending(tx, id)).unwrap());
+    }
+
+    #[test]
+    fn outcomes_of_many_attempts_commit_together() {
+        let (_dir, store) = store();
+        let kv = store.kv();
+        let ids: Vec<QueueId> = (0..5)
+            .map(|i| {
+                let to = format!("r{i}@remote.test");
+                enqueue(kv, RAW, None, &envelope(&[&to]), 0).unwrap()
+            })
+            .collect();
+        let t = now();
+        let leased = lease_due(kv, t, 10, 60).unwrap();
+        assert_eq!(leased.len(), 5);
+        let delivered = Attempt {
+            recipients: vec![outcome(0, RcptState::Delivered)],
+            ..Default::default()
+        };
+        let mut later = outcome(0, RcptState::Pending);
+        later.reply = "451 4.3.0 try later".into();
+        let deferred = Attempt {
+            recipients: vec![later],
+            retry_at: t + 300,
+            ..Default::default()
+        };
+        // Three delivered, one deferred, one whose lease is stale.
+        let batch: Vec<(QueueId, u64, &Attempt)> = leased
+            .iter()
+            .enumerate()
+            .map(|(i, l)| match i {
+                3 => (l.id, l.token, &deferred),
+                4 => (l.id, l.token ^ 2, &delivered),
+                _ => (l.id, l.token, &delivered),
+            })
+            .collect();
+        let done = finish_attempts(kv, &batch).unwrap();
+        assert_eq!(
+            done,
+            vec![
+                Finished::Removed,
+                Finished::Removed,
+                Finished::Removed,
+                Finished::Rescheduled(t + 300),
+                Finished::LeaseLost,
+            ]
+        );
+        let left: Vec<QueueId> = list(kv).unwrap().into_iter().map(|(id, _)| id).collect();
+        let mut expected = vec![leased[3].id, leased[4].id];
+        expected.sort_unstable();
+        assert_eq!(left, expected);
+        assert_eq!(stats(kv).unwrap().depth, 2);
+        assert!(ids.contains(&leased[3].id));
+    }
+
+    #[test]
+    fn released_leases_are_due_again_at_once() {
+        let (_dir, store) = store();
+        let kv = store.kv();
+        let id = enqueue(kv, RAW, None, &envelope(&["b@remote.test"]), 0).unwrap();
+        let t = now();
+        let l = lease_due(kv, t, 10, 600).unwrap().remove(0);
+        assert!(lease_due(kv, t, 10, 600).unwrap().is_empty());
+        // A wrong token releases nothing.
+        assert_eq!(release(kv, &[(id, l.token ^ 2)]).unwrap(), 0);
+        assert_eq!(release(kv, &[(id, l.token)]).unwrap(), 1);
+        let again = lease_due(kv, now(), 10, 600).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].message.attempts, 0, "not counted as an attempt");
+        // The old token no longer records anything.
+        let late = finish_attempt(
+            kv,
+            id,
+            l.token,
+            &Attempt {
+                recipients: vec![outcome(0, RcptState::Delivered)],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(late, Finished::LeaseLost);
+    }
+
+    #[test]
+    fn submission_status_keeps_dsn_blobs_and_reads_version_1_records() {
+        let (_dir, store) = store();
+        let kv = store.kv();
+        let account = AccountId(7);
+        let submission: DocumentId = 3;
+        // A version 1 record, as written before dsn_blobs existed.
+        #[derive(Serialize)]
+        struct V1<'a> {
+            queue_id: Option<QueueId>,
+            undo: UndoStatus,
+            recipients: &'a [RecipientStatus],
+        }
+        let rcpt = RecipientStatus {
+            address: "b@remote.test".into(),
+            delivered: Delivery::Queued,
+            reply: String::new(),
+        };
+        let mut v1 = vec![1u8];
+        postcard::to_io(
+            &V1 {
+                queue_id: Some(9),
+                undo: UndoStatus::Final,
+                recipients: std::slice::from_ref(&rcpt),
+            },
+            &mut v1,
+        )
+        .unwrap();
+        kv.transact(|tx| tx.set_chunked(&status_key(account, submission), &v1))
+            .unwrap();
+        let read = kv
+            .read(|tx| get_status(tx, account, submission))
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.queue_id, Some(9));
+        assert_eq!(read.recipients, vec![rcpt]);
+        assert!(read.dsn_blobs.is_empty());
+        // Written back as version 2 with the DSN's blob.
+        let mut status = read;
+        status.dsn_blobs.push(BlobHash::of(b"a report"));
+        kv.transact(|tx| put_status(tx, account, submission, &status))
+            .unwrap();
+        let raw = kv
+            .read(|tx| tx.get_chunked(&status_key(account, submission)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(raw[0], 2);
+        let again = kv
+            .read(|tx| get_status(tx, account, submission))
+            .unwrap()
+            .unwrap();
+        assert_eq!(again, status);
     }
 }

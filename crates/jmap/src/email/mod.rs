@@ -1,5 +1,5 @@
 //! Email methods (RFC 8621 section 4): Email/get, set, changes, query,
-//! queryChanges, import, parse; and the decoding of MIME part blobs.
+//! queryChanges, copy, import, parse; and the decoding of MIME part blobs.
 //!
 //! - [`get`](mod@get): rendering the Email object (also for Email/parse);
 //!   list properties come from `EmailMeta`, `EmailDetail` and the raw
@@ -9,9 +9,11 @@
 //! - [`query`]: filters, sorts, paging, Email/queryChanges.
 //! - [`set`]: Email/set and Email/import.
 //! - [`build`]: the RFC 5322 message of a draft created with Email/set.
+//! - [`copy`](mod@copy): Email/copy between accounts.
 
 mod body;
 mod build;
+mod copy;
 mod dates;
 mod get;
 mod headers;
@@ -55,6 +57,14 @@ pub fn query(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
 /// Email/queryChanges.
 pub fn query_changes(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
     query::query_changes(ctx, args)
+}
+
+/// Email/copy, with its implicit Email/set (onSuccessDestroyOriginal).
+pub fn copy(
+    ctx: &mut Ctx<'_>,
+    args: Arguments,
+) -> (MethodResult, Option<(&'static str, MethodResult)>) {
+    copy::copy(ctx, args)
 }
 
 /// Email/import.

@@ -34,7 +34,7 @@ fn valid_keyword(k: &str) -> bool {
 }
 
 /// Parses a `keywords` value: `String[Boolean]` with every value true.
-fn parse_keywords(v: &Value) -> Result<Vec<String>, SetError> {
+pub(super) fn parse_keywords(v: &Value) -> Result<Vec<String>, SetError> {
     let bad = || SetError::invalid_properties(["keywords"]);
     let Value::Object(m) = v else {
         return Err(bad().with_description("keywords is an object"));
@@ -97,7 +97,7 @@ fn resolve(created: &HashMap<String, String>, s: &str) -> String {
     }
 }
 
-fn parse_received_at(v: Option<&Value>) -> Result<Option<i64>, SetError> {
+pub(super) fn parse_received_at(v: Option<&Value>) -> Result<Option<i64>, SetError> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => dates::parse_rfc3339(s)
@@ -109,19 +109,19 @@ fn parse_received_at(v: Option<&Value>) -> Result<Option<i64>, SetError> {
 
 /// A message ready to be stored.
 #[derive(Debug)]
-struct Prepared {
-    creation_id: String,
-    mailbox_ids: Value,
-    keywords: Vec<String>,
-    received_at: i64,
+pub(super) struct Prepared {
+    pub(super) creation_id: String,
+    pub(super) mailbox_ids: Value,
+    pub(super) keywords: Vec<String>,
+    pub(super) received_at: i64,
     /// The message; emptied once its blob is stored (`stored`), so that a
     /// call creating many large messages holds one at a time.
-    raw: Vec<u8>,
+    pub(super) raw: Vec<u8>,
     /// The message's size.
-    size: u64,
-    parsed: ParsedMessage,
+    pub(super) size: u64,
+    pub(super) parsed: ParsedMessage,
     /// The blob, when it was stored ahead of the transaction.
-    stored: Option<BlobHash>,
+    pub(super) stored: Option<BlobHash>,
 }
 
 impl Prepared {
@@ -139,14 +139,14 @@ impl Prepared {
 }
 
 /// The outcome of storing prepared messages.
-struct Stored {
-    created: Map<String, Value>,
-    not_created: Map<String, Value>,
-    ids: Vec<(String, String)>,
+pub(super) struct Stored {
+    pub(super) created: Map<String, Value>,
+    pub(super) not_created: Map<String, Value>,
+    pub(super) ids: Vec<(String, String)>,
 }
 
 /// Inserts prepared messages through `w`.
-fn insert_all(
+pub(super) fn insert_all(
     w: &mut Writer<'_, '_>,
     created_ids: &HashMap<String, String>,
     prepared: &[Prepared],
@@ -396,7 +396,7 @@ fn update_one(
 }
 
 /// Checks ifInState against the Email state read in the transaction.
-fn check_state(
+pub(super) fn check_state(
     tx: &mut tern_store::kv::Transaction<'_>,
     account: AccountId,
     if_in_state: Option<Option<u64>>,

@@ -1,5 +1,7 @@
-//! The SMTP client: one mail transaction with one server (RFC 5321), with
-//! opportunistic STARTTLS (RFC 3207), PIPELINING (RFC 2920), SIZE (RFC
+//! The SMTP client (RFC 5321): a [`Session`] with one server, opened with
+//! opportunistic STARTTLS (RFC 3207; a failed handshake is retried at once
+//! in plain text, RFC 7435), carrying one mail transaction after another
+//! (RSET before each later one) with PIPELINING (RFC 2920), SIZE (RFC
 //! 1870) and the DSN parameters (RFC 3461) when the server offers them.
 
 use std::net::SocketAddr;
@@ -344,8 +346,86 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// An open session with a server, past the greeting, EHLO and (when
+/// offered and wanted) STARTTLS: ready for mail transactions. A session
+/// whose last transaction ended cleanly can carry another one (connection
+/// reuse, see `outbound::pool`); each later one starts with RSET.
+pub struct Session {
+    conn: Conn,
+    caps: u32,
+    max_size: usize,
+    clean: bool,
+    used: bool,
+    opened: std::time::Instant,
+    transactions: u32,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("tls", &self.conn.is_tls())
+            .field("clean", &self.clean)
+            .field("transactions", &self.transactions)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a reused session could not start a transaction: the server closed
+/// it, or refused the RSET. Nothing was sent; a fresh session may be tried
+/// at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stale(pub String);
+
+/// The longest wait for the reply to the RSET that starts a transaction on
+/// a reused session (Postfix's `smtp_rset_timeout`).
+const RSET_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Session {
+    /// Whether the session can carry another transaction.
+    pub fn reusable(&self) -> bool {
+        self.clean
+    }
+
+    /// Whether the session runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.conn.is_tls()
+    }
+
+    /// When it was opened.
+    pub fn opened(&self) -> std::time::Instant {
+        self.opened
+    }
+
+    /// Mail transactions it carried.
+    pub fn transactions(&self) -> u32 {
+        self.transactions
+    }
+
+    /// Runs one mail transaction. On a reused session it starts with RSET
+    /// (pipelined with MAIL FROM when the server offers PIPELINING); a
+    /// session that fails there is [`Stale`].
+    pub async fn send(&mut self, mail: &Mail<'_>, config: &ClientConfig) -> Result<Outcome, Stale> {
+        let reset = self.used;
+        self.used = true;
+        self.clean = false;
+        let outcome = transaction(self, mail, config, reset).await?;
+        if self.clean {
+            self.transactions += 1;
+        }
+        Ok(outcome)
+    }
+
+    /// Ends the session politely: QUIT, and the reply awaited briefly.
+    pub async fn quit(mut self, config: &ClientConfig) {
+        if self.conn.write(b"QUIT\r\n").await.is_ok() {
+            let wait = config.command_timeout.min(Duration::from_secs(2));
+            let _ = self.conn.reply(wait).await;
+        }
+    }
+}
+
 /// Runs one mail transaction with the server at `addr` (called `host` for
-/// TLS), using STARTTLS when offered (and `config.starttls`).
+/// TLS) on a session of its own, then QUITs.
 pub async fn send(
     addr: SocketAddr,
     host: &str,
@@ -353,87 +433,151 @@ pub async fn send(
     config: &ClientConfig,
     tls: &TlsConnector,
 ) -> Outcome {
-    let first = send_once(addr, host, mail, config, tls, config.starttls).await;
-    match &first {
-        // A failed handshake: try again in plain text (opportunistic).
-        Outcome::Session { reason, .. } if reason.starts_with("TLS") => {
-            send_once(addr, host, mail, config, tls, false).await
-        }
-        _ => first,
-    }
-}
-
-async fn send_once(
-    addr: SocketAddr,
-    host: &str,
-    mail: &Mail<'_>,
-    config: &ClientConfig,
-    tls: &TlsConnector,
-    try_tls: bool,
-) -> Outcome {
-    let stream = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr)).await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return session_fail(format!("cannot connect to {addr}: {e}"), None),
-        Err(_) => return session_fail(format!("connecting to {addr} timed out"), None),
+    let mut session = match open(addr, host, config, tls).await {
+        Ok(s) => s,
+        Err(outcome) => return outcome,
     };
-    let _ = stream.set_nodelay(true);
-    let mut conn = Conn {
-        stream: Stream::Plain(stream),
-        buf: Vec::with_capacity(1024),
-        start: 0,
+    let outcome = match session.send(mail, config).await {
+        Ok(o) => o,
+        Err(Stale(reason)) => session_fail(reason, None),
     };
-    let outcome = transaction(&mut conn, host, mail, config, tls, try_tls).await;
-    // QUIT politely; the outcome does not depend on it.
-    if conn.write(b"QUIT\r\n").await.is_ok() {
-        let _ =
-            tokio::time::timeout(Duration::from_secs(2), conn.reply(config.command_timeout)).await;
-    }
+    session.quit(config).await;
     outcome
 }
 
-async fn transaction(
-    conn: &mut Conn,
+/// Opens a session with the server at `addr`, using STARTTLS when it is
+/// offered (and `config.starttls`). Opportunistic TLS: when the handshake
+/// fails, the server is connected to again and used in plain text (RFC
+/// 7435; as Postfix does). The error is the outcome for every recipient.
+pub async fn open(
+    addr: SocketAddr,
     host: &str,
-    mail: &Mail<'_>,
+    config: &ClientConfig,
+    tls: &TlsConnector,
+) -> Result<Session, Outcome> {
+    match open_once(addr, host, config, tls, config.starttls).await {
+        Err(Opening::Tls(reason)) => {
+            tracing::debug!(%addr, %reason, "STARTTLS failed; trying again in plain text");
+            open_once(addr, host, config, tls, false)
+                .await
+                .map_err(Opening::into_outcome)
+        }
+        other => other.map_err(Opening::into_outcome),
+    }
+}
+
+/// Why a session could not be opened.
+enum Opening {
+    /// The STARTTLS handshake failed (the connection is unusable).
+    Tls(String),
+    /// Anything else: the outcome for every recipient.
+    Failed(Outcome),
+}
+
+impl Opening {
+    fn into_outcome(self) -> Outcome {
+        match self {
+            Opening::Tls(reason) => session_fail(reason, None),
+            Opening::Failed(outcome) => outcome,
+        }
+    }
+}
+
+async fn open_once(
+    addr: SocketAddr,
+    host: &str,
     config: &ClientConfig,
     tls: &TlsConnector,
     try_tls: bool,
-) -> Outcome {
+) -> Result<Session, Opening> {
+    let stream = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr)).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err(Opening::Failed(session_fail(
+                format!("cannot connect to {addr}: {e}"),
+                None,
+            )));
+        }
+        Err(_) => {
+            return Err(Opening::Failed(session_fail(
+                format!("connecting to {addr} timed out"),
+                None,
+            )));
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let mut session = Session {
+        conn: Conn {
+            stream: Stream::Plain(stream),
+            buf: Vec::with_capacity(1024),
+            start: 0,
+        },
+        caps: 0,
+        max_size: 0,
+        clean: false,
+        used: false,
+        opened: std::time::Instant::now(),
+        transactions: 0,
+    };
+    match hello(&mut session, host, config, tls, try_tls).await {
+        Ok(()) => Ok(session),
+        Err(Opening::Failed(outcome)) => {
+            session.quit(config).await;
+            Err(Opening::Failed(outcome))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Greeting, EHLO (HELO when refused) and STARTTLS.
+async fn hello(
+    session: &mut Session,
+    host: &str,
+    config: &ClientConfig,
+    tls: &TlsConnector,
+    try_tls: bool,
+) -> Result<(), Opening> {
     let t = config.command_timeout;
+    let conn = &mut session.conn;
     macro_rules! reply {
         () => {
             match conn.reply(t).await {
                 Ok(r) => r,
-                Err(e) => return session_fail(e, None),
+                Err(e) => return Err(Opening::Failed(session_fail(e, None))),
             }
         };
     }
     macro_rules! send {
         ($data:expr) => {
             if let Err(e) = conn.write($data).await {
-                return session_fail(format!("write failed: {e}"), None);
+                return Err(Opening::Failed(session_fail(
+                    format!("write failed: {e}"),
+                    None,
+                )));
             }
         };
     }
     let (greeting, _) = reply!();
     if greeting.code != 220 {
-        return session_fail("greeting refused", Some(greeting));
+        return Err(Opening::Failed(session_fail(
+            "greeting refused",
+            Some(greeting),
+        )));
     }
     let ehlo = format!("EHLO {}\r\n", config.hostname);
     send!(ehlo.as_bytes());
-    let (mut reply, mut lines) = reply!();
-    let (mut caps, mut max_size) = (0u32, 0usize);
+    let (reply, lines) = reply!();
     if reply.code == 250 {
-        (caps, max_size) = capabilities(&lines);
+        (session.caps, session.max_size) = capabilities(&lines);
     } else {
         send!(format!("HELO {}\r\n", config.hostname).as_bytes());
         let (helo, _) = reply!();
         if helo.code != 250 {
-            return session_fail("HELO refused", Some(helo));
+            return Err(Opening::Failed(session_fail("HELO refused", Some(helo))));
         }
     }
-    if try_tls && caps & EXT_START_TLS != 0 && !conn.is_tls() {
+    if try_tls && session.caps & EXT_START_TLS != 0 && !conn.is_tls() {
         send!(b"STARTTLS\r\n");
         let (r, _) = reply!();
         if r.code == 220 {
@@ -444,21 +588,53 @@ async fn transaction(
                 .unwrap_or_else(|_| ServerName::try_from("localhost").expect("valid name"));
             match tokio::time::timeout(t, tls.connect(name, tcp)).await {
                 Ok(Ok(s)) => conn.stream = Stream::Tls(Box::new(s)),
-                Ok(Err(e)) => return session_fail(format!("TLS handshake failed: {e}"), None),
-                Err(_) => return session_fail("TLS handshake timed out", None),
+                Ok(Err(e)) => return Err(Opening::Tls(format!("TLS handshake failed: {e}"))),
+                Err(_) => return Err(Opening::Tls("TLS handshake timed out".into())),
             }
             conn.buf.clear();
             conn.start = 0;
             send!(ehlo.as_bytes());
-            (reply, lines) = reply!();
+            let (reply, lines) = reply!();
             if reply.code != 250 {
-                return session_fail("EHLO after STARTTLS refused", Some(reply));
+                return Err(Opening::Failed(session_fail(
+                    "EHLO after STARTTLS refused",
+                    Some(reply),
+                )));
             }
-            (caps, max_size) = capabilities(&lines);
+            (session.caps, session.max_size) = capabilities(&lines);
         }
     }
+    Ok(())
+}
+
+/// One mail transaction on an open session. Sets `session.clean` when it
+/// ends with the session back in its initial state.
+async fn transaction(
+    session: &mut Session,
+    mail: &Mail<'_>,
+    config: &ClientConfig,
+    reset: bool,
+) -> Result<Outcome, Stale> {
+    let t = config.command_timeout;
+    let (caps, max_size) = (session.caps, session.max_size);
+    let conn = &mut session.conn;
+    macro_rules! reply {
+        () => {
+            match conn.reply(t).await {
+                Ok(r) => r,
+                Err(e) => return Ok(session_fail(e, None)),
+            }
+        };
+    }
+    macro_rules! send {
+        ($data:expr) => {
+            if let Err(e) = conn.write($data).await {
+                return Ok(session_fail(format!("write failed: {e}"), None));
+            }
+        };
+    }
     if caps & EXT_SIZE != 0 && max_size > 0 && mail.data.len() > max_size {
-        return session_fail(
+        return Ok(session_fail(
             "message too big for the server",
             Some(ServerReply {
                 code: 552,
@@ -467,20 +643,23 @@ async fn transaction(
                     mail.data.len()
                 ),
             }),
-        );
+        ));
     }
     if mail.smtputf8 && caps & EXT_SMTP_UTF8 == 0 {
-        return session_fail(
+        return Ok(session_fail(
             "the server does not support SMTPUTF8",
             Some(ServerReply {
                 code: 553,
                 text: "5.6.7 the recipient's server does not accept internationalized addresses"
                     .into(),
             }),
-        );
+        ));
     }
     let dsn = caps & EXT_DSN != 0;
-    let mut from = format!("MAIL FROM:<{}>", mail.mail_from);
+    let mut from = String::with_capacity(64 + mail.mail_from.len());
+    from.push_str("MAIL FROM:<");
+    from.push_str(mail.mail_from);
+    from.push('>');
     if caps & EXT_SIZE != 0 {
         from.push_str(&format!(" SIZE={}", mail.data.len()));
     }
@@ -528,17 +707,37 @@ async fn transaction(
         line.push_str("\r\n");
         rcpts.push(line);
     }
+    // A reused session starts with RSET; a failure there means the session
+    // is gone (closed by the server while idle) and nothing was sent.
+    let rset_wait = t.min(RSET_TIMEOUT);
     let pipelining = caps & EXT_PIPELINING != 0;
     let mut rcpt_replies = Vec::with_capacity(rcpts.len());
     let accepted;
     if pipelining {
-        // MAIL, every RCPT and DATA in one write (RFC 2920).
-        let mut batch = from.clone().into_bytes();
+        // [RSET,] MAIL, every RCPT and DATA in one write (RFC 2920).
+        let mut batch = Vec::with_capacity(256);
+        if reset {
+            batch.extend_from_slice(b"RSET\r\n");
+        }
+        batch.extend_from_slice(from.as_bytes());
         for r in &rcpts {
             batch.extend_from_slice(r.as_bytes());
         }
         batch.extend_from_slice(b"DATA\r\n");
-        send!(&batch);
+        if let Err(e) = conn.write(&batch).await {
+            return if reset {
+                Err(Stale(format!("write failed: {e}")))
+            } else {
+                Ok(session_fail(format!("write failed: {e}"), None))
+            };
+        }
+        if reset {
+            match conn.reply(rset_wait).await {
+                Ok((r, _)) if r.code == 250 => {}
+                Ok((r, _)) => return Err(Stale(format!("RSET refused: {}", r.line()))),
+                Err(e) => return Err(Stale(e)),
+            }
+        }
         let (mail_reply, _) = reply!();
         for _ in &rcpts {
             let (r, _) = reply!();
@@ -546,26 +745,37 @@ async fn transaction(
         }
         let (data_reply, _) = reply!();
         if !mail_reply.positive() {
-            return session_fail("MAIL FROM refused", Some(mail_reply));
+            return Ok(session_fail("MAIL FROM refused", Some(mail_reply)));
         }
         accepted = rcpt_replies.iter().filter(|r| r.positive()).count();
         if data_reply.code != 354 {
             if accepted == 0 {
-                return Outcome::Replies(rcpt_replies);
+                session.clean = true;
+                return Ok(Outcome::Replies(rcpt_replies));
             }
-            return session_fail("DATA refused", Some(data_reply));
+            return Ok(session_fail("DATA refused", Some(data_reply)));
         }
         if accepted == 0 {
             // DATA was accepted though no recipient was: end it empty.
             send!(b".\r\n");
             let _ = conn.reply(t).await;
-            return Outcome::Replies(rcpt_replies);
+            return Ok(Outcome::Replies(rcpt_replies));
         }
     } else {
+        if reset {
+            if let Err(e) = conn.write(b"RSET\r\n").await {
+                return Err(Stale(format!("write failed: {e}")));
+            }
+            match conn.reply(rset_wait).await {
+                Ok((r, _)) if r.code == 250 => {}
+                Ok((r, _)) => return Err(Stale(format!("RSET refused: {}", r.line()))),
+                Err(e) => return Err(Stale(e)),
+            }
+        }
         send!(from.as_bytes());
         let (mail_reply, _) = reply!();
         if !mail_reply.positive() {
-            return session_fail("MAIL FROM refused", Some(mail_reply));
+            return Ok(session_fail("MAIL FROM refused", Some(mail_reply)));
         }
         for r in &rcpts {
             send!(r.as_bytes());
@@ -575,26 +785,29 @@ async fn transaction(
         accepted = rcpt_replies.iter().filter(|r| r.positive()).count();
         if accepted == 0 {
             send!(b"RSET\r\n");
-            let _ = conn.reply(t).await;
-            return Outcome::Replies(rcpt_replies);
+            if let Ok((r, _)) = conn.reply(t).await {
+                session.clean = r.code == 250;
+            }
+            return Ok(Outcome::Replies(rcpt_replies));
         }
         send!(b"DATA\r\n");
         let (data_reply, _) = reply!();
         if data_reply.code != 354 {
-            return session_fail("DATA refused", Some(data_reply));
+            return Ok(session_fail("DATA refused", Some(data_reply)));
         }
     }
     send!(&dot_stuff(mail.data));
     let end = match conn.reply(config.data_timeout).await {
         Ok((r, _)) => r,
-        Err(e) => return session_fail(e, None),
+        Err(e) => return Ok(session_fail(e, None)),
     };
-    Outcome::Replies(
+    session.clean = true;
+    Ok(Outcome::Replies(
         rcpt_replies
             .into_iter()
             .map(|r| if r.positive() { end.clone() } else { r })
             .collect(),
-    )
+    ))
 }
 
 #[cfg(test)]

@@ -2,43 +2,59 @@
 //! (`tern_store::queue`) to other servers.
 //!
 //! - [`run`]: the scheduler. It leases due messages from the queue (one
-//!   range read, see the store's queue module), runs up to
-//!   [`OutboundConfig::concurrency`] deliveries at once, and sleeps until
-//!   the next message falls due, new work is queued (a watch on the queue's
-//!   wake key), or shutdown.
-//! - one delivery ([`deliver`]): reads the message, signs it with the
-//!   author domain's DKIM key ([`dkim`]), groups the pending recipients by
-//!   domain, delivers local ones straight into their mailboxes and remote
-//!   ones through [`route`] and [`client`] (at most
-//!   [`OutboundConfig::per_domain`] connections per domain), then records
-//!   the outcome: 2xx delivered, 5xx failed at once, 4xx and connection
-//!   errors retried with exponential backoff and jitter until the message
-//!   expires. Failures (and, if configured, delays) produce a DSN
-//!   ([`dsn`]) in the local sender's inbox. A message that cannot be sent
-//!   as it is (blob missing, not a message, signing failed) goes to the
-//!   error queue.
+//!   range read and one commit for many messages, see the store's queue
+//!   module) *ahead* of need: it keeps up to
+//!   [`OutboundConfig::concurrency`] leased messages waiting, so a slot
+//!   that frees starts the next delivery at once instead of waiting for a
+//!   lease commit. It runs up to `concurrency` deliveries at once and
+//!   sleeps until the next message falls due, new work is queued (a watch
+//!   on the queue's wake key), or shutdown; leases it did not start are
+//!   given back at shutdown.
+//! - one delivery ([`deliver`]): reads the message, checks it, finds which
+//!   recipient domains are local and signs it with the author domain's
+//!   DKIM key ([`dkim`]), all in one blocking step; delivers local
+//!   recipients straight into their mailboxes and remote ones through
+//!   [`route`] and [`client`] (at most [`OutboundConfig::per_domain`]
+//!   connections per domain, reusing idle sessions, [`pool`]), then
+//!   records the outcome: 2xx delivered, 5xx failed at once, 4xx and
+//!   connection errors retried with exponential backoff and jitter until
+//!   the message expires. Failures (and, if configured, delays) produce a
+//!   DSN ([`dsn`]) in the local sender's inbox, listed in the JMAP
+//!   submission's `dsnBlobIds`. A message that cannot be sent as it is
+//!   (blob missing, not a message, signing failed) goes to the error
+//!   queue.
+//! - the recorder ([`recorder`]): deliveries hand their outcomes to one
+//!   task that commits those arriving together (up to [`RECORD_MAX`],
+//!   waiting at most [`RECORD_WAIT`] for more) in one transaction
+//!   (`queue::finish_attempts`) and then answers each. An outcome counts
+//!   as recorded only once committed: a crash after the remote server's
+//!   250 and before the commit sends the message again when its lease
+//!   lapses (at least once, never lost).
 //! - [`metrics`]: counters and the `/metrics` endpoint.
 
 pub mod client;
 pub mod dkim;
 pub mod dsn;
 pub mod metrics;
+pub mod pool;
 pub mod route;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use mail_auth::MessageAuthenticator;
 use parking_lot::Mutex;
-use tern_store::queue::{self, Attempt, Leased, QueuedMessage, RcptOutcome, RcptState};
-use tern_store::{MailStore, Recipient, now};
-use tokio::sync::{Semaphore, watch};
+use tern_store::queue::{
+    self, Attempt, Finished, Leased, QueueId, QueuedMessage, RcptOutcome, RcptState,
+};
+use tern_store::{BlobHash, MailStore, Recipient, now};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::config::DnsConfig;
 use crate::error::Error;
-use client::{ClientConfig, Mail, Outcome, Rcpt, ServerReply};
+use client::{ClientConfig, Mail, Outcome, Rcpt, ServerReply, Session, Stale};
 pub use metrics::Metrics;
 use route::{Hop, RouteError};
 
@@ -67,7 +83,8 @@ pub struct OutboundConfig {
     pub lease: Duration,
     /// Deliveries in flight at once.
     pub concurrency: usize,
-    /// Connections to one destination domain at once.
+    /// Connections to one destination domain at once (idle ones kept for
+    /// reuse included).
     pub per_domain: usize,
     /// Offer STARTTLS to servers that support it (any certificate is
     /// accepted: opportunistic TLS).
@@ -82,6 +99,10 @@ pub struct OutboundConfig {
     pub data_timeout: Duration,
     /// Longest sleep between looks at the queue.
     pub poll: Duration,
+    /// How long a session stays open after a transaction, waiting for the
+    /// next message to the same server (Postfix's
+    /// `smtp_connection_cache_time_limit`). Zero: one session per message.
+    pub reuse_idle: Duration,
 }
 
 impl Default for OutboundConfig {
@@ -104,9 +125,17 @@ impl Default for OutboundConfig {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             poll: Duration::from_secs(30),
+            reuse_idle: Duration::from_secs(2),
         }
     }
 }
+
+/// Most outcomes the recorder commits in one transaction.
+pub const RECORD_MAX: usize = 256;
+
+/// How long the recorder waits for more outcomes before committing those
+/// it has.
+pub const RECORD_WAIT: Duration = Duration::from_micros(300);
 
 /// What every delivery shares.
 struct Shared {
@@ -118,6 +147,9 @@ struct Shared {
     signers: dkim::Signers,
     metrics: Arc<Metrics>,
     domains: Mutex<HashMap<String, Arc<Semaphore>>>,
+    pool: pool::Pool,
+    /// Outcomes handed to the recorder and not yet committed.
+    recording: Semaphore,
 }
 
 impl Shared {
@@ -127,6 +159,14 @@ impl Shared {
             .entry(domain.to_owned())
             .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_domain.max(1))))
             .clone()
+    }
+
+    /// Closes sessions (QUIT) in the background.
+    fn close(self: &Arc<Self>, sessions: Vec<Session>) {
+        for s in sessions {
+            let shared = self.clone();
+            tokio::spawn(async move { s.quit(&shared.client).await });
+        }
     }
 }
 
@@ -143,6 +183,10 @@ impl std::fmt::Debug for Outbound {
             .finish_non_exhaustive()
     }
 }
+
+/// What a look at the queue found: the messages leased (up to the limit
+/// asked for, given back) and, when fewer, when the next falls due.
+type Found = tern_store::Result<(Vec<Leased>, usize, Option<i64>)>;
 
 impl Outbound {
     /// Sets up the resolver and TLS.
@@ -163,6 +207,8 @@ impl Outbound {
                 signers: dkim::Signers::default(),
                 metrics: Arc::new(Metrics::default()),
                 domains: Mutex::new(HashMap::new()),
+                pool: pool::Pool::default(),
+                recording: Semaphore::new(config.concurrency.max(1).max(RECORD_MAX / 2) * 2),
                 store,
                 config,
             }),
@@ -175,68 +221,102 @@ impl Outbound {
     }
 
     /// Delivers queued mail until `shutdown` turns true; then lets
-    /// deliveries in flight finish (bounded by their timeouts).
+    /// deliveries in flight finish (bounded by their timeouts), records
+    /// their outcomes, and gives back the leases it did not start.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
         let shared = self.shared;
-        let slots = Arc::new(Semaphore::new(shared.config.concurrency.max(1)));
+        let concurrency = shared.config.concurrency.max(1);
+        let (record, records) = mpsc::unbounded_channel();
+        let recording = tokio::spawn(recorder(shared.store.clone(), records));
+        let reaper = tokio::spawn(reap(shared.clone()));
+        // A delivery holds a slot until its outcome is handed to the
+        // recorder; outcomes waiting to be committed are bounded too.
+        let slots = Arc::new(Semaphore::new(concurrency));
         let mut tasks: JoinSet<()> = JoinSet::new();
-        tracing::info!(
-            concurrency = shared.config.concurrency,
-            "outbound delivery running"
-        );
+        // Leased, waiting for a slot.
+        let mut ready: VecDeque<Leased> = VecDeque::new();
+        let mut leasing: Option<tokio::task::JoinHandle<Found>> = None;
+        // Whether the queue may hold due work we have not leased.
+        let mut look = true;
+        let mut next_due: Option<i64> = None;
+        let mut wake: Option<tern_store::kv::Watch> = None;
+        tracing::info!(concurrency, "outbound delivery running");
         loop {
             if *shutdown.borrow_and_update() {
                 break;
             }
             while tasks.try_join_next().is_some() {}
-            // Watch before reading, so a message queued meanwhile wakes us.
-            let wake = shared.store.kv().watch(queue::WAKE_KEY);
-            let free = slots.available_permits();
-            let mut next_due = None;
-            if free > 0 {
+            while !ready.is_empty()
+                && let Ok(slot) = slots.clone().try_acquire_owned()
+            {
+                let l = ready.pop_front().expect("not empty");
+                let shared = shared.clone();
+                let record = record.clone();
+                tasks.spawn(async move { deliver(&shared, &record, slot, l).await });
+            }
+            // Lease ahead: keep up to `concurrency` messages waiting.
+            if look && leasing.is_none() && ready.len() <= concurrency / 2 {
+                let limit = concurrency - ready.len();
+                // Watch before reading, so a message queued meanwhile wakes us.
+                wake = Some(shared.store.kv().watch(queue::WAKE_KEY));
                 let store = shared.store.clone();
                 let lease = shared.config.lease.as_secs().max(1) as i64;
-                let found = tokio::task::spawn_blocking(move || {
-                    let leased = queue::lease_due(store.kv(), now(), free, lease)?;
-                    let next = queue::next_due(store.kv())?;
-                    Ok::<_, tern_store::Error>((leased, next))
-                })
-                .await;
-                match found {
-                    Ok(Ok((leased, next))) => {
-                        let full = leased.len() == free;
-                        for l in leased {
-                            let permit = slots.clone().acquire_owned().await.expect("open");
-                            let shared = shared.clone();
-                            tasks.spawn(async move {
-                                deliver(&shared, l).await;
-                                drop(permit);
-                            });
-                        }
-                        if full {
-                            continue;
-                        }
-                        next_due = next;
-                    }
-                    Ok(Err(e)) => tracing::error!(error = %e, "cannot read the queue"),
-                    Err(e) => tracing::error!(error = %e, "queue task failed"),
-                }
+                leasing = Some(tokio::task::spawn_blocking(move || {
+                    let leased = queue::lease_due(store.kv(), now(), limit, lease)?;
+                    let next = if leased.len() < limit {
+                        queue::next_due(store.kv())?
+                    } else {
+                        None
+                    };
+                    Ok((leased, limit, next))
+                }));
+                look = false;
             }
             let sleep = match next_due {
                 Some(at) => Duration::from_secs((at - now()).clamp(0, i64::MAX) as u64 + 1)
                     .min(shared.config.poll),
                 None => shared.config.poll,
             };
-            let busy = free == 0;
             tokio::select! {
                 _ = stopping(&mut shutdown) => break,
-                _ = wake => {}
-                _ = tokio::time::sleep(sleep) => {}
-                Some(_) = tasks.join_next(), if busy => {}
+                found = async { leasing.as_mut().expect("checked").await }, if leasing.is_some() => {
+                    leasing = None;
+                    match found {
+                        Ok(Ok((leased, limit, next))) => {
+                            // A full batch: there may be more at once.
+                            look = leased.len() == limit;
+                            next_due = next;
+                            ready.extend(leased);
+                        }
+                        Ok(Err(e)) => tracing::error!(error = %e, "cannot read the queue"),
+                        Err(e) => tracing::error!(error = %e, "queue task failed"),
+                    }
+                }
+                _ = async { wake.as_mut().expect("checked").await }, if wake.is_some() && leasing.is_none() => {
+                    wake = None;
+                    look = true;
+                }
+                _ = tokio::time::sleep(sleep), if !look && leasing.is_none() => look = true,
+                // A slot freed: start the next delivery.
+                Ok(slot) = slots.clone().acquire_owned(), if !ready.is_empty() => drop(slot),
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }
-        // Deliveries in flight finish (they have timeouts); a message cut
-        // short would be retried after its lease anyway.
+        // Leases not started go back to the queue; deliveries in flight
+        // finish (they have timeouts); a message cut short would be
+        // retried after its lease anyway.
+        if let Some(l) = leasing.take()
+            && let Ok(Ok((leased, _, _))) = l.await
+        {
+            ready.extend(leased);
+        }
+        if !ready.is_empty() {
+            let store = shared.store.clone();
+            let leases: Vec<(QueueId, u64)> = ready.iter().map(|l| (l.id, l.token)).collect();
+            if let Err(e) = blocking(move || queue::release(store.kv(), &leases)).await {
+                tracing::warn!(error = %e, "cannot give back leases; they will lapse");
+            }
+        }
         let drain = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(Duration::from_secs(30), drain)
             .await
@@ -244,6 +324,16 @@ impl Outbound {
         {
             tracing::warn!("outbound deliveries did not finish in time; their leases will lapse");
         }
+        drop(record);
+        let _ = recording.await;
+        reaper.abort();
+        // Idle sessions: QUIT, all at once, for two seconds at most.
+        let mut quitting = JoinSet::new();
+        for s in shared.pool.expired(Duration::ZERO) {
+            let shared = shared.clone();
+            quitting.spawn(async move { s.quit(&shared.client).await });
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), quitting.join_all()).await;
         tracing::debug!("outbound delivery stopped");
         Ok(())
     }
@@ -254,6 +344,16 @@ async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|&s| s).await;
 }
 
+/// Closes idle sessions that waited too long, every half second.
+async fn reap(shared: Arc<Shared>) {
+    let every = Duration::from_millis(500);
+    loop {
+        tokio::time::sleep(every).await;
+        let old = shared.pool.expired(shared.config.reuse_idle);
+        shared.close(old);
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> tern_store::Result<T> + Send + 'static,
 ) -> tern_store::Result<T> {
@@ -262,6 +362,59 @@ async fn blocking<T: Send + 'static>(
             "a blocking task failed: {e}"
         )))
     })
+}
+
+/// An attempt's outcome on its way to the recorder.
+struct Record {
+    id: QueueId,
+    token: u64,
+    attempt: Attempt,
+    done: oneshot::Sender<tern_store::Result<Finished>>,
+}
+
+/// Commits the outcomes that arrive together in one transaction, then
+/// answers each. Ends when every sender is gone and all is recorded.
+async fn recorder(store: MailStore, mut records: mpsc::UnboundedReceiver<Record>) {
+    while let Some(first) = records.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + RECORD_WAIT;
+        while batch.len() < RECORD_MAX {
+            match records.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, records.recv()).await {
+                        Ok(Some(r)) => batch.push(r),
+                        _ => break,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            }
+        }
+        let store = store.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let items: Vec<(QueueId, u64, &Attempt)> =
+                batch.iter().map(|r| (r.id, r.token, &r.attempt)).collect();
+            let outcomes = match queue::finish_attempts(store.kv(), &items) {
+                Ok(o) => o.into_iter().map(Ok).collect(),
+                // One bad record must not fail the others: one by one.
+                Err(e) if batch.len() > 1 => {
+                    tracing::warn!(error = %e, "a batch of outcomes failed; recording one by one");
+                    items
+                        .iter()
+                        .map(|(id, token, a)| queue::finish_attempt(store.kv(), *id, *token, a))
+                        .collect()
+                }
+                Err(e) => vec![Err(e)],
+            };
+            for (r, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = r.done.send(outcome);
+            }
+        })
+        .await;
+        if let Err(e) = done {
+            tracing::error!(error = %e, "the recorder's commit task failed");
+        }
+    }
 }
 
 /// A recipient's fate in this attempt, before DSN bookkeeping.
@@ -307,53 +460,121 @@ fn status_of(reply: &ServerReply, fallback: &str) -> String {
     reply.enhanced().unwrap_or_else(|| fallback.to_owned())
 }
 
-/// One attempt on one leased message.
-async fn deliver(shared: &Arc<Shared>, leased: Leased) {
-    let Leased { id, token, message } = leased;
-    let store = shared.store.clone();
-    let hash = message.blob;
-    let raw = blocking(move || store.kv().read(|tx| tern_store::blob::read(tx, &hash))).await;
-    let raw = match raw {
+/// A message read and made ready to send, in one blocking step.
+struct Prepared {
+    raw: Vec<u8>,
+    /// Pending recipients by domain, with whether the domain is local
+    /// (an error: the lookup failed).
+    groups: Vec<(String, Vec<usize>, Result<bool, String>)>,
+    /// The message with its DKIM signature, when some recipient is remote
+    /// and the author domain has a key.
+    signed: Option<Vec<u8>>,
+}
+
+enum Prepare {
+    Ready(Prepared),
+    /// To the error queue, for this reason.
+    Hold(String),
+    /// The store failed; the lease will lapse and the message be retried.
+    Failed(tern_store::Error),
+}
+
+/// Reads the message, checks it, looks up which recipient domains are
+/// local, and signs it when some recipient is remote.
+fn prepare(shared: &Shared, message: &QueuedMessage) -> Prepare {
+    let store = &shared.store;
+    let raw = match store
+        .kv()
+        .read(|tx| tern_store::blob::read(tx, &message.blob))
+    {
         Ok(Some(raw)) => raw,
-        Ok(None) => return hold(shared, id, token, "the message's blob is missing").await,
-        Err(e) => {
-            tracing::error!(queue_id = %format!("{id:x}"), error = %e, "cannot read a queued message");
-            return;
-        }
+        Ok(None) => return Prepare::Hold("the message's blob is missing".into()),
+        Err(e) => return Prepare::Failed(e),
     };
-    if !raw.windows(2).any(|w| w == b"\r\n")
+    if memchr::memmem::find(&raw, b"\r\n").is_none()
         || mail_parser::MessageParser::default()
             .parse_headers(raw.as_slice())
             .is_none()
     {
-        return hold(shared, id, token, "not a valid message").await;
+        return Prepare::Hold("not a valid message".into());
     }
-    let at = now();
-    let expires = message.expires.unwrap_or_else(|| {
-        message.send_at.max(message.created) + shared.config.expiry.as_secs() as i64
-    });
-    // DKIM: sign once for every remote recipient.
-    let mut signed: Option<Vec<u8>> = None;
-    let mut fates: Vec<Fate> = Vec::new();
     let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, r) in message.recipients.iter().enumerate() {
         if r.state == RcptState::Pending {
             by_domain.entry(domain_of(&r.address)).or_default().push(i);
         }
     }
-    for (domain, indexes) in by_domain {
-        let store = shared.store.clone();
-        let d = domain.clone();
-        let local = blocking(move || store.is_local_domain(&d)).await;
+    let groups: Vec<(String, Vec<usize>, Result<bool, String>)> = by_domain
+        .into_iter()
+        .map(|(domain, indexes)| {
+            let local = store.is_local_domain(&domain).map_err(|e| e.to_string());
+            (domain, indexes, local)
+        })
+        .collect();
+    let mut signed = None;
+    if shared.config.dkim
+        && groups.iter().any(|(_, _, local)| *local == Ok(false))
+        && let Some(domain) = signing_domain(&raw, &message.mail_from)
+    {
+        match shared.signers.sign(store, &domain, &raw) {
+            Ok(Some(header)) => {
+                let mut out = Vec::with_capacity(header.len() + raw.len());
+                out.extend_from_slice(header.as_bytes());
+                out.extend_from_slice(&raw);
+                Metrics::inc(&shared.metrics.dkim_signed);
+                signed = Some(out);
+            }
+            Ok(None) => {}
+            Err(e) => return Prepare::Hold(format!("DKIM signing for {domain} failed: {e}")),
+        }
+    }
+    Prepare::Ready(Prepared {
+        raw,
+        groups,
+        signed,
+    })
+}
+
+/// One attempt on one leased message, holding one of the scheduler's
+/// delivery `slot`s until its outcome is handed to the recorder.
+async fn deliver(
+    shared: &Arc<Shared>,
+    record: &mpsc::UnboundedSender<Record>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    leased: Leased,
+) {
+    let Leased { id, token, message } = leased;
+    let message = Arc::new(message);
+    let prepared = {
+        let shared = shared.clone();
+        let message = message.clone();
+        tokio::task::spawn_blocking(move || prepare(&shared, &message)).await
+    };
+    let Prepared {
+        raw,
+        groups,
+        signed,
+    } = match prepared {
+        Ok(Prepare::Ready(p)) => p,
+        Ok(Prepare::Hold(reason)) => return hold(shared, id, token, &reason).await,
+        Ok(Prepare::Failed(e)) => {
+            tracing::error!(queue_id = %format!("{id:x}"), error = %e, "cannot read a queued message");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(queue_id = %format!("{id:x}"), error = %e, "a delivery task failed");
+            return;
+        }
+    };
+    let at = now();
+    let expires = message.expires.unwrap_or_else(|| {
+        message.send_at.max(message.created) + shared.config.expiry.as_secs() as i64
+    });
+    let mut fates: Vec<Fate> = Vec::new();
+    for (domain, indexes, local) in groups {
         match local {
             Ok(true) => fates.extend(deliver_local(shared, &message, &raw, &indexes).await),
             Ok(false) => {
-                if signed.is_none() {
-                    match sign(shared, &message, &raw).await {
-                        Ok(s) => signed = Some(s),
-                        Err(reason) => return hold(shared, id, token, &reason).await,
-                    }
-                }
                 let data = signed.as_deref().unwrap_or(&raw);
                 fates.extend(deliver_remote(shared, &message, data, &domain, &indexes).await);
             }
@@ -370,6 +591,7 @@ async fn deliver(shared: &Arc<Shared>, leased: Leased) {
             }
         }
     }
+    drop(signed);
     // Temporary failures past the expiry fail for good.
     for f in &mut fates {
         if f.state == RcptState::Pending && at >= expires {
@@ -401,7 +623,24 @@ async fn deliver(shared: &Arc<Shared>, leased: Leased) {
         Some(n) if delay => n.delay,
         Some(n) => n.failure,
     };
-    let sender = sender_account(shared, &message).await;
+    let delay_due = shared
+        .config
+        .delay_notice
+        .is_some_and(|after| at - message.created >= after.as_secs() as i64)
+        && !message.delay_notified;
+    // The sender is looked up only when a notice may be due.
+    let needs_sender = fates
+        .iter()
+        .any(|f| f.state == RcptState::Failed || (delay_due && f.state == RcptState::Pending))
+        || message
+            .recipients
+            .iter()
+            .any(|r| r.state == RcptState::Failed && !r.notified);
+    let sender = if needs_sender {
+        sender_account(shared, &message).await
+    } else {
+        None
+    };
     let mut failed_subjects = Vec::new();
     let mut failed_indexes = HashSet::new();
     for f in fates.iter().filter(|f| f.state == RcptState::Failed) {
@@ -426,7 +665,7 @@ async fn deliver(shared: &Arc<Shared>, leased: Leased) {
     if let Some(account) = sender
         && !failed_subjects.is_empty()
     {
-        notified_ok = send_dsn(
+        match send_dsn(
             shared,
             dsn::Kind::Failure,
             account,
@@ -435,15 +674,18 @@ async fn deliver(shared: &Arc<Shared>, leased: Leased) {
             &failed_subjects,
             at,
         )
-        .await;
-        if notified_ok {
-            Metrics::inc(&shared.metrics.dsn_failure);
+        .await
+        {
+            Some(blob) => {
+                attempt.dsn_blobs.push(blob);
+                Metrics::inc(&shared.metrics.dsn_failure);
+            }
+            None => notified_ok = false,
         }
     }
     // A delay notice, once, when configured and the message waited long.
-    if let (Some(after), Some(account)) = (shared.config.delay_notice, sender)
-        && !message.delay_notified
-        && at - message.created >= after.as_secs() as i64
+    if let Some(account) = sender
+        && delay_due
     {
         let delayed: Vec<dsn::Subject> = fates
             .iter()
@@ -451,9 +693,9 @@ async fn deliver(shared: &Arc<Shared>, leased: Leased) {
             .map(|f| subject(&message, f))
             .collect();
         if !delayed.is_empty() {
-            let mut with_expiry = message.clone();
+            let mut with_expiry = (*message).clone();
             with_expiry.expires = Some(expires);
-            if send_dsn(
+            if let Some(blob) = send_dsn(
                 shared,
                 dsn::Kind::Delay,
                 account,
@@ -464,21 +706,22 @@ async fn deliver(shared: &Arc<Shared>, leased: Leased) {
             )
             .await
             {
+                attempt.dsn_blobs.push(blob);
                 attempt.delay_notified = true;
                 Metrics::inc(&shared.metrics.dsn_delay);
             }
         }
     }
-    for f in &fates {
+    for f in fates {
         attempt.recipients.push(RcptOutcome {
             index: f.index,
-            state: f.state,
-            reply: f.reply.clone(),
-            remote_mta: f.remote_mta.clone(),
             notified: match f.state {
                 RcptState::Failed => !failed_indexes.contains(&f.index) || notified_ok,
                 _ => true,
             },
+            state: f.state,
+            reply: f.reply,
+            remote_mta: f.remote_mta,
         });
     }
     // Earlier failures whose DSN now went out.
@@ -493,8 +736,23 @@ async fn deliver(shared: &Arc<Shared>, leased: Leased) {
             });
         }
     }
-    let store = shared.store.clone();
-    let finished = blocking(move || queue::finish_attempt(store.kv(), id, token, &attempt)).await;
+    // Waiting for the commit does not hold a delivery slot, but the
+    // outcomes waiting are bounded.
+    let waiting = shared.recording.acquire().await.expect("open");
+    drop(slot);
+    let (done, answer) = oneshot::channel();
+    let sent = record.send(Record {
+        id,
+        token,
+        attempt,
+        done,
+    });
+    let finished = match sent {
+        Ok(()) => answer
+            .await
+            .unwrap_or_else(|_| Err(tern_store::Error::Invalid("the recorder stopped".into()))),
+        Err(_) => Err(tern_store::Error::Invalid("the recorder stopped".into())),
+    };
     match finished {
         Ok(outcome) => {
             tracing::debug!(queue_id = %format!("{id:x}"), ?outcome, "attempt recorded")
@@ -503,6 +761,7 @@ async fn deliver(shared: &Arc<Shared>, leased: Leased) {
             tracing::error!(queue_id = %format!("{id:x}"), error = %e, "cannot record an attempt")
         }
     }
+    drop(waiting);
 }
 
 fn subject(message: &QueuedMessage, f: &Fate) -> dsn::Subject {
@@ -543,6 +802,7 @@ async fn sender_account(
         .flatten()
 }
 
+/// Delivers a DSN to the sender's inbox; its blob when stored.
 async fn send_dsn(
     shared: &Arc<Shared>,
     kind: dsn::Kind,
@@ -551,7 +811,7 @@ async fn send_dsn(
     raw: &[u8],
     subjects: &[dsn::Subject],
     at: i64,
-) -> bool {
+) -> Option<BlobHash> {
     let report = dsn::build(
         kind,
         &shared.config.hostname,
@@ -562,48 +822,13 @@ async fn send_dsn(
         at,
     );
     let store = shared.store.clone();
+    let blob = BlobHash::of(&report);
     match blocking(move || store.deliver(&report, &[Recipient::inbox(account)])).await {
-        Ok(results) if results.iter().all(|r| r.is_ok()) => true,
+        Ok(results) if results.iter().all(|r| r.is_ok()) => Some(blob),
         Ok(_) | Err(_) => {
             tracing::warn!("a DSN could not be stored; it will be retried");
-            false
+            None
         }
-    }
-}
-
-async fn sign(
-    shared: &Arc<Shared>,
-    message: &QueuedMessage,
-    raw: &[u8],
-) -> Result<Vec<u8>, String> {
-    if !shared.config.dkim {
-        return Ok(raw.to_vec());
-    }
-    let Some(domain) = signing_domain(raw, &message.mail_from) else {
-        return Ok(raw.to_vec());
-    };
-    let shared2 = shared.clone();
-    let data = raw.to_vec();
-    let signed = tokio::task::spawn_blocking(move || {
-        match shared2.signers.sign(&shared2.store, &domain, &data) {
-            Ok(Some(header)) => {
-                let mut out = Vec::with_capacity(header.len() + data.len());
-                out.extend_from_slice(header.as_bytes());
-                out.extend_from_slice(&data);
-                Ok(Some(out))
-            }
-            Ok(None) => Ok(None),
-            Err(e) => Err(format!("DKIM signing for {domain} failed: {e}")),
-        }
-    })
-    .await
-    .map_err(|e| e.to_string())??;
-    match signed {
-        Some(s) => {
-            Metrics::inc(&shared.metrics.dkim_signed);
-            Ok(s)
-        }
-        None => Ok(raw.to_vec()),
     }
 }
 
@@ -780,7 +1005,7 @@ async fn deliver_remote(
     );
     for hop in &hops {
         for addr in &hop.addrs {
-            match client::send(*addr, &hop.host, &mail, &shared.client, &shared.tls).await {
+            match send_on_session(shared, domain, *addr, &hop.host, &mail).await {
                 Outcome::Replies(replies) => {
                     drop(permit);
                     return indexes
@@ -839,6 +1064,66 @@ async fn deliver_remote(
     }
     drop(permit);
     all(last.0, last.1, &last.2, last.3)
+}
+
+/// One transaction with the server at `addr` for `domain`: on an idle
+/// session to it when there is one (a stale one is replaced by a fresh
+/// session at once), else on a new session; the session is kept for reuse
+/// when it ended cleanly. The caller holds a connection permit of the
+/// domain.
+async fn send_on_session(
+    shared: &Arc<Shared>,
+    domain: &str,
+    addr: std::net::SocketAddr,
+    host: &str,
+    mail: &Mail<'_>,
+) -> Outcome {
+    let reuse = !shared.config.reuse_idle.is_zero();
+    let limit = shared.domain_limit(domain);
+    loop {
+        let (idle, close) = if reuse {
+            // Room for idle sessions: the domain's free permits.
+            shared.pool.take(
+                domain,
+                addr,
+                limit.available_permits(),
+                shared.config.reuse_idle,
+            )
+        } else {
+            (None, Vec::new())
+        };
+        shared.close(close);
+        let (mut session, reused) = match idle {
+            Some(s) => (s, true),
+            None => match client::open(addr, host, &shared.client, &shared.tls).await {
+                Ok(s) => (s, false),
+                Err(outcome) => return outcome,
+            },
+        };
+        match session.send(mail, &shared.client).await {
+            Ok(outcome) => {
+                let keep = if reuse {
+                    shared.pool.put(domain, addr, session)
+                } else {
+                    Some(session)
+                };
+                if let Some(s) = keep {
+                    shared.close(vec![s]);
+                }
+                return outcome;
+            }
+            Err(Stale(reason)) if reused => {
+                tracing::debug!(%addr, %reason, "an idle session was gone; opening a new one");
+            }
+            Err(Stale(reason)) => {
+                shared.close(vec![session]);
+                return Outcome::Session {
+                    reason,
+                    reply: None,
+                };
+            }
+        }
+    }
 }
 
 #[cfg(test)]
