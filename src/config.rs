@@ -460,6 +460,11 @@ pub struct QueueSection {
     pub starttls: bool,
     /// Seconds to wait for a connection.
     pub connect_timeout: u64,
+    /// Milliseconds an SMTP session to a destination is kept open after a
+    /// delivery, for the next message to the same server (sent after RSET);
+    /// 0: one session per message. Idle sessions count against
+    /// `per_domain`.
+    pub reuse_idle_ms: u64,
 }
 
 impl Default for QueueSection {
@@ -476,6 +481,7 @@ impl Default for QueueSection {
             smtp_port: d.smtp_port,
             starttls: d.starttls,
             connect_timeout: d.connect_timeout.as_secs(),
+            reuse_idle_ms: u64::try_from(d.reuse_idle.as_millis()).unwrap_or(u64::MAX),
         }
     }
 }
@@ -809,6 +815,7 @@ impl Config {
             starttls: q.starttls,
             dkim: self.dkim.sign,
             connect_timeout: secs(q.connect_timeout),
+            reuse_idle: std::time::Duration::from_millis(q.reuse_idle_ms),
             ..Default::default()
         }
     }

@@ -340,7 +340,7 @@ impl tern_jmap::submission::SubmissionPolicy for SubmissionFilter {
         account: tern_store::AccountId,
         recipients: usize,
         raw: &[u8],
-    ) -> Result<(), tern_jmap::submission::Refused> {
+    ) -> Result<Option<Vec<u8>>, tern_jmap::submission::Refused> {
         use tern_jmap::submission::Refused;
         let recipients = u32::try_from(recipients).unwrap_or(u32::MAX);
         // JMAP handlers run on the blocking pool, where waiting is fine.

@@ -510,3 +510,80 @@ async fn jmap_submissions_pass_the_virus_scan_and_sending_limits_and_metrics_cou
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jmap_submission_sent_while_clamd_is_down_is_tagged_unscanned_under_accept() {
+    // Nothing listens on this port: clamd is down; the policy accepts.
+    let port = free_port();
+    let tern = start(&format!(
+        "[virus]\nclamd = \"tcp:127.0.0.1:{port}\"\non_unreachable = \"accept\"\n"
+    ));
+    tern.cli(&["account", "add", USER, "--password", PASSWORD]);
+    let client = Client::new()
+        .credentials(Credentials::basic(USER, PASSWORD))
+        .timeout(Duration::from_secs(60))
+        .connect(&tern.base_url())
+        .await
+        .unwrap();
+    let role = |role: Role| {
+        let client = &client;
+        async move {
+            client
+                .mailbox_query(
+                    Some(jmap_client::mailbox::query::Filter::role(role)),
+                    None::<Vec<_>>,
+                )
+                .await
+                .unwrap()
+                .take_ids()
+                .remove(0)
+        }
+    };
+    let (drafts, inbox) = (role(Role::Drafts).await, role(Role::Inbox).await);
+    let mut request = client.build();
+    request.get_identity();
+    let identity = request
+        .send_get_identity()
+        .await
+        .unwrap()
+        .take_list()
+        .remove(0)
+        .id()
+        .unwrap()
+        .to_owned();
+    // The draft claims to be clean; only the filter's own tag may stay.
+    let draft = String::from_utf8(submission_message("unscanned", false))
+        .unwrap()
+        .replacen("Subject:", "X-Virus-Status: Clean\r\nSubject:", 1);
+    let email = client
+        .email_import(draft.into_bytes(), [drafts], Some(["$draft"]), None)
+        .await
+        .unwrap();
+    client
+        .email_submission_create(email.id().unwrap(), identity)
+        .await
+        .expect("accepted while clamd is down");
+    // Alice is local: her Inbox copy is the message as sent.
+    let ids = client
+        .email_query(
+            Some(jmap_client::email::query::Filter::in_mailbox(inbox)),
+            None::<Vec<_>>,
+        )
+        .await
+        .unwrap()
+        .take_ids();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let copy = client
+        .email_get(&ids[0], Some([Property::BlobId]))
+        .await
+        .unwrap()
+        .expect("the delivered copy");
+    let raw = client.download(copy.blob_id().unwrap()).await.unwrap();
+    assert_eq!(header(&raw, "X-Virus-Status").as_deref(), Some("Unscanned"));
+    assert_eq!(
+        String::from_utf8_lossy(&raw)
+            .matches("X-Virus-Status")
+            .count(),
+        1
+    );
+}

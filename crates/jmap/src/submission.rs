@@ -86,8 +86,15 @@ pub fn submission_extensions() -> Value {
 pub trait SubmissionPolicy: Send + Sync + std::fmt::Debug {
     /// Checks `raw` (the message as it will be sent, without Bcc) that
     /// `account` sends to `recipients` recipients. Called on a blocking
-    /// thread; may wait (for clamd).
-    fn check(&self, account: AccountId, recipients: usize, raw: &[u8]) -> Result<(), Refused>;
+    /// thread; may wait (for clamd). `Ok(Some(message))`: send `message`
+    /// instead (the policy removed or added header fields, e.g.
+    /// `X-Virus-Status: Unscanned`).
+    fn check(
+        &self,
+        account: AccountId,
+        recipients: usize,
+        raw: &[u8],
+    ) -> Result<Option<Vec<u8>>, Refused>;
 }
 
 /// Why a [`SubmissionPolicy`] refuses a message; the text is shown to the
@@ -777,11 +784,13 @@ fn create_one(
         .kv()
         .read(|tx| blob::read(tx, &meta.blob))?
         .ok_or_else(|| MethodError::ServerFail("the email's blob is missing".into()))?;
-    let raw = without_bcc(&raw);
-    if let Some(policy) = &ctx.limits.submission_policy
-        && let Err(refused) = policy.check(account, recipients.len(), &raw)
-    {
-        return Ok(Err(refused.set_error()));
+    let mut raw = without_bcc(&raw);
+    if let Some(policy) = &ctx.limits.submission_policy {
+        match policy.check(account, recipients.len(), &raw) {
+            Ok(None) => {}
+            Ok(Some(changed)) => raw = changed,
+            Err(refused) => return Ok(Err(refused.set_error())),
+        }
     }
     let held = params.hold_until.filter(|&t| t > at);
     let send_at = held.unwrap_or(at);

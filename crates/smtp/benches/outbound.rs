@@ -16,6 +16,10 @@ use tern_store::dkim::DkimAlgorithm;
 use tern_store::queue;
 use tern_store::{Envelope, EnvelopeRecipient, MailStore};
 
+// The allocator `tern serve` runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()

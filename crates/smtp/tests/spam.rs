@@ -1024,4 +1024,34 @@ async fn eicar_is_refused_with_554_by_clamd_and_an_unreachable_clamd_tempfails()
     assert_eq!(copy.header("X-Virus-Status").as_deref(), Some("Unscanned"));
     assert_eq!(copy.raw.matches("X-Virus-Status").count(), 1);
     server.shutdown().await;
+
+    // The JMAP entry point under the same policy: the message to send
+    // instead carries the tag, and only the filter's own.
+    let (dir, store) = open_store().await;
+    let bob = store.lookup_address(BOB).unwrap().unwrap();
+    let filter = tern_smtp::spam::Filter::new(
+        &tern_smtp::SpamConfig::default(),
+        &tern_smtp::VirusConfig {
+            clamd: Some(ClamdAddress::Tcp(format!("127.0.0.1:{port}"))),
+            on_unreachable: Unreachable::Accept,
+            ..tern_smtp::VirusConfig::default()
+        },
+        &tern_smtp::DnsConfig::default(),
+        store,
+    )
+    .unwrap();
+    let claim = message("ok", "fine").replacen("Subject:", "X-Virus-Status: Clean\r\nSubject:", 1);
+    let sent = filter
+        .check_submission(bob, 1, claim.as_bytes())
+        .await
+        .unwrap()
+        .expect("a changed message");
+    let sent = String::from_utf8(sent).unwrap();
+    assert!(sent.starts_with("X-Virus-Status: Unscanned\r\n"), "{sent}");
+    assert_eq!(sent.matches("X-Virus-Status").count(), 1, "{sent}");
+    assert!(
+        sent.ends_with("\r\n\r\nfine\r\n"),
+        "the body is kept: {sent}"
+    );
+    drop(dir);
 }

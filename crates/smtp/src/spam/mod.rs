@@ -590,26 +590,40 @@ impl Filter {
     /// SMTP submission listeners go through [`Filter::filter`]): the
     /// account's sending limits, the virus scan (when `scan_submissions`)
     /// and the outbound spam score, as for SMTP submissions. `raw` is the
-    /// message as it will be sent.
+    /// message as it will be sent. Returns the message to send instead when
+    /// the filter changes it, as it does an SMTP submission's: header fields
+    /// only the filter may write (`X-Spam-*`, `X-Virus-Status`) removed,
+    /// and `X-Virus-Status: Unscanned` added when clamd was down and the
+    /// policy accepts.
     pub async fn check_submission(
         &self,
         account: AccountId,
         recipients: u32,
         raw: &[u8],
-    ) -> Result<(), Refusal> {
+    ) -> Result<Option<Vec<u8>>, Refusal> {
         self.outbound
             .admit(account, recipients, Instant::now())
             .map_err(Refusal::from)?;
+        let stripped = self.strip_foreign_headers(raw);
+        let data = stripped.as_deref().unwrap_or(raw);
+        let mut unscanned = false;
         if let Some(scanner) = &self.virus
             && scanner.config().scan_submissions
         {
-            scanner.check(raw).await?;
+            unscanned = !scanner.check(data).await?;
         }
         if let Some(spam) = self.spam.clone() {
-            self.score_submission(spam, account, Arc::new(raw.to_vec()))
+            self.score_submission(spam, account, Arc::new(data.to_vec()))
                 .await?;
         }
-        Ok(())
+        Ok(match (unscanned, stripped) {
+            (true, stripped) => {
+                let mut out = b"X-Virus-Status: Unscanned\r\n".to_vec();
+                out.extend_from_slice(stripped.as_deref().unwrap_or(raw));
+                Some(out)
+            }
+            (false, stripped) => stripped,
+        })
     }
 
     /// Scores a submission of `account`; refuses it (and strikes the
