@@ -619,3 +619,128 @@ fn search_snippets() {
     .unwrap_err();
     assert!(matches!(err, MethodError::InvalidArguments(_)));
 }
+
+/// Newest-first text pages ordered by the dates the index records for
+/// each match (several blocks of ids, receivedAt unrelated to id order,
+/// ties on the date) give exactly what reading and sorting every match
+/// gives, in the account and in mailboxes, also while destroyed emails are
+/// still in the index.
+#[test]
+fn dated_text_pages_follow_received_at_not_ids() {
+    let w = world();
+    // No waiting for the indexer: destroyed emails stay in the index.
+    let index = SearchIndex::for_store_with(
+        &w.store,
+        IndexOptions {
+            query_wait: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let inbox = mailbox_id(&w, "inbox");
+    let archive = mailbox_id(&w, "archive");
+    let total = 2100;
+    // Minutes of the day, each used twice, scrambled against ids.
+    let minute = |n: usize| (n * 7919) % 1050;
+    let mut created = Vec::new();
+    for first in (0..total).step_by(300) {
+        let mut create = serde_json::Map::new();
+        for n in first..(first + 300).min(total) {
+            let m = minute(n);
+            let mailbox = if n % 5 == 0 { &archive } else { &inbox };
+            create.insert(
+                format!("c{n}"),
+                json!({
+                    "mailboxIds": {mailbox: true},
+                    "subject": format!(
+                        "Kilo {} {}",
+                        if n % 3 == 0 { "lima" } else { "oscar" },
+                        if n % 97 == 0 { "mike" } else { "papa" }
+                    ),
+                    "receivedAt": format!("2021-03-04T{:02}:{:02}:00Z", m / 60, m % 60),
+                    "bodyValues": {"b": {"value": format!("Body number {n}.")}},
+                    "textBody": [{"partId": "b", "type": "text/plain"}],
+                }),
+            );
+        }
+        let out = call(
+            &w,
+            tern_jmap::email::set,
+            json!({"accountId": account_id(&w), "create": create}),
+        )
+        .unwrap();
+        let done = out["created"].as_object().unwrap();
+        assert_eq!(done.len(), (first + 300).min(total) - first, "{out:?}");
+        for n in first..(first + 300).min(total) {
+            created.push(done[&format!("c{n}")]["id"].as_str().unwrap().to_string());
+        }
+    }
+    drain(&w);
+    let hits = index
+        .search(
+            &w.store,
+            w.account,
+            &tern_search::Query::Text(tern_search::TextField::Text, "kilo".into()),
+        )
+        .unwrap();
+    assert_eq!(hits.len(), total as u64);
+    assert!(index.date_order(w.account, &hits).unwrap().is_some());
+    // Destroy some of the newest without indexing the change.
+    let doomed: Vec<&String> = (0..total)
+        .filter(|&n| minute(n) >= 1020 && n % 2 == 0)
+        .map(|n| &created[n])
+        .collect();
+    assert!(doomed.len() >= 10);
+    let out = call(
+        &w,
+        tern_jmap::email::set,
+        json!({"accountId": account_id(&w), "destroy": doomed}),
+    )
+    .unwrap();
+    assert_eq!(out["destroyed"].as_array().unwrap().len(), doomed.len());
+    let filters = [
+        json!({"text": "kilo"}),
+        json!({"subject": "lima"}),
+        json!({"text": "mike"}),
+        json!({"text": "kilo", "inMailbox": inbox}),
+        json!({"text": "lima", "inMailbox": archive}),
+        json!({"text": "oscar", "inMailbox": archive, "notKeyword": "$seen"}),
+    ];
+    for f in &filters {
+        let mut slow = f.as_object().unwrap().clone();
+        slow.insert("minSize".into(), json!(0));
+        let slow = Value::Object(slow);
+        for (position, limit) in [(0, 50), (0, 7), (45, 10), (1000, 30), (2090, 20), (5000, 5)] {
+            let fast = page(&w, f, position, limit, false);
+            let full = page(&w, &slow, position, limit, false);
+            for key in ["ids", "position"] {
+                assert_eq!(
+                    fast.get(key),
+                    full.get(key),
+                    "{f} at {position}+{limit}: {key}"
+                );
+            }
+        }
+    }
+    // The first page of every match is newest first by receivedAt.
+    let first = page(&w, &json!({"text": "kilo"}), 0, 60, false);
+    let ids = first["ids"].as_array().unwrap();
+    assert_eq!(ids.len(), 60);
+    assert!(
+        ids.iter()
+            .all(|i| !doomed.contains(&&i.as_str().unwrap().to_string()))
+    );
+    let got = call(
+        &w,
+        tern_jmap::email::get,
+        json!({"accountId": account_id(&w), "ids": ids, "properties": ["receivedAt"]}),
+    )
+    .unwrap();
+    let dates: Vec<&str> = got["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["receivedAt"].as_str().unwrap())
+        .collect();
+    assert!(dates.windows(2).all(|d| d[0] >= d[1]), "{dates:?}");
+}

@@ -31,10 +31,16 @@
 //!    "limit": 50}` (argument parsing, the read-your-writes check, the
 //!    index search, candidates, sort, window, ids; no HTTP or JSON
 //!    transport), and (b) at the index and store level only: `search`
-//!    plus the newest 50 matches from the store's date index.
+//!    plus the newest 50 matches by the receivedAt the index recorded,
+//!    each confirmed in the store's date index (checked, untimed, against
+//!    a walk of the date index).
 //!
 //! Environment: `TERN_SEARCH_BENCH_DOCS` (100 000), `TERN_SEARCH_CORPUS`,
-//! `TERN_SEARCH_BENCH_E2E` (1), `TERN_SEARCH_BENCH_QUERIES` (1 000).
+//! `TERN_SEARCH_BENCH_E2E` (1; 0 skips phase 5, 2 runs phase 5 only),
+//! `TERN_SEARCH_BENCH_QUERIES` (1 000). For iterating on phase 5:
+//! `TERN_SEARCH_BENCH_STORE` (a directory kept between runs: a store
+//! already delivered and indexed there is reused), and
+//! `TERN_SEARCH_BENCH_SLOWEST` (print that many slowest JMAP queries).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -55,6 +61,10 @@ use tern_store::deliver::Recipient;
 use tern_store::email::{self, Listing};
 use tern_store::kv::RocksOptions;
 use tern_store::{AccountId, MailStore};
+
+// The allocator `tern serve` runs with (tantivy gets it too).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const BATCH: usize = 1000;
 
@@ -229,6 +239,32 @@ fn latency(mut samples: Vec<Duration>) -> Latency {
     }
 }
 
+/// Query terms: words of random documents' bodies.
+fn query_terms(docs: &[Document]) -> Vec<String> {
+    let mut rng = StdRng::seed_from_u64(42);
+    let mut analyzer = Analyzer::new();
+    let queries = env_usize("TERN_SEARCH_BENCH_QUERIES", 1000).max(1);
+    let mut terms = Vec::with_capacity(queries);
+    while terms.len() < queries {
+        let d = &docs[rng.gen_range(0..docs.len())];
+        let Some(body) = d.body.first() else { continue };
+        let words: Vec<String> = analyzer
+            .tokens(body, None)
+            .into_iter()
+            .filter(|t| {
+                t.kind == TokenKind::Word
+                    && t.term.len() >= 3
+                    && t.term.chars().all(|c| c.is_ascii_alphabetic())
+            })
+            .map(|t| t.term)
+            .collect();
+        if !words.is_empty() {
+            terms.push(words[rng.gen_range(0..words.len())].clone());
+        }
+    }
+    terms
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let n = env_usize("TERN_SEARCH_BENCH_DOCS", 100_000);
@@ -263,11 +299,18 @@ fn main() {
         100.0 * text_bytes as f64 / raw_bytes as f64
     );
 
+    if env_usize("TERN_SEARCH_BENCH_E2E", 1) == 2 {
+        // Phase 5 only.
+        end_to_end(work.path(), &raw, &query_terms(&docs));
+        return;
+    }
+
     // tern-search.
     let account = AccountId(1);
     let tern_path = work.path().join("tern");
     let index = SearchIndex::open_with(&tern_path, IndexOptions::default()).expect("open index");
     let started = Instant::now();
+    let mut writing = Duration::ZERO;
     for (chunk_no, chunk) in docs.chunks(BATCH).enumerate() {
         let mut batch = IndexBatch::new(account);
         let refs: Vec<(u32, &Document)> = chunk
@@ -276,39 +319,23 @@ fn main() {
             .map(|(i, d)| ((chunk_no * BATCH + i) as u32, d))
             .collect();
         batch.add_all(&refs);
+        let write_started = Instant::now();
         index.write(&batch).expect("write");
+        writing += write_started.elapsed();
     }
     let tern_index = started.elapsed();
     let tern_rate = n as f64 / tern_index.as_secs_f64();
     let size_before = index.size_bytes();
     println!(
-        "tern-search: indexed in {:.1} s = {tern_rate:.0} docs/s; size before compaction {}",
+        "tern-search: indexed in {:.1} s = {tern_rate:.0} docs/s (analysis {:.1} s, writes {:.1} s); \
+         size before compaction {}",
         tern_index.as_secs_f64(),
+        (tern_index - writing).as_secs_f64(),
+        writing.as_secs_f64(),
         mb(size_before)
     );
 
-    // Query terms: words of random documents' bodies.
-    let mut rng = StdRng::seed_from_u64(42);
-    let mut analyzer = Analyzer::new();
-    let queries = env_usize("TERN_SEARCH_BENCH_QUERIES", 1000).max(1);
-    let mut terms = Vec::with_capacity(queries);
-    while terms.len() < queries {
-        let d = &docs[rng.gen_range(0..docs.len())];
-        let Some(body) = d.body.first() else { continue };
-        let words: Vec<String> = analyzer
-            .tokens(body, None)
-            .into_iter()
-            .filter(|t| {
-                t.kind == TokenKind::Word
-                    && t.term.len() >= 3
-                    && t.term.chars().all(|c| c.is_ascii_alphabetic())
-            })
-            .map(|t| t.term)
-            .collect();
-        if !words.is_empty() {
-            terms.push(words[rng.gen_range(0..words.len())].clone());
-        }
-    }
+    let terms = query_terms(&docs);
     let dummy_store = MailStore::open(&work.path().join("empty-store")).expect("store");
     let run_tern = |label: &str| -> Latency {
         let mut samples = Vec::with_capacity(terms.len());
@@ -454,14 +481,28 @@ fn main() {
 /// Delivery into a store, the indexer draining the queue, and
 /// Email/query-equivalent latency.
 fn end_to_end(dir: &Path, raw: &[Vec<u8>], terms: &[String]) {
+    // `TERN_SEARCH_BENCH_STORE`: a directory kept between runs; when it
+    // already holds the delivered and indexed account, delivery and
+    // indexing are skipped (for iterating on the query phase).
+    let kept = std::env::var_os("TERN_SEARCH_BENCH_STORE").map(PathBuf::from);
+    let data = kept.clone().unwrap_or_else(|| dir.to_path_buf());
     let store = MailStore::open_with(
-        &dir.join("store"),
+        &data.join("store"),
         RocksOptions {
             sync: false,
             ..Default::default()
         },
     )
     .expect("store");
+    if kept.is_some()
+        && let Some(account) = store.lookup_address("bench@bench.example").expect("lookup")
+    {
+        let index = SearchIndex::for_store(&store).expect("index");
+        if index.stats(account).expect("stats").indexed == raw.len() as u64 {
+            println!("end to end: reusing the store in {}", data.display());
+            return queries(&store, &index, account, terms);
+        }
+    }
     store.add_domain("bench.example").expect("domain");
     let account = store
         .create_account("bench@bench.example", "secret")
@@ -504,7 +545,11 @@ fn end_to_end(dir: &Path, raw: &[Vec<u8>], terms: &[String]) {
         applied as f64 / took.as_secs_f64()
     );
     index.compact().expect("compact");
+    queries(&store, &index, account, terms);
+}
 
+/// Phase 5's queries: the JMAP method, then index and store only.
+fn queries(store: &MailStore, index: &SearchIndex, account: AccountId, terms: &[String]) {
     // (a) The JMAP method.
     let limits = tern_jmap::method::Limits::default();
     let account_id = tern_jmap::id::account_id(account);
@@ -522,7 +567,7 @@ fn end_to_end(dir: &Path, raw: &[Vec<u8>], terms: &[String]) {
         };
         let mut created = HashMap::new();
         let mut ctx = tern_jmap::method::Ctx {
-            store: &store,
+            store,
             user: account,
             limits: &limits,
             created_ids: &mut created,
@@ -531,6 +576,19 @@ fn end_to_end(dir: &Path, raw: &[Vec<u8>], terms: &[String]) {
         let out = tern_jmap::email::query(&mut ctx, args).expect("Email/query");
         samples.push(started.elapsed());
         returned += out["ids"].as_array().map_or(0, Vec::len);
+    }
+    if env_usize("TERN_SEARCH_BENCH_SLOWEST", 0) > 0 {
+        let mut by_time: Vec<(Duration, &String)> = samples.iter().copied().zip(terms).collect();
+        by_time.sort_by_key(|x| std::cmp::Reverse(x.0));
+        for (d, t) in by_time
+            .iter()
+            .take(env_usize("TERN_SEARCH_BENCH_SLOWEST", 0))
+        {
+            let hits = index
+                .search(store, account, &Query::Text(TextField::Text, t.to_string()))
+                .map_or(0, |h| h.len());
+            println!("  slow: {} {t:?} ({hits} matches)", ms(*d));
+        }
     }
     let l = latency(samples);
     println!(
@@ -542,15 +600,37 @@ fn end_to_end(dir: &Path, raw: &[Vec<u8>], terms: &[String]) {
         returned as f64 / terms.len() as f64
     );
 
-    // (b) Index and store only.
+    // (b) Index and store only: the search, then the newest 50 matches
+    // by the dates the index recorded, each confirmed in the store's date
+    // index (what Email/query does). Checked, untimed, against a walk of
+    // the store's date index.
     let mut samples = Vec::with_capacity(terms.len());
     for t in terms {
         let started = Instant::now();
         let hits = index
-            .search(&store, account, &Query::Text(TextField::Text, t.clone()))
+            .search(store, account, &Query::Text(TextField::Text, t.clone()))
             .expect("search");
-        // Newest 50 matches by receivedAt from the date index.
         let mut page = Vec::with_capacity(50);
+        let mut order = index
+            .date_order(account, &hits)
+            .expect("dates")
+            .expect("every match has a date");
+        store
+            .kv()
+            .read(|tx| -> tern_store::Result<()> {
+                while let Some((id, at)) = order.next_dated().expect("dates") {
+                    if email::in_listing(tx, account, Listing::All, (at, id))? {
+                        page.push(id);
+                        if page.len() == 50 {
+                            break;
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .expect("confirm");
+        samples.push(started.elapsed());
+        let mut walked = Vec::with_capacity(50);
         let mut cursor = None;
         'walk: while !hits.is_empty() {
             let keys = store
@@ -560,8 +640,8 @@ fn end_to_end(dir: &Path, raw: &[Vec<u8>], terms: &[String]) {
             for &(at, id) in &keys {
                 cursor = Some((at, id));
                 if hits.contains(id) {
-                    page.push(id);
-                    if page.len() == 50 {
+                    walked.push(id);
+                    if walked.len() == 50 {
                         break 'walk;
                     }
                 }
@@ -570,12 +650,12 @@ fn end_to_end(dir: &Path, raw: &[Vec<u8>], terms: &[String]) {
                 break;
             }
         }
-        samples.push(started.elapsed());
-        std::hint::black_box(page);
+        assert_eq!(page, walked, "newest 50 of {t:?}");
     }
     let l = latency(samples);
     println!(
-        "end to end: index search + date index walk (one term, newest 50): p50 {} p99 {} max {}",
+        "end to end: index search + newest 50 by indexed dates, confirmed in the date index: \
+         p50 {} p99 {} max {} (equal to a walk of the date index)",
         ms(l.p50),
         ms(l.p99),
         ms(l.max)

@@ -312,9 +312,9 @@ pub struct Analyzer {
     stemmed: String,
     joined: String,
     cjk: Vec<(usize, char)>,
-    /// Stems already computed: words repeat (Zipf), stemming is the
-    /// costliest step per word.
-    stems: FastMap<Language, FastMap<Box<str>, Option<Box<str>>>>,
+    /// Stems already computed, per language (by discriminant): words
+    /// repeat (Zipf), stemming is the costliest step per word.
+    stems: Vec<FastMap<Box<str>, Option<Box<str>>>>,
 }
 
 /// Entries kept in an analyzer's stem cache before it starts afresh.
@@ -323,7 +323,7 @@ const STEM_CACHE: usize = 200_000;
 /// Stems `term` in `lang` into `buf` (through `cache`); false when the
 /// stem is the term itself or the term is not stemmable.
 fn stem_cached(
-    cache: &mut FastMap<Language, FastMap<Box<str>, Option<Box<str>>>>,
+    cache: &mut Vec<FastMap<Box<str>, Option<Box<str>>>>,
     lang: Option<Language>,
     term: &str,
     buf: &mut String,
@@ -334,16 +334,22 @@ fn stem_cached(
     if !stemmable(term) {
         return false;
     }
-    let cache = cache.entry(l).or_default();
-    if !cache.contains_key(term) {
-        if cache.len() >= STEM_CACHE {
-            cache.clear();
-        }
-        let s = l.stem(term);
-        let v = (s != term).then(|| Box::<str>::from(s.as_ref()));
-        cache.insert(term.into(), v);
+    if cache.len() <= l as usize {
+        cache.resize_with(l as usize + 1, FastMap::default);
     }
-    let stem = &cache[term];
+    let cache = &mut cache[l as usize];
+    // One lookup for a word seen before (the common case).
+    let stem = match cache.get(term) {
+        Some(stem) => stem.as_deref(),
+        None => {
+            if cache.len() >= STEM_CACHE {
+                cache.clear();
+            }
+            let s = l.stem(term);
+            let v = (s != term).then(|| Box::<str>::from(s.as_ref()));
+            cache.entry(term.into()).or_insert(v).as_deref()
+        }
+    };
     match stem {
         Some(s) => {
             buf.clear();

@@ -217,13 +217,25 @@ impl Document {
         account: AccountId,
         id: DocumentId,
     ) -> Result<Option<Document>> {
+        Ok(Self::load_dated(tx, account, id)?.map(|(doc, _)| doc))
+    }
+
+    /// [`Document::load`], with the email's receivedAt (unix seconds).
+    pub fn load_dated(
+        tx: &mut Transaction<'_>,
+        account: AccountId,
+        id: DocumentId,
+    ) -> Result<Option<(Document, i64)>> {
         let Some(meta) = email::get(tx, account, id)? else {
             return Ok(None);
         };
         let Some(raw) = blob::read(tx, &meta.blob)? else {
             return Ok(None);
         };
-        Ok(Some(Document::from_message(&raw).unwrap_or_default()))
+        Ok(Some((
+            Document::from_message(&raw).unwrap_or_default(),
+            meta.received_at,
+        )))
     }
 
     /// Bytes of text the document holds (what the index is measured

@@ -1,7 +1,9 @@
 //! A fast hasher for the in-memory term maps of the indexing path (the
 //! standard SipHash took a fifth of the analysis time). It mixes eight
 //! bytes at a time (rotate, xor, multiply), starting from a per-process
-//! random seed, so collisions cannot be prepared in advance.
+//! random seed, so collisions cannot be prepared in advance, and folds
+//! the high bits into the low ones at the end (tables index by the low
+//! bits).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -69,7 +71,14 @@ impl Hasher for FastHasher {
 
     #[inline]
     fn finish(&self) -> u64 {
-        self.hash
+        // The last multiply leaves the low bits depending only on the low
+        // bits of the last word, and hash tables take their bucket from
+        // the low bits: fold the high bits down (a splitmix64-style
+        // finalizer), or short keys sharing their first bytes collide.
+        let mut h = self.hash;
+        h ^= h >> 32;
+        h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^ (h >> 29)
     }
 }
 
@@ -107,5 +116,21 @@ mod tests {
             m.insert(i.to_string().into_bytes().into(), i);
         }
         assert_eq!(m.get(&b"999"[..]), Some(&999));
+    }
+
+    #[test]
+    fn low_bits_depend_on_every_byte() {
+        // Keys alike in their first bytes (a field byte and a common
+        // prefix) must spread over the buckets a table takes from the
+        // low bits.
+        let low = |b: &[u8]| {
+            let mut x = FastState.build_hasher();
+            x.write(b);
+            x.finish() & 0xFFFF
+        };
+        let buckets: std::collections::HashSet<u64> = (0..1000u32)
+            .map(|i| low(format!("\u{6}th{i:04}").as_bytes()))
+            .collect();
+        assert!(buckets.len() > 900, "{} distinct buckets", buckets.len());
     }
 }

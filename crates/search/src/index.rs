@@ -46,6 +46,90 @@ const META_DELETED: u8 = 0x10;
 const META_INDEXED: u8 = 0x11;
 const META_LANGUAGES: u8 = 0x12;
 const META_REBUILD: u8 = 0x13;
+const META_DATES: u8 = 0x14;
+const META_DATE_BLOCKS: u8 = 0x15;
+
+/// Documents per `meta` dates value (`14 ++ aid ++ block`): a block holds
+/// the documents whose id shifted right by this many bits is `block`.
+const DATE_BLOCK_BITS: u32 = 10;
+/// Bytes of one dates record: `doc (u32 BE) ++ receivedAt (i64 BE)`.
+const DATE_RECORD: usize = 12;
+
+fn dates_key(account: AccountId, block: u32) -> [u8; 9] {
+    let mut k = [META_DATES, 0, 0, 0, 0, 0, 0, 0, 0];
+    k[1..5].copy_from_slice(&account.0.to_be_bytes());
+    k[5..].copy_from_slice(&block.to_be_bytes());
+    k
+}
+
+/// Encodes dates records (ascending, unique documents).
+fn encode_dates(records: &[(DocumentId, i64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(records.len() * DATE_RECORD);
+    for &(id, at) in records {
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&at.to_be_bytes());
+    }
+    out
+}
+
+/// The records of a dates value, if well formed.
+fn decode_dates(v: &[u8]) -> Option<impl Iterator<Item = (DocumentId, i64)> + '_> {
+    v.len().is_multiple_of(DATE_RECORD).then(|| {
+        v.chunks_exact(DATE_RECORD).map(|r| {
+            (
+                u32::from_be_bytes(r[..4].try_into().expect("4 bytes")),
+                i64::from_be_bytes(r[4..].try_into().expect("8 bytes")),
+            )
+        })
+    })
+}
+
+/// Folds date-block summaries: per block, the latest receivedAt.
+fn merge_date_blocks<'a>(inputs: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
+    let mut by_block = std::collections::BTreeMap::new();
+    for v in inputs {
+        for (block, at) in decode_dates(v)? {
+            let e = by_block.entry(block).or_insert(at);
+            *e = (*e).max(at);
+        }
+    }
+    let records: Vec<(u32, i64)> = by_block.into_iter().collect();
+    Some(encode_dates(&records))
+}
+
+/// Folds dates values: the union by document, the last input's record
+/// winning (re-applying a batch changes nothing). Inputs whose documents
+/// all follow the previous ones' are concatenated as they are.
+fn merge_dates<'a>(inputs: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
+    let inputs: Vec<&[u8]> = inputs.collect();
+    let mut out = Vec::with_capacity(inputs.iter().map(|v| v.len()).sum());
+    let mut last: Option<DocumentId> = None;
+    let mut appends = true;
+    for v in &inputs {
+        let mut records = decode_dates(v)?;
+        if let (Some(l), Some((first, _))) = (last, records.next())
+            && first <= l
+        {
+            appends = false;
+            break;
+        }
+        if let Some(r) = v.len().checked_sub(DATE_RECORD) {
+            last = Some(u32::from_be_bytes(v[r..r + 4].try_into().expect("4 bytes")));
+        }
+    }
+    if appends {
+        for v in &inputs {
+            out.extend_from_slice(v);
+        }
+        return Some(out);
+    }
+    let mut by_doc = std::collections::BTreeMap::new();
+    for v in &inputs {
+        by_doc.extend(decode_dates(v)?);
+    }
+    let records: Vec<(DocumentId, i64)> = by_doc.into_iter().collect();
+    Some(encode_dates(&records))
+}
 
 fn meta_key(kind: u8, account: AccountId) -> [u8; 5] {
     let mut k = [kind, 0, 0, 0, 0];
@@ -74,6 +158,8 @@ fn merge_postings(_key: &[u8], existing: Option<&[u8]>, ops: &MergeOperands) -> 
 fn merge_meta(key: &[u8], existing: Option<&[u8]>, ops: &MergeOperands) -> Option<Vec<u8>> {
     match key.first() {
         Some(&META_DELETED) | Some(&META_INDEXED) => postings::merge_bitmaps(existing, ops.iter()),
+        Some(&META_DATES) => merge_dates(existing.into_iter().chain(ops.iter())),
+        Some(&META_DATE_BLOCKS) => merge_date_blocks(existing.into_iter().chain(ops.iter())),
         Some(&META_LANGUAGES) => {
             let mut bits = 0u32;
             for v in existing.into_iter().chain(ops.iter()) {
@@ -154,6 +240,8 @@ pub struct IndexBatch {
     builders: Vec<PostingBuilder>,
     indexed: Vec<DocumentId>,
     deleted: Vec<DocumentId>,
+    /// (document, receivedAt) of documents added with a date.
+    dates: Vec<(DocumentId, i64)>,
     languages: LanguageSet,
     rebuild: Option<Option<DocumentId>>,
     text_bytes: usize,
@@ -176,6 +264,7 @@ impl IndexBatch {
             builders: Vec::new(),
             indexed: Vec::new(),
             deleted: Vec::new(),
+            dates: Vec::new(),
             languages: LanguageSet::default(),
             rebuild: None,
             text_bytes: 0,
@@ -203,7 +292,10 @@ impl IndexBatch {
 
     /// Whether the batch writes nothing.
     pub fn is_empty(&self) -> bool {
-        self.indexed.is_empty() && self.deleted.is_empty() && self.rebuild.is_none()
+        self.indexed.is_empty()
+            && self.deleted.is_empty()
+            && self.dates.is_empty()
+            && self.rebuild.is_none()
     }
 
     /// The id of `key` (`field ++ term`) in this batch.
@@ -323,8 +415,17 @@ impl IndexBatch {
         }
         self.indexed.extend(other.indexed);
         self.deleted.extend(other.deleted);
+        self.dates.extend(other.dates);
         self.languages.0 |= other.languages.0;
         self.text_bytes += other.text_bytes;
+    }
+
+    /// Records a document's receivedAt (unix seconds; immutable in the
+    /// store), which lets [`SearchIndex::dates`] order matches by date
+    /// without reading the store. The indexer and rebuilds record one for
+    /// every document they add.
+    pub fn set_received_at(&mut self, id: DocumentId, received_at: i64) {
+        self.dates.push((id, received_at));
     }
 
     /// Removes a document from the index (it was destroyed).
@@ -336,6 +437,76 @@ impl IndexBatch {
     /// is indexed; `None`: the rebuild is finished) with this batch.
     pub fn set_rebuild_cursor(&mut self, cursor: Option<DocumentId>) {
         self.rebuild = Some(cursor);
+    }
+}
+
+/// Documents newest first ([`SearchIndex::date_order`]).
+#[derive(Debug)]
+pub struct DateOrder<'a> {
+    index: &'a SearchIndex,
+    account: AccountId,
+    docs: &'a RoaringBitmap,
+    /// Blocks not read yet: (latest receivedAt, block), latest last.
+    blocks: Vec<(i64, u32)>,
+    /// Documents of the blocks read and not handed out yet.
+    pool: std::collections::BinaryHeap<(i64, DocumentId)>,
+    missing: bool,
+}
+
+impl DateOrder<'_> {
+    /// The next document (newest first) with its receivedAt, `None` at
+    /// the end, or when a document turned out to have no recorded date
+    /// ([`DateOrder::missing_date`]). A document is handed out only when
+    /// no unread block can hold a later one.
+    pub fn next_dated(&mut self) -> Result<Option<(DocumentId, i64)>> {
+        loop {
+            let bound = self.blocks.last().map(|&(latest, _)| latest);
+            match (self.pool.peek(), bound) {
+                // Strictly later than anything unread (an unread document
+                // of the same second could have a higher id).
+                (Some(&(at, id)), b) if b.is_none_or(|b| at > b) => {
+                    self.pool.pop();
+                    return Ok(Some((id, at)));
+                }
+                (None, None) => return Ok(None),
+                _ => {}
+            }
+            let (_, block) = self.blocks.pop().expect("a bound means a block");
+            let value = self
+                .index
+                .inner
+                .db
+                .get_pinned_cf(self.index.cf(CF_META), dates_key(self.account, block))?;
+            let lo = block << DATE_BLOCK_BITS;
+            let hi = lo | ((1 << DATE_BLOCK_BITS) - 1);
+            let mut wanted = self.docs.range(lo..=hi).peekable();
+            if let Some(v) = value {
+                let records =
+                    decode_dates(&v).ok_or_else(|| Error::Corrupt("dates value".into()))?;
+                for (id, at) in records {
+                    match wanted.peek() {
+                        Some(&d) if d == id => {
+                            self.pool.push((at, id));
+                            wanted.next();
+                        }
+                        Some(&d) if d < id => break,
+                        _ => {}
+                    }
+                }
+            }
+            if wanted.next().is_some() {
+                self.missing = true;
+                self.blocks.clear();
+                self.pool.clear();
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Whether [`DateOrder::next_dated`] stopped because a document has no
+    /// recorded date (the caller then orders by other means).
+    pub fn missing_date(&self) -> bool {
+        self.missing
     }
 }
 
@@ -518,6 +689,22 @@ impl SearchIndex {
                 bitmap(&batch.deleted),
             );
         }
+        if !batch.dates.is_empty() {
+            let mut dates = batch.dates.clone();
+            dates.sort_unstable_by_key(|&(id, _)| id);
+            dates.dedup_by_key(|&mut (id, _)| id);
+            let mut latest = Vec::new();
+            for block in dates.chunk_by(|a, b| a.0 >> DATE_BLOCK_BITS == b.0 >> DATE_BLOCK_BITS) {
+                let b = block[0].0 >> DATE_BLOCK_BITS;
+                wb.merge_cf(meta, dates_key(account, b), encode_dates(block));
+                latest.push((b, block.iter().map(|&(_, at)| at).max().unwrap_or(0)));
+            }
+            wb.merge_cf(
+                meta,
+                meta_key(META_DATE_BLOCKS, account),
+                encode_dates(&latest),
+            );
+        }
         if batch.languages.0 != 0 {
             wb.merge_cf(
                 meta,
@@ -548,9 +735,23 @@ impl SearchIndex {
             None => vec![0xFF; 5],
         };
         wb.delete_range_cf(post, begin, end);
-        for kind in [META_DELETED, META_INDEXED, META_LANGUAGES, META_REBUILD] {
+        for kind in [
+            META_DELETED,
+            META_INDEXED,
+            META_LANGUAGES,
+            META_REBUILD,
+            META_DATE_BLOCKS,
+        ] {
             wb.delete_cf(meta, meta_key(kind, account));
         }
+        wb.delete_range_cf(
+            meta,
+            dates_key(account, 0).to_vec(),
+            match account.0.checked_add(1) {
+                Some(next) => dates_key(AccountId(next), 0).to_vec(),
+                None => vec![META_DATES + 1],
+            },
+        );
         if rebuild {
             wb.put_cf(meta, meta_key(META_REBUILD, account), b"");
         }
@@ -624,6 +825,53 @@ impl SearchIndex {
     /// Documents searchable in `account`: indexed and not destroyed.
     pub fn live(&self, account: AccountId) -> Result<RoaringBitmap> {
         Ok(self.indexed(account)? - self.deleted(account)?)
+    }
+
+    /// The documents of `docs` newest first, by the receivedAt recorded
+    /// when each was indexed ([`IndexBatch::set_received_at`]), ties by
+    /// id descending. Reads the blocks of dates lazily, latest block
+    /// first, so the first few cost one or two block reads when ids grow
+    /// with dates. `None` when some document of `docs` has no recorded
+    /// date (indexed before dates were recorded; a rebuild records them).
+    pub fn date_order<'a>(
+        &'a self,
+        account: AccountId,
+        docs: &'a RoaringBitmap,
+    ) -> Result<Option<DateOrder<'a>>> {
+        let summary = match self
+            .inner
+            .db
+            .get_pinned_cf(self.cf(CF_META), meta_key(META_DATE_BLOCKS, account))?
+        {
+            Some(v) => decode_dates(&v)
+                .ok_or_else(|| Error::Corrupt("date blocks value".into()))?
+                .collect::<FastMap<u32, i64>>(),
+            None => FastMap::default(),
+        };
+        // Every block holding a document must have dates.
+        let mut blocks = Vec::new();
+        let mut from = 0u64;
+        while from <= u64::from(u32::MAX) {
+            let Some(d) = docs.range(from as u32..).next() else {
+                break;
+            };
+            let block = d >> DATE_BLOCK_BITS;
+            let Some(&latest) = summary.get(&block) else {
+                return Ok(None);
+            };
+            blocks.push((latest, block));
+            from = (u64::from(block) + 1) << DATE_BLOCK_BITS;
+        }
+        // Popped from the end: latest first.
+        blocks.sort_unstable();
+        Ok(Some(DateOrder {
+            index: self,
+            account,
+            docs,
+            blocks,
+            pool: std::collections::BinaryHeap::new(),
+            missing: false,
+        }))
     }
 
     /// Counts of `account`'s documents.
@@ -848,4 +1096,60 @@ pub(crate) fn expand(term: &str, kind: TokenKind, langs: LanguageSet) -> Vec<Str
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(index: &SearchIndex, account: AccountId, docs: &RoaringBitmap) -> Option<Vec<u32>> {
+        let mut o = index.date_order(account, docs).unwrap()?;
+        let mut out = Vec::new();
+        while let Some((id, _)) = o.next_dated().unwrap() {
+            out.push(id);
+        }
+        (!o.missing_date()).then_some(out)
+    }
+
+    #[test]
+    fn date_order_is_newest_first_across_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SearchIndex::open(dir.path()).unwrap();
+        let account = AccountId(7);
+        // Dates unrelated to ids, each used twice (ties go to the higher
+        // id), over five blocks, written in two batches (one re-applied).
+        let date = |id: u32| i64::from((id * 7919) % 2500) * 60;
+        let ids: Vec<u32> = (0..5000).step_by(2).collect();
+        for half in ids.chunks(1250) {
+            let mut batch = IndexBatch::new(account);
+            for &id in half {
+                batch.set_received_at(id, date(id));
+            }
+            index.write(&batch).unwrap();
+            if half[0] == 0 {
+                index.write(&batch).unwrap();
+            }
+        }
+        let docs: RoaringBitmap = ids.iter().copied().filter(|i| i % 3 != 0).collect();
+        let mut expected: Vec<u32> = docs.iter().collect();
+        expected.sort_by_key(|&i| std::cmp::Reverse((date(i), i)));
+        assert_eq!(order(&index, account, &docs), Some(expected));
+        index.compact().unwrap();
+        let all: RoaringBitmap = ids.iter().copied().collect();
+        let mut expected: Vec<u32> = all.iter().collect();
+        expected.sort_by_key(|&i| std::cmp::Reverse((date(i), i)));
+        assert_eq!(order(&index, account, &all), Some(expected));
+        // Another account's dates are its own.
+        assert_eq!(order(&index, AccountId(8), &docs), None);
+        // A document without a date: in a block with dates, or not.
+        for missing in [3u32, 9000] {
+            let mut with: RoaringBitmap = docs.clone();
+            with.insert(missing);
+            assert_eq!(order(&index, account, &with), None, "{missing}");
+        }
+        assert_eq!(order(&index, account, &RoaringBitmap::new()), Some(vec![]));
+        // A rebuild clears them.
+        index.clear_account(account, false).unwrap();
+        assert_eq!(order(&index, account, &docs), None);
+    }
 }

@@ -268,8 +268,9 @@ impl Indexer {
         for &(id, op) in entries.iter().take(limit) {
             match op {
                 IndexOp::Remove => batch.remove(id),
-                IndexOp::Index => match kv.read(|tx| Document::load(tx, account, id))? {
-                    Some(doc) => {
+                IndexOp::Index => match kv.read(|tx| Document::load_dated(tx, account, id))? {
+                    Some((doc, received_at)) => {
+                        batch.set_received_at(id, received_at);
                         text += doc.text_bytes();
                         docs.push((id, doc));
                     }

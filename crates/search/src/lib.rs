@@ -34,7 +34,7 @@ pub mod snippet;
 
 pub use doc::{Document, Field};
 pub use error::{Error, Result};
-pub use index::{IndexBatch, IndexOptions, SearchIndex};
+pub use index::{DateOrder, IndexBatch, IndexOptions, SearchIndex};
 pub use indexer::{Indexer, IndexerConfig};
 pub use query::{Query, TextField};
 pub use reindex::{Progress, Scope, reindex, schedule_if_created};

@@ -152,6 +152,7 @@ pub(crate) fn rebuild_account(
                 .and_then(Document::from_message)
                 .unwrap_or_default();
             text += doc.text_bytes();
+            batch.set_received_at(*id, meta.received_at);
             docs.push((*id, doc));
             cursor = Some(*id);
             if text >= BATCH_TEXT_BYTES {

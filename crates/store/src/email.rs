@@ -779,6 +779,22 @@ pub fn list_by_date(
         .collect()
 }
 
+/// Whether `listing` holds the email at `at` (its receivedAt and id): one
+/// point read of the date index key, no metadata read.
+pub fn in_listing(
+    tx: &mut Transaction<'_>,
+    account: AccountId,
+    listing: Listing,
+    at: Cursor,
+) -> Result<bool> {
+    let base: Key = match listing {
+        Listing::All => keys::acct(account, family::ALL_DATE),
+        Listing::Mailbox(m) => keys::acct(account, family::MAILBOX_DATE).u32(m),
+        Listing::MailboxUnseen(m) => keys::acct(account, family::MAILBOX_UNSEEN_DATE).u32(m),
+    };
+    Ok(tx.get(&base.time(at.0).u32(at.1).build())?.is_some())
+}
+
 /// Every email with `keyword` (lowercase), by id.
 pub fn with_keyword(
     tx: &mut Transaction<'_>,

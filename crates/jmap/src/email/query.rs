@@ -20,8 +20,11 @@
 //! AND/OR/NOT like any other condition. When the top-level conjunction
 //! holds text conditions, only their matches are read as candidates; and
 //! when the rest of it is what a date index answers (a mailbox, not
-//! `$seen`, newest first), that index is walked for the first matches
-//! instead, as long as that is cheaper ([`text_page`]).
+//! `$seen`, newest first), the matches are ordered by the receivedAt the
+//! search index recorded for each (read block by block, latest first) and
+//! the newest confirmed with one point read each of the date index
+//! ([`dated_page`]), or else that index is walked for the first matches,
+//! as long as that is cheaper ([`text_page`]).
 //!
 //! A query's state is the Email state. Email/queryChanges recomputes the
 //! result and reports every email created, updated or destroyed since the
@@ -911,6 +914,66 @@ fn text_page(
     }
 }
 
+/// Date-index keys [`dated_page`] may find missing (matches destroyed
+/// since they were indexed, or outside the mailbox) per result of the
+/// window, beyond [`DATED_MISSES_MIN`], before it gives up.
+const DATED_MISSES_PER_RESULT: usize = 4;
+/// Missing date-index keys [`dated_page`] tolerates at least.
+const DATED_MISSES_MIN: usize = 256;
+
+/// A page of a text query ordered by the receivedAt the search index
+/// recorded for each match ([`SearchIndex::date_order`], which reads its
+/// dates block by block, latest first): each match, newest first, is
+/// confirmed with one point read of `listing`'s date index key (it still
+/// exists, is in the mailbox, and has that date: receivedAt is
+/// immutable), until the window is full. The order and the ids are those
+/// [`text_page`] finds by walking the date index. `None` (use
+/// [`text_page`]) for a total (counting needs every match confirmed),
+/// when a match has no recorded date, or when too many matches are not in
+/// `listing`.
+fn dated_page(
+    tx: &mut Transaction<'_>,
+    store: &MailStore,
+    account: AccountId,
+    listing: Listing,
+    hits: &RoaringBitmap,
+    w: &Window,
+) -> Result<Option<Page>, Fail> {
+    if w.calculate_total {
+        return Ok(None);
+    }
+    let index = SearchIndex::for_store(store).map_err(search_fail)?;
+    let Some(mut order) = index.date_order(account, hits).map_err(search_fail)? else {
+        return Ok(None);
+    };
+    let start = usize::try_from(w.position).unwrap_or(usize::MAX);
+    let end = start.saturating_add(w.limit);
+    let budget = end
+        .saturating_mul(DATED_MISSES_PER_RESULT)
+        .saturating_add(DATED_MISSES_MIN);
+    let (mut ids, mut matched, mut missed) = (Vec::new(), 0usize, 0usize);
+    while let Some((id, at)) = order.next_dated().map_err(search_fail)? {
+        if !email::in_listing(tx, account, listing, (at, id))? {
+            missed += 1;
+            if missed > budget {
+                return Ok(None);
+            }
+            continue;
+        }
+        if matched >= start && matched < end {
+            ids.push(id);
+        }
+        matched += 1;
+        if matched >= end {
+            return Ok(Some((ids, start, None)));
+        }
+    }
+    if order.missing_date() {
+        return Ok(None);
+    }
+    Ok(Some((ids, start.min(matched), None)))
+}
+
 fn query_state(tx: &mut Transaction<'_>, account: AccountId) -> Result<u64, Fail> {
     Ok(changes::state(tx, account, DataType::Email)?)
 }
@@ -947,7 +1010,10 @@ pub fn query(ctx: &mut Ctx<'_>, args: Arguments) -> MethodResult {
                 spec.text_listing().filter(|_| simple),
                 spec.filter.as_ref().and_then(Filter::required_hits),
             ) {
-                (Some(l), Some(hits)) => text_page(tx, account, l, &hits, &window)?,
+                (Some(l), Some(hits)) => match dated_page(tx, store, account, l, &hits, &window)? {
+                    Some(page) => Some(page),
+                    None => text_page(tx, account, l, &hits, &window)?,
+                },
                 _ => None,
             },
         };
