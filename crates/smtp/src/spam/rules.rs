@@ -458,12 +458,23 @@ pub fn base_domain(d: &str) -> String {
 }
 
 fn caps(text: &str, min: f64, ratio: f64) -> bool {
+    const LOOKED_AT: usize = 100_000;
     let (mut letters, mut upper) = (0usize, 0usize);
-    for c in text.chars().take(100_000) {
-        if c.is_alphabetic() {
-            letters += 1;
-            if c.is_uppercase() {
-                upper += 1;
+    let head = &text.as_bytes()[..text.len().min(LOOKED_AT)];
+    if head.is_ascii() {
+        // The common case, a byte at a time (the same counts: an ASCII
+        // character is alphabetic or upper case exactly as its byte is).
+        for &b in head {
+            letters += usize::from(b.is_ascii_alphabetic());
+            upper += usize::from(b.is_ascii_uppercase());
+        }
+    } else {
+        for c in text.chars().take(LOOKED_AT) {
+            if c.is_alphabetic() {
+                letters += 1;
+                if c.is_uppercase() {
+                    upper += 1;
+                }
             }
         }
     }
@@ -474,6 +485,20 @@ fn caps(text: &str, min: f64, ratio: f64) -> bool {
 mod tests {
     use super::*;
     use crate::spam::message::analyze;
+
+    #[test]
+    fn caps_counts_letters_in_ascii_and_in_any_script() {
+        assert!(caps("BUY NOW!!! CHEAP PILLS", 10.0, 0.9));
+        assert!(!caps("Buy now, cheap pills", 10.0, 0.9));
+        assert!(!caps("BUY", 10.0, 0.9), "too few letters");
+        // Non-ASCII letters count, upper and lower case by Unicode.
+        assert!(caps("ÜBERALL GÜNSTIG ÄRZTE", 10.0, 0.9));
+        assert!(!caps("überall günstig ärzte", 10.0, 0.9));
+        assert!(!caps("12345 !!! ... 이메일", 10.0, 0.5));
+        // Only the first 100,000 characters are looked at.
+        let long = format!("{}{}", "a".repeat(100_000), "B".repeat(100_000));
+        assert!(!caps(&long, 10.0, 0.1));
+    }
 
     fn check(rule: &str, raw: &str, auth: &str) -> bool {
         let rules = Rules::default_rules();
