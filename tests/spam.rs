@@ -360,6 +360,56 @@ fn sample(text: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
+/// Alice, added to `tern`, as a JMAP client with what she needs to send.
+struct Sender {
+    client: Client,
+    drafts: String,
+    inbox: String,
+    identity: String,
+}
+
+async fn sender(tern: &Tern) -> Sender {
+    tern.cli(&["account", "add", USER, "--password", PASSWORD]);
+    let client = Client::new()
+        .credentials(Credentials::basic(USER, PASSWORD))
+        .timeout(Duration::from_secs(60))
+        .connect(&tern.base_url())
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for role in [Role::Drafts, Role::Inbox] {
+        let id = client
+            .mailbox_query(
+                Some(jmap_client::mailbox::query::Filter::role(role)),
+                None::<Vec<_>>,
+            )
+            .await
+            .unwrap()
+            .take_ids()
+            .remove(0);
+        ids.push(id);
+    }
+    let mut request = client.build();
+    request.get_identity();
+    let identity = request
+        .send_get_identity()
+        .await
+        .unwrap()
+        .take_list()
+        .remove(0)
+        .id()
+        .unwrap()
+        .to_owned();
+    let inbox = ids.pop().unwrap();
+    let drafts = ids.pop().unwrap();
+    Sender {
+        client,
+        drafts,
+        inbox,
+        identity,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jmap_submissions_pass_the_virus_scan_and_sending_limits_and_metrics_count_them() {
     let clamd = match tokio::task::spawn_blocking(start_clamd).await.unwrap() {
@@ -374,39 +424,12 @@ async fn jmap_submissions_pass_the_virus_scan_and_sending_limits_and_metrics_cou
          [virus]\nclamd = \"tcp:127.0.0.1:{}\"\non_unreachable = \"tempfail\"\n",
         clamd.port
     ));
-    tern.cli(&["account", "add", USER, "--password", PASSWORD]);
-    let client = Client::new()
-        .credentials(Credentials::basic(USER, PASSWORD))
-        .timeout(Duration::from_secs(60))
-        .connect(&tern.base_url())
-        .await
-        .unwrap();
-    let mailbox = |role: Role| {
-        let client = &client;
-        async move {
-            client
-                .mailbox_query(
-                    Some(jmap_client::mailbox::query::Filter::role(role)),
-                    None::<Vec<_>>,
-                )
-                .await
-                .unwrap()
-                .take_ids()
-                .remove(0)
-        }
-    };
-    let (drafts, inbox) = (mailbox(Role::Drafts).await, mailbox(Role::Inbox).await);
-    let mut request = client.build();
-    request.get_identity();
-    let identity = request
-        .send_get_identity()
-        .await
-        .unwrap()
-        .take_list()
-        .remove(0)
-        .id()
-        .unwrap()
-        .to_owned();
+    let Sender {
+        client,
+        drafts,
+        inbox,
+        identity,
+    } = sender(&tern).await;
     let submit = |subject: &'static str, infected: bool| {
         let (client, drafts, identity) = (&client, drafts.clone(), identity.clone());
         async move {
@@ -518,39 +541,12 @@ async fn a_jmap_submission_sent_while_clamd_is_down_is_tagged_unscanned_under_ac
     let tern = start(&format!(
         "[virus]\nclamd = \"tcp:127.0.0.1:{port}\"\non_unreachable = \"accept\"\n"
     ));
-    tern.cli(&["account", "add", USER, "--password", PASSWORD]);
-    let client = Client::new()
-        .credentials(Credentials::basic(USER, PASSWORD))
-        .timeout(Duration::from_secs(60))
-        .connect(&tern.base_url())
-        .await
-        .unwrap();
-    let role = |role: Role| {
-        let client = &client;
-        async move {
-            client
-                .mailbox_query(
-                    Some(jmap_client::mailbox::query::Filter::role(role)),
-                    None::<Vec<_>>,
-                )
-                .await
-                .unwrap()
-                .take_ids()
-                .remove(0)
-        }
-    };
-    let (drafts, inbox) = (role(Role::Drafts).await, role(Role::Inbox).await);
-    let mut request = client.build();
-    request.get_identity();
-    let identity = request
-        .send_get_identity()
-        .await
-        .unwrap()
-        .take_list()
-        .remove(0)
-        .id()
-        .unwrap()
-        .to_owned();
+    let Sender {
+        client,
+        drafts,
+        inbox,
+        identity,
+    } = sender(&tern).await;
     // The draft claims to be clean; only the filter's own tag may stay.
     let draft = String::from_utf8(submission_message("unscanned", false))
         .unwrap()
