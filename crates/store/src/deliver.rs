@@ -7,6 +7,9 @@
 //! deliveries to one mailbox would conflict and retry one fsync at a time;
 //! combined, they share one transaction and one fsync. A batch that fails
 //! is retried one job at a time so one bad message cannot fail the others.
+//! Deliveries are combined per account (lanes): batches for different
+//! accounts are built on their own threads at once and meet again in the
+//! backend's group commit, which gives them one fsync.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -137,10 +140,17 @@ struct State {
     leading: bool,
 }
 
-/// Combines concurrent deliveries into shared transactions.
+/// Combines concurrent deliveries into shared transactions, one lane per
+/// account (a job's lane is its lowest recipient account): deliveries to
+/// one account share a transaction, since they would conflict on its
+/// counters; deliveries to other accounts are stored by their own
+/// leaders at the same time, on other threads, and their commits still
+/// share a WAL sync in the backend's group commit. Jobs of two lanes that
+/// do meet (a recipient in both) are kept apart by the transactions'
+/// conflict checks, at the cost of a retry.
 #[derive(Default)]
 pub(crate) struct Combiner {
-    state: Mutex<State>,
+    lanes: Mutex<HashMap<AccountId, State>>,
 }
 
 impl std::fmt::Debug for Combiner {
@@ -153,10 +163,17 @@ impl Combiner {
     /// Stores `job`, possibly together with others, and returns its
     /// outcome once durable.
     pub(crate) fn submit(&self, kv: &Kv, job: Job) -> Result<Outcome> {
+        let lane = job
+            .recipients
+            .iter()
+            .map(|r| r.account)
+            .min()
+            .unwrap_or(AccountId(0));
         let job = Arc::new(job);
         let (reply, wait): (Sender<Message>, Receiver<Message>) = crossbeam_channel::bounded(1);
         let lead = {
-            let mut s = self.state.lock();
+            let mut lanes = self.lanes.lock();
+            let s = lanes.entry(lane).or_default();
             s.queue.push(Queued {
                 job: job.clone(),
                 reply,
@@ -172,21 +189,27 @@ impl Combiner {
                 }
             }
         }
-        // Leading: store batches until our own job is answered, then hand
-        // the rest of the queue to the next waiter.
+        // Leading the lane: store batches until our own job is answered,
+        // then hand the rest of the lane's queue to its next waiter. (A
+        // lane's entry lives while it has a leader.)
         loop {
             let batch = {
-                let mut s = self.state.lock();
-                take_batch(&mut s.queue)
+                let mut lanes = self.lanes.lock();
+                lanes
+                    .get_mut(&lane)
+                    .map(|s| take_batch(&mut s.queue))
+                    .unwrap_or_default()
             };
             run_batch(kv, batch);
             if let Ok(Message::Done(r)) = wait.try_recv() {
-                let mut s = self.state.lock();
-                match s.queue.first() {
+                let mut lanes = self.lanes.lock();
+                match lanes.get(&lane).and_then(|s| s.queue.first()) {
                     Some(next) => {
                         let _ = next.reply.send(Message::Lead);
                     }
-                    None => s.leading = false,
+                    None => {
+                        lanes.remove(&lane);
+                    }
                 }
                 return r;
             }

@@ -587,3 +587,55 @@ fn concurrent_deliveries_to_one_account_are_all_stored_exactly_once() {
         .unwrap();
     assert_eq!(c.created.len(), threads * per_thread);
 }
+
+#[test]
+fn concurrent_deliveries_across_accounts_meet_without_loss_or_duplicates() {
+    // Deliveries are combined per account (lane: the lowest recipient
+    // account), so a message to a and b (lane a) and one to b alone
+    // (lane b) are stored at once by different leaders and meet on b's
+    // records: the conflict checks must keep every copy exactly once.
+    let (_dir, store) = store();
+    let a = store.create_account("a@example.com", "pw").unwrap();
+    let b = store.create_account("b@example.com", "pw").unwrap();
+    let threads = 8;
+    let per_thread = 60;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let store = &store;
+            s.spawn(move || {
+                for i in 0..per_thread {
+                    let raw = message(&format!("x{t}-{i}"), &format!("x{t}.{i}@x"), "", "x");
+                    let to = match i % 3 {
+                        0 => vec![Recipient::inbox(a), Recipient::inbox(b)],
+                        1 => vec![Recipient::inbox(b)],
+                        _ => vec![Recipient::inbox(a)],
+                    };
+                    let out = store.deliver(&raw, &to).unwrap();
+                    assert_eq!(out.len(), to.len());
+                    assert!(out.iter().all(|r| r.is_ok()));
+                }
+            });
+        }
+    });
+    let per_account = (threads * per_thread * 2 / 3) as u64;
+    for account in [a, b] {
+        let inbox = inbox(&store, account);
+        let counts = store
+            .kv()
+            .read(|tx| mailbox::counts(tx, account, inbox))
+            .unwrap();
+        assert_eq!(counts.total_emails, per_account, "account {account:?}");
+        let listed = store
+            .kv()
+            .read(|tx| {
+                email::list_by_date(tx, account, Listing::Mailbox(inbox), true, None, 10_000)
+            })
+            .unwrap();
+        assert_eq!(listed.len() as u64, per_account);
+        let c = store
+            .kv()
+            .read(|tx| changes::changes(tx, account, DataType::Email, 0, usize::MAX))
+            .unwrap();
+        assert_eq!(c.created.len() as u64, per_account);
+    }
+}
