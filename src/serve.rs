@@ -170,19 +170,9 @@ pub async fn run(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     // One filter (spam, virus, sending limits) for SMTP and JMAP
     // submissions alike: an account's sending rate counts both.
     let smtp = config.smtp_config();
-    let filter = {
-        let (spam, virus, dns, store) = (
-            smtp.spam.clone(),
-            smtp.virus.clone(),
-            smtp.dns.clone(),
-            store.clone(),
-        );
-        blocking(move || {
-            tern_smtp::spam::Filter::new(&spam, &virus, &dns, store)
-                .context("spam and virus filter")
-        })
-        .await?
-    };
+    let filter = tern_smtp::spam::Filter::load(&smtp, store.clone())
+        .await
+        .context("spam and virus filter")?;
 
     // The full-text index, opened before JMAP starts so that its text
     // filters, SearchSnippet/get and `tern reindex` over the admin socket

@@ -1122,29 +1122,8 @@ async fn push_subscriptions_verify_deliver_over_https_and_drop_failing_urls() {
 }
 
 /// A UTCDate `secs` seconds from now.
-fn utc_in(secs: u64) -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + secs;
-    let (days, rest) = ((t / 86_400) as i64, t % 86_400);
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
+fn utc_in(secs: i64) -> String {
+    tern_store::compose::utc_date(tern_store::now() + secs)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

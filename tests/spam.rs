@@ -410,6 +410,37 @@ async fn sender(tern: &Tern) -> Sender {
     }
 }
 
+impl Sender {
+    /// Imports `raw` as a draft and submits it with the identity.
+    async fn send(
+        &self,
+        raw: Vec<u8>,
+    ) -> jmap_client::Result<jmap_client::email_submission::EmailSubmission> {
+        let email = self
+            .client
+            .email_import(raw, [self.drafts.as_str()], Some(["$draft"]), None)
+            .await
+            .unwrap();
+        self.client
+            .email_submission_create(email.id().unwrap(), self.identity.as_str())
+            .await
+    }
+
+    /// The ids of the emails in the Inbox.
+    async fn inbox_ids(&self) -> Vec<String> {
+        self.client
+            .email_query(
+                Some(jmap_client::email::query::Filter::in_mailbox(
+                    self.inbox.as_str(),
+                )),
+                None::<Vec<_>>,
+            )
+            .await
+            .unwrap()
+            .take_ids()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jmap_submissions_pass_the_virus_scan_and_sending_limits_and_metrics_count_them() {
     let clamd = match tokio::task::spawn_blocking(start_clamd).await.unwrap() {
@@ -424,29 +455,9 @@ async fn jmap_submissions_pass_the_virus_scan_and_sending_limits_and_metrics_cou
          [virus]\nclamd = \"tcp:127.0.0.1:{}\"\non_unreachable = \"tempfail\"\n",
         clamd.port
     ));
-    let Sender {
-        client,
-        drafts,
-        inbox,
-        identity,
-    } = sender(&tern).await;
-    let submit = |subject: &'static str, infected: bool| {
-        let (client, drafts, identity) = (&client, drafts.clone(), identity.clone());
-        async move {
-            let email = client
-                .email_import(
-                    submission_message(subject, infected),
-                    [drafts],
-                    Some(["$draft"]),
-                    None,
-                )
-                .await
-                .unwrap();
-            client
-                .email_submission_create(email.id().unwrap(), identity)
-                .await
-        }
-    };
+    let alice = sender(&tern).await;
+    let submit =
+        |subject: &'static str, infected: bool| alice.send(submission_message(subject, infected));
     let refused = |result: jmap_client::Result<_>| match result {
         Err(jmap_client::Error::Set(e)) => (
             e.error().clone(),
@@ -480,14 +491,7 @@ async fn jmap_submissions_pass_the_virus_scan_and_sending_limits_and_metrics_cou
     assert_eq!(kind, SetErrorType::RateLimit);
 
     // Only the clean one reached the Inbox.
-    let inbox = client
-        .email_query(
-            Some(jmap_client::email::query::Filter::in_mailbox(inbox)),
-            None::<Vec<_>>,
-        )
-        .await
-        .unwrap()
-        .take_ids();
+    let inbox = alice.inbox_ids().await;
     assert_eq!(inbox.len(), 1, "{inbox:?}");
 
     let port = tern.metrics;
@@ -541,34 +545,19 @@ async fn a_jmap_submission_sent_while_clamd_is_down_is_tagged_unscanned_under_ac
     let tern = start(&format!(
         "[virus]\nclamd = \"tcp:127.0.0.1:{port}\"\non_unreachable = \"accept\"\n"
     ));
-    let Sender {
-        client,
-        drafts,
-        inbox,
-        identity,
-    } = sender(&tern).await;
+    let alice = sender(&tern).await;
     // The draft claims to be clean; only the filter's own tag may stay.
     let draft = String::from_utf8(submission_message("unscanned", false))
         .unwrap()
         .replacen("Subject:", "X-Virus-Status: Clean\r\nSubject:", 1);
-    let email = client
-        .email_import(draft.into_bytes(), [drafts], Some(["$draft"]), None)
-        .await
-        .unwrap();
-    client
-        .email_submission_create(email.id().unwrap(), identity)
+    alice
+        .send(draft.into_bytes())
         .await
         .expect("accepted while clamd is down");
     // Alice is local: her Inbox copy is the message as sent.
-    let ids = client
-        .email_query(
-            Some(jmap_client::email::query::Filter::in_mailbox(inbox)),
-            None::<Vec<_>>,
-        )
-        .await
-        .unwrap()
-        .take_ids();
+    let ids = alice.inbox_ids().await;
     assert_eq!(ids.len(), 1, "{ids:?}");
+    let client = &alice.client;
     let copy = client
         .email_get(&ids[0], Some([Property::BlobId]))
         .await

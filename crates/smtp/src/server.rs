@@ -94,19 +94,7 @@ impl SmtpServer {
     /// Loads (or generates) the certificate, sets up the resolver and the
     /// filters ([`crate::spam::Filter`]) and binds the listeners.
     pub async fn bind(config: SmtpConfig, store: MailStore) -> Result<SmtpServer, Error> {
-        let filter = {
-            let (spam, virus, dns, store) = (
-                config.spam.clone(),
-                config.virus.clone(),
-                config.dns.clone(),
-                store.clone(),
-            );
-            tokio::task::spawn_blocking(move || {
-                crate::spam::Filter::new(&spam, &virus, &dns, store)
-            })
-            .await
-            .map_err(|e| Error::Config(e.to_string()))??
-        };
+        let filter = crate::spam::Filter::load(&config, store.clone()).await?;
         SmtpServer::bind_with_filter(config, store, filter).await
     }
 

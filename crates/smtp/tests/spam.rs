@@ -62,19 +62,9 @@ impl TestServer {
         // No DNS for SPF/DKIM in these tests.
         config.checks.enabled = false;
         configure(&mut config);
-        let filter = {
-            let (spam, virus, dns, store) = (
-                config.spam.clone(),
-                config.virus.clone(),
-                config.dns.clone(),
-                store.clone(),
-            );
-            tokio::task::spawn_blocking(move || {
-                tern_smtp::spam::Filter::new(&spam, &virus, &dns, store).unwrap()
-            })
+        let filter = tern_smtp::spam::Filter::load(&config, store.clone())
             .await
-            .unwrap()
-        };
+            .unwrap();
         let server = SmtpServer::bind_with_filter(config, store.clone(), filter.clone())
             .await
             .unwrap();

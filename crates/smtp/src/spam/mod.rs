@@ -525,6 +525,19 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// [`Filter::new`] for a server's configuration, on a blocking thread
+    /// (loading the model reads the store).
+    pub async fn load(config: &crate::SmtpConfig, store: MailStore) -> Result<Filter, Error> {
+        let (spam, virus, dns) = (
+            config.spam.clone(),
+            config.virus.clone(),
+            config.dns.clone(),
+        );
+        tokio::task::spawn_blocking(move || Filter::new(&spam, &virus, &dns, store))
+            .await
+            .map_err(|e| Error::Config(e.to_string()))?
+    }
+
     /// The filter of a server: loads rules and the global model (blocks).
     pub fn new(
         spam: &SpamConfig,
