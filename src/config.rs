@@ -396,6 +396,10 @@ pub struct SearchSection {
     /// the index to catch up with the mail the request can see (read your
     /// writes) before answering from the index as it is. 0: never wait.
     pub query_wait_ms: u64,
+    /// How much the indexer lowers its CPU priority (nice increment, 0 to
+    /// 19; 0: none). Indexing yields to SMTP and JMAP under load and
+    /// catches up when they leave room; its queue is durable.
+    pub indexer_nice: i32,
 }
 
 /// Longest `search.query_wait_ms` accepted: a waiting query holds one of
@@ -410,6 +414,7 @@ impl Default for SearchSection {
                 .as_millis()
                 .try_into()
                 .unwrap_or(u64::MAX),
+            indexer_nice: tern_search::IndexerConfig::default().nice,
         }
     }
 }
@@ -743,6 +748,9 @@ impl Config {
         if self.search.query_wait_ms > MAX_QUERY_WAIT_MS {
             bail!("bad value for key `search.query_wait_ms`: must be at most {MAX_QUERY_WAIT_MS}");
         }
+        if !(0..=19).contains(&self.search.indexer_nice) {
+            bail!("bad value for key `search.indexer_nice`: must be from 0 to 19");
+        }
         if !is_domain_name(&self.dkim.selector) {
             bail!(
                 "bad value for key `dkim.selector`: {:?} is not a DNS label",
@@ -789,6 +797,14 @@ impl Config {
     pub fn search_options(&self) -> tern_search::IndexOptions {
         tern_search::IndexOptions {
             query_wait: Duration::from_millis(self.search.query_wait_ms),
+            ..Default::default()
+        }
+    }
+
+    /// The search indexer's settings (`[search]`).
+    pub fn indexer_config(&self) -> tern_search::IndexerConfig {
+        tern_search::IndexerConfig {
+            nice: self.search.indexer_nice,
             ..Default::default()
         }
     }
@@ -1167,6 +1183,13 @@ mod tests {
             &["`search.query_wait_ms`"],
         );
         check_refused("[search]\nwait = 1\n", &["unknown key `search.wait`"]);
+        assert_eq!(Config::default().indexer_config().nice, 10);
+        let config = Config::parse("[search]\nindexer_nice = 0\n").unwrap();
+        assert_eq!(config.indexer_config().nice, 0);
+        check_refused(
+            "[search]\nindexer_nice = 20\n",
+            &["`search.indexer_nice`", "from 0 to 19"],
+        );
     }
 
     #[test]

@@ -259,8 +259,9 @@ pub async fn run(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     // The indexer drains the store's index queue (written with every
     // delivery and destroy) into the search index.
     let (index_store, index, stop) = (store.clone(), search.clone(), services.shutdown().0);
+    let indexer_config = config.indexer_config();
     services.spawn("search-indexer", async move {
-        tern_search::Indexer::new(index_store, index)
+        tern_search::Indexer::with_config(index_store, index, indexer_config)
             .run(stop)
             .await
             .context("search indexer")

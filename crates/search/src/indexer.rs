@@ -51,6 +51,12 @@ pub struct IndexerConfig {
     pub poll_interval: Duration,
     /// Queue-drain steps per account before the next account gets a turn.
     pub steps_per_turn: usize,
+    /// How much the indexer's threads lower their CPU priority (a nice
+    /// increment, 0 to 19; 0 keeps the server's). Indexing is background
+    /// work: under load, SMTP sessions and deliveries get the CPU first
+    /// and the queue (durable) is indexed in larger batches when they
+    /// leave room. Linux only; elsewhere ignored.
+    pub nice: i32,
     /// Test hook: fail right after the index write of a batch, before the
     /// queue entries are removed (what a crash there leaves behind).
     #[doc(hidden)]
@@ -64,6 +70,7 @@ impl Default for IndexerConfig {
             batch_text_bytes: 16 << 20,
             poll_interval: Duration::from_millis(250),
             steps_per_turn: 8,
+            nice: 10,
             fail_before_dequeue: false,
         }
     }
@@ -106,8 +113,8 @@ impl Indexer {
         &self.index
     }
 
-    /// Starts the indexer on a blocking thread until `shutdown` turns
-    /// true (or its sender is dropped). This is what `tern serve` runs.
+    /// Starts the indexer on its own thread until `shutdown` turns true
+    /// (or its sender is dropped).
     pub fn spawn(
         store: MailStore,
         index: SearchIndex,
@@ -117,16 +124,24 @@ impl Indexer {
     }
 
     /// Runs until `shutdown` turns true, then finishes the batch in flight.
+    /// The work runs on a thread of its own ("tern-indexer", at the
+    /// configured lower priority, which its analysis threads inherit), so
+    /// no thread of the runtime's blocking pool keeps a changed priority.
+    /// This is what `tern serve` runs.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let stop = Arc::new(AtomicBool::new(false));
         let index = self.index.clone();
         let flag = stop.clone();
-        let mut worker = tokio::task::spawn_blocking(move || {
-            self.run_blocking(&|| flag.load(Ordering::Relaxed))
-        });
-        let join = |r: std::result::Result<Result<()>, tokio::task::JoinError>| match r {
-            Ok(r) => r,
-            Err(e) => Err(Error::Index(format!("the indexer thread failed: {e}"))),
+        let (done, mut worker) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("tern-indexer".into())
+            .spawn(move || {
+                lower_priority(self.config.nice);
+                let _ = done.send(self.run_blocking(&|| flag.load(Ordering::Relaxed)));
+            })
+            .map_err(|e| Error::Index(format!("cannot start the indexer thread: {e}")))?;
+        let join = |r: std::result::Result<Result<()>, tokio::sync::oneshot::error::RecvError>| {
+            r.unwrap_or_else(|_| Err(Error::Index("the indexer thread failed".into())))
         };
         tokio::select! {
             r = &mut worker => return join(r),
@@ -300,5 +315,47 @@ impl Indexer {
         }
         let step = if empty { Step::Empty } else { Step::More };
         Ok((taken.len(), step))
+    }
+}
+
+/// Lowers the calling thread's CPU priority by `nice` (threads it starts
+/// inherit it). Failure only costs priority, so it is logged, not fatal.
+fn lower_priority(nice: i32) {
+    if nice <= 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // Linux's setpriority(PRIO_PROCESS, tid) applies to one thread.
+        let tid = rustix::thread::gettid();
+        let current = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
+        let wanted = (current + nice).min(19);
+        if let Err(err) = rustix::process::setpriority_process(Some(tid), wanted) {
+            tracing::warn!(error = %err, "cannot lower the search indexer's priority");
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::lower_priority;
+
+    #[test]
+    fn lowering_the_priority_affects_only_the_calling_thread() {
+        let own = || rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+        let before = own();
+        let (lowered, inherited) = std::thread::spawn(move || {
+            lower_priority(5);
+            let lowered = own();
+            let inherited = std::thread::spawn(own).join().unwrap();
+            (lowered, inherited)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(lowered, (before + 5).min(19));
+        assert_eq!(inherited, lowered, "threads it starts inherit it");
+        assert_eq!(own(), before, "the caller's other threads keep theirs");
+        std::thread::spawn(|| lower_priority(0)).join().unwrap();
+        assert_eq!(own(), before);
     }
 }

@@ -14,6 +14,7 @@
 #   TERN_BENCH_CHECKS=1    SPF/DKIM/ARC/DMARC/iprev on, against a local DNS
 #                          server (dns_zone.py) — off by default
 #   TERN_BENCH_SPAM=0      the spam filter off (on by default, as shipped)
+#   TERN_BENCH_INDEXER_NICE=N  [search] indexer_nice (default: as shipped)
 # Needs a release build (`cargo build --workspace --release` and
 # `cargo bench --workspace --bench smtp_load --no-run`), python3, and
 # scripts/postfix-tools.sh (downloads postfix's .deb, installs nothing).
@@ -69,6 +70,8 @@ $checks
 $dns
 [spam]
 $spam
+[search]
+${TERN_BENCH_INDEXER_NICE:+indexer_nice = $TERN_BENCH_INDEXER_NICE}
 [log]
 level = "warn"
 TOML

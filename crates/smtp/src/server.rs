@@ -576,127 +576,194 @@ async fn deliver(shared: &Shared, incoming: Incoming) -> Reply {
         tracing::info!(%id, service = incoming.kind.name(), "message refused by DMARC policy");
         return reply;
     }
-    // Virus scan, submission limits, spam score (crate::spam): may refuse;
-    // adds X-Spam-* headers and files spam in Junk per account.
-    let mut filtered = match shared.filter.filter(&incoming, &auth_headers).await {
-        Ok(filtered) => filtered,
+    // Virus scan, submission limits, blocklists (crate::spam): may refuse.
+    let screened = match shared.filter.screen(&incoming, &auth_headers).await {
+        Ok(screened) => screened,
         Err(reply) => return reply,
     };
-    // Without the X-Spam-* (X-Virus-Status) fields it came with: only
-    // ours are delivered.
-    let mut incoming = incoming;
-    if let Some(message) = filtered.message.take() {
-        incoming.data = message;
-    }
-    let received = headers::received(&incoming, &shared.hostname, &id, SystemTime::now());
-    let mut raw = Vec::with_capacity(received.len() + auth_headers.len() + incoming.data.len());
-    raw.extend_from_slice(received.as_bytes());
-    raw.extend_from_slice(auth_headers.as_bytes());
-    raw.extend_from_slice(filtered.headers.as_bytes());
-    raw.extend_from_slice(&incoming.data);
-
+    // The rest blocks (the spam score reads the accounts' models, the
+    // store waits for its commit): one hand-off to the blocking pool.
+    let (store, hostname) = (shared.store.clone(), shared.hostname.clone());
     let junk = verdict == Verdict::Quarantine;
-    let (mut recipients, envelopes) = store_recipients(&incoming.envelope, junk);
-    filtered.apply(&mut recipients);
-    // Remote recipients of a submission go to the outbound queue.
-    let remote = remote_envelope(&incoming.envelope);
-    if !remote.recipients.is_empty() {
-        let store = shared.store.clone();
-        let (raw, sender) = (raw.clone(), incoming.auth.as_ref().map(|a| a.account));
-        if recipients.is_empty() {
-            return match blocking(move || {
-                tern_store::queue::enqueue(store.kv(), &raw, sender, &remote, 0)
-            })
-            .await
-            {
-                Ok(queued) => {
-                    tracing::info!(%id, queue_id = %format!("{queued:016x}"), "message queued");
-                    Reply::owned(250, [2, 0, 0], format!("Message accepted, id {id}"))
-                }
-                Err(err) => {
-                    tracing::error!(%id, error = %err, "queueing failed");
-                    reply::TEMP_FAILURE
-                }
-            };
-        }
-        // Queued first: a failed local delivery below is retried by the
-        // client, which may then send the remote copies twice, never none.
-        if let Err(err) =
-            blocking(move || tern_store::queue::enqueue(store.kv(), &raw, sender, &remote, 0)).await
-        {
-            tracing::error!(%id, error = %err, "queueing failed");
+    let job = move || {
+        let accepted = Accepted {
+            id,
+            incoming,
+            auth_headers,
+            junk,
+        };
+        accepted.store(&store, &hostname, screened)
+    };
+    let (reply, autoreply) = match tokio::task::spawn_blocking(job).await {
+        Ok(done) => done,
+        Err(err) => {
+            tracing::error!(error = %err, "a delivery task failed");
             return reply::TEMP_FAILURE;
         }
-    }
-    let store = shared.store.clone();
-    let size = raw.len();
-    let count = recipients.len();
-    let autoreply = (!junk).then(|| {
-        (
-            shared.store.clone(),
-            recipients
-                .iter()
-                .filter(|r| !filtered.junk.contains(&r.account))
-                .map(|r| r.account)
-                .collect::<Vec<_>>(),
-            incoming.envelope.mail_from.clone(),
-            raw.clone(),
-        )
-    });
-    let options = DeliverOptions {
-        envelopes,
-        // One reply for every recipient: each is delivered exactly once
-        // or the whole message is deferred (see QuotaPolicy).
-        quota: QuotaPolicy::UnderLimitAllOrNothing,
     };
-    let outcome = blocking(move || store.deliver_with(&raw, &recipients, &options)).await;
-    match outcome {
-        Ok(results) => {
-            if let Some(err) = results.iter().find_map(|r| r.as_ref().err()) {
-                // Not produced under UnderLimitAllOrNothing: the store
-                // fails the whole delivery instead. Never acknowledge a
-                // message some recipient did not get.
-                tracing::error!(%id, error = %err, "a recipient's copy was not stored");
-                return reply::TEMP_FAILURE;
+    // Vacation replies (RFC 3834), off the reply's path.
+    if let Some(autoreply) = autoreply {
+        let store = shared.store.clone();
+        shared.in_background(move || autoreply.send(&store));
+    }
+    reply
+}
+
+/// A message past the checks that may refuse it asynchronously, on its
+/// way into the store.
+struct Accepted {
+    id: String,
+    incoming: Incoming,
+    auth_headers: String,
+    /// DMARC's quarantine: every copy goes to Junk.
+    junk: bool,
+}
+
+/// Vacation replies owed for a delivered message.
+struct AutoReplies {
+    accounts: Vec<tern_store::AccountId>,
+    mail_from: String,
+    raw: Vec<u8>,
+}
+
+impl AutoReplies {
+    fn send(self, store: &MailStore) {
+        for account in self.accounts {
+            if let Err(err) =
+                tern_store::vacation::auto_reply(store, account, &self.mail_from, &self.raw)
+            {
+                tracing::warn!(error = %err, "vacation reply failed");
             }
-            tracing::info!(
-                %id,
-                service = incoming.kind.name(),
-                size,
-                recipients = count,
-                junk,
-                "message delivered"
-            );
-            // Vacation replies (RFC 3834), off the reply's path.
-            if let Some((store, accounts, mail_from, raw)) = autoreply {
-                shared.in_background(move || {
-                    for account in accounts {
-                        if let Err(err) =
-                            tern_store::vacation::auto_reply(&store, account, &mail_from, &raw)
-                        {
-                            tracing::warn!(error = %err, "vacation reply failed");
-                        }
-                    }
-                });
-            }
-            Reply::owned(250, [2, 0, 0], format!("Message accepted, id {id}"))
-        }
-        Err(tern_store::Error::OverQuota { .. }) => {
-            // A mailbox filled up after its RCPT was accepted: nothing was
-            // stored; at the client's retry that recipient is refused at
-            // RCPT and the others get the message.
-            tracing::info!(%id, "deferred: a recipient's mailbox is full");
-            reply::MAILBOX_FULL
-        }
-        Err(tern_store::Error::NotAMessage(reason)) => {
-            tracing::info!(%id, %reason, "refused: not a message");
-            Reply::new(554, [5, 6, 0], "Message refused: not a valid message")
-        }
-        Err(err) => {
-            tracing::error!(%id, error = %err, "delivery failed");
-            reply::TEMP_FAILURE
         }
     }
+}
+
+impl Accepted {
+    /// Scores the message for spam, adds the trace header fields and
+    /// stores it: local copies delivered, remote recipients of a
+    /// submission queued. Blocks. Returns the reply and the vacation
+    /// replies owed.
+    fn store(
+        self,
+        store: &MailStore,
+        hostname: &str,
+        screened: crate::spam::Screened,
+    ) -> (Reply, Option<AutoReplies>) {
+        let Accepted {
+            id,
+            mut incoming,
+            auth_headers,
+            junk,
+        } = self;
+        let mut filtered = match screened.finish(&incoming.data) {
+            Ok(filtered) => filtered,
+            Err(reply) => return (reply, None),
+        };
+        // Without the X-Spam-* (X-Virus-Status) fields it came with: only
+        // ours are delivered.
+        if let Some(message) = filtered.message.take() {
+            incoming.data = message;
+        }
+        let received = headers::received(&incoming, hostname, &id, SystemTime::now());
+        let mut raw =
+            Vec::with_capacity(received.len() + auth_headers.len() + incoming.data.len() + 128);
+        raw.extend_from_slice(received.as_bytes());
+        raw.extend_from_slice(auth_headers.as_bytes());
+        raw.extend_from_slice(filtered.headers.as_bytes());
+        raw.extend_from_slice(&incoming.data);
+
+        let (mut recipients, envelopes) = store_recipients(&incoming.envelope, junk);
+        filtered.apply(&mut recipients);
+        // Remote recipients of a submission go to the outbound queue.
+        let remote = remote_envelope(&incoming.envelope);
+        if !remote.recipients.is_empty() {
+            let sender = incoming.auth.as_ref().map(|a| a.account);
+            // Queued first: a failed local delivery below is retried by the
+            // client, which may then send the remote copies twice, never
+            // none.
+            match tern_store::queue::enqueue(store.kv(), &raw, sender, &remote, 0) {
+                Ok(queued) if recipients.is_empty() => {
+                    tracing::info!(%id, queue_id = %format!("{queued:016x}"), "message queued");
+                    return (accepted_reply(&id), None);
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::error!(%id, error = %err, "queueing failed");
+                    return (reply::TEMP_FAILURE, None);
+                }
+            }
+        }
+        let options = DeliverOptions {
+            envelopes,
+            // One reply for every recipient: each is delivered exactly once
+            // or the whole message is deferred (see QuotaPolicy).
+            quota: QuotaPolicy::UnderLimitAllOrNothing,
+        };
+        match store.deliver_with(&raw, &recipients, &options) {
+            Ok(results) => {
+                if let Some(err) = results.iter().find_map(|r| r.as_ref().err()) {
+                    // Not produced under UnderLimitAllOrNothing: the store
+                    // fails the whole delivery instead. Never acknowledge a
+                    // message some recipient did not get.
+                    tracing::error!(%id, error = %err, "a recipient's copy was not stored");
+                    return (reply::TEMP_FAILURE, None);
+                }
+                tracing::info!(
+                    %id,
+                    service = incoming.kind.name(),
+                    size = raw.len(),
+                    recipients = recipients.len(),
+                    junk,
+                    "message delivered"
+                );
+                // Only accounts with a vacation response on are owed a
+                // reply (one read each; the reply itself is built later).
+                let accounts: Vec<_> = if junk {
+                    Vec::new()
+                } else {
+                    recipients
+                        .iter()
+                        .filter(|r| !filtered.junk.contains(&r.account))
+                        .map(|r| r.account)
+                        .filter(|&a| {
+                            tern_store::vacation::is_on(store, a).unwrap_or_else(|err| {
+                                tracing::warn!(error = %err, "vacation lookup failed");
+                                false
+                            })
+                        })
+                        .collect()
+                };
+                let autoreply = (!accounts.is_empty()).then(|| AutoReplies {
+                    accounts,
+                    mail_from: incoming.envelope.mail_from.clone(),
+                    raw,
+                });
+                (accepted_reply(&id), autoreply)
+            }
+            Err(tern_store::Error::OverQuota { .. }) => {
+                // A mailbox filled up after its RCPT was accepted: nothing
+                // was stored; at the client's retry that recipient is
+                // refused at RCPT and the others get the message.
+                tracing::info!(%id, "deferred: a recipient's mailbox is full");
+                (reply::MAILBOX_FULL, None)
+            }
+            Err(tern_store::Error::NotAMessage(reason)) => {
+                tracing::info!(%id, %reason, "refused: not a message");
+                (
+                    Reply::new(554, [5, 6, 0], "Message refused: not a valid message"),
+                    None,
+                )
+            }
+            Err(err) => {
+                tracing::error!(%id, error = %err, "delivery failed");
+                (reply::TEMP_FAILURE, None)
+            }
+        }
+    }
+}
+
+fn accepted_reply(id: &str) -> Reply {
+    Reply::owned(250, [2, 0, 0], format!("Message accepted, id {id}"))
 }
 
 /// One store recipient per account (however many of its addresses were

@@ -7,7 +7,7 @@
 //! `stream: <signature> FOUND`, or `<reason> ERROR`.
 //!
 //! Inbound mail and SMTP submissions are scanned in the SMTP server
-//! ([`crate::spam::Filter::filter`]), JMAP EmailSubmissions through
+//! ([`crate::spam::Filter::screen`]), JMAP EmailSubmissions through
 //! [`crate::spam::Filter::check_submission`], whose [`Refusal`] the JMAP
 //! layer reports as a SetError.
 

@@ -138,6 +138,16 @@ fn refusal(parsed: &parse::ParsedMessage, sender: &str, own: &[String]) -> Optio
     None
 }
 
+/// Whether `account`'s vacation response is on now (a delivery owes a
+/// reply only then): one read.
+pub fn is_on(store: &MailStore, account: AccountId) -> Result<bool> {
+    let at = now();
+    Ok(store
+        .kv()
+        .read(|tx| active_vacation(tx, account, at))?
+        .is_some())
+}
+
 /// Answers mail delivered to `account` from the envelope sender
 /// `mail_from` when the account's vacation response is on (see the module
 /// documentation for when it is not). `raw` is the delivered message.

@@ -363,14 +363,14 @@ impl SpamFilter {
     }
 }
 
-/// The outcome of [`Filter::filter`] for a message that may be delivered.
+/// The outcome of [`Screened::finish`] for a message that may be delivered.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filtered {
     /// Header lines to prepend (after Received and
     /// Authentication-Results), CRLF-terminated.
     pub headers: String,
     /// The message without the header fields only this server may write
-    /// (see [`Filter::filter`]), when it had any: deliver this instead of
+    /// (see [`Filter::screen`]), when it had any: deliver this instead of
     /// the received data.
     pub message: Option<Vec<u8>>,
     /// Accounts whose copy goes to Junk.
@@ -600,7 +600,7 @@ impl Filter {
     }
 
     /// Checks a message a local user submits (JMAP EmailSubmission: the
-    /// SMTP submission listeners go through [`Filter::filter`]): the
+    /// SMTP submission listeners go through [`Filter::screen`]): the
     /// account's sending limits, the virus scan (when `scan_submissions`)
     /// and the outbound spam score, as for SMTP submissions. `raw` is the
     /// message as it will be sent. Returns the message to send instead when
@@ -677,12 +677,15 @@ impl Filter {
         Ok(verdict)
     }
 
-    /// Filters a received message. `auth_headers` is the
-    /// Authentication-Results this server wrote for it (empty when
+    /// The asynchronous half of filtering a received message:
+    /// submission limits, the virus scan and DNS blocklists. `auth_headers`
+    /// is the Authentication-Results this server wrote for it (empty when
     /// unchecked). `Err` is the reply refusing it. Header fields only this
     /// server may write are removed first ([`Filter::strip_foreign_headers`]):
-    /// they are neither scored nor delivered.
-    pub async fn filter(&self, incoming: &Incoming, auth_headers: &str) -> Result<Filtered, Reply> {
+    /// they are neither scored nor delivered. An inbound message's spam
+    /// score is left to [`Screened::finish`], which blocks, so that the
+    /// caller can run it on the same blocking thread as the delivery.
+    pub async fn screen(&self, incoming: &Incoming, auth_headers: &str) -> Result<Screened, Reply> {
         let submitter = incoming.auth.as_ref().map(|a| a.account);
         let direction = if submitter.is_some() {
             Direction::Outbound
@@ -713,35 +716,36 @@ impl Filter {
             }
         }
         let Some(spam) = self.spam.clone() else {
-            return Ok(out);
+            return Ok(Screened { out, inbound: None });
         };
-        let raw = Arc::new(data.to_vec());
         if let Some(account) = submitter {
             let verdict = self
-                .score_submission(spam, account, raw)
+                .score_submission(spam, account, Arc::new(data.to_vec()))
                 .await
                 .map_err(|r| r.reply())?;
             out.verdict = Some(verdict);
-            return Ok(out);
+            return Ok(Screened { out, inbound: None });
         }
-        let prepared = {
-            let raw = Arc::clone(&raw);
-            tokio::task::spawn_blocking(move || Prepared::new(&raw))
-                .await
-                .map_err(|_| crate::reply::TEMP_FAILURE)?
-        };
         let mut cx = rules::Context {
             auth: AuthResults::parse(auth_headers),
             now: tern_store::now(),
             ..rules::Context::default()
         };
+        // Blocklists look up the links' domains: the message is prepared
+        // here then (on a blocking thread), otherwise in `finish`.
+        let mut prepared = None;
         if self.dnsbl.enabled() {
+            let raw = Arc::new(data.to_vec());
+            let ready = tokio::task::spawn_blocking(move || Prepared::new(&raw))
+                .await
+                .map_err(|_| crate::reply::TEMP_FAILURE)?;
             let listed = self
                 .dnsbl
-                .check(Some(incoming.peer.ip()), &prepared.link_domains())
+                .check(Some(incoming.peer.ip()), &ready.link_domains())
                 .await;
             cx.dnsbl = listed.ip;
             cx.uribl = listed.domains;
+            prepared = Some(ready);
         }
         let accounts: Vec<AccountId> = {
             let mut seen = HashSet::new();
@@ -753,30 +757,76 @@ impl Filter {
                 .filter(|a| seen.insert(*a))
                 .collect()
         };
-        let (verdict, per_account) = tokio::task::spawn_blocking(move || {
-            // One account: its own model joins the global one for the
-            // message's score. Several: the message's score (its headers)
-            // is the global one; each copy is filed by its account's own.
-            let single = (accounts.len() == 1).then(|| accounts[0]);
-            let v = spam.score_for(&prepared, &cx, Direction::Inbound, single);
-            let per_account: Vec<(AccountId, SpamAction)> = if accounts.len() > 1 {
-                accounts
-                    .iter()
-                    .map(|&a| {
-                        (
-                            a,
-                            spam.score_for(&prepared, &cx, Direction::Inbound, Some(a))
-                                .action,
-                        )
-                    })
-                    .collect()
-            } else {
-                accounts.iter().map(|&a| (a, v.action)).collect()
-            };
-            (v, per_account)
+        Ok(Screened {
+            out,
+            inbound: Some(InboundScore {
+                spam,
+                prepared,
+                cx,
+                accounts,
+                junk_threshold: self.junk_threshold,
+            }),
         })
-        .await
-        .map_err(|_| crate::reply::TEMP_FAILURE)?;
+    }
+}
+
+/// A received message past [`Filter::screen`], its spam score to come.
+#[derive(Debug)]
+pub struct Screened {
+    out: Filtered,
+    inbound: Option<InboundScore>,
+}
+
+/// What scoring an inbound message needs.
+#[derive(Debug)]
+struct InboundScore {
+    spam: SpamFilter,
+    prepared: Option<Prepared>,
+    cx: rules::Context,
+    accounts: Vec<AccountId>,
+    junk_threshold: f64,
+}
+
+impl Screened {
+    /// The message to deliver instead of the received data, when the
+    /// filter removed header fields from it.
+    pub fn message(&self) -> Option<&[u8]> {
+        self.out.message.as_deref()
+    }
+
+    /// Scores an inbound message (`received`: the data as received) and
+    /// decides each account's folder. Blocks: reads the accounts' models.
+    /// `Err` is the reply refusing it as spam.
+    pub fn finish(self, received: &[u8]) -> Result<Filtered, Reply> {
+        let Screened { mut out, inbound } = self;
+        let Some(InboundScore {
+            spam,
+            prepared,
+            cx,
+            accounts,
+            junk_threshold,
+        }) = inbound
+        else {
+            return Ok(out);
+        };
+        let prepared =
+            prepared.unwrap_or_else(|| Prepared::new(out.message.as_deref().unwrap_or(received)));
+        // One account: its own model joins the global one for the
+        // message's score. Several: the message's score (its headers) is
+        // the global one; each copy is filed by its account's own.
+        let single = (accounts.len() == 1).then(|| accounts[0]);
+        let verdict = spam.score_for(&prepared, &cx, Direction::Inbound, single);
+        let per_account: Vec<(AccountId, SpamAction)> = if accounts.len() > 1 {
+            accounts
+                .iter()
+                .map(|&a| {
+                    let own = spam.score_for(&prepared, &cx, Direction::Inbound, Some(a));
+                    (a, own.action)
+                })
+                .collect()
+        } else {
+            accounts.iter().map(|&a| (a, verdict.action)).collect()
+        };
         if verdict.action == SpamAction::Reject {
             METRICS.add(&METRICS.inbound_rejected);
             tracing::info!(
@@ -800,7 +850,7 @@ impl Filter {
         } else {
             &METRICS.inbound_junk
         });
-        out.headers.push_str(&verdict.headers(self.junk_threshold));
+        out.headers.push_str(&verdict.headers(junk_threshold));
         out.verdict = Some(verdict);
         Ok(out)
     }
