@@ -554,6 +554,7 @@ fn transaction_id() -> String {
 }
 
 async fn deliver(shared: &Shared, incoming: Incoming) -> Reply {
+    let started = Instant::now();
     let id = transaction_id();
     let mut verdict = Verdict::Accept;
     let mut auth_headers = String::new();
@@ -585,12 +586,18 @@ async fn deliver(shared: &Shared, incoming: Incoming) -> Reply {
     // store waits for its commit): one hand-off to the blocking pool.
     let (store, hostname) = (shared.store.clone(), shared.hostname.clone());
     let junk = verdict == Verdict::Quarantine;
+    let screened_at = Instant::now();
     let job = move || {
         let accepted = Accepted {
             id,
             incoming,
             auth_headers,
             junk,
+            delays: Delays {
+                started,
+                screened: screened_at,
+                handed: Instant::now(),
+            },
         };
         accepted.store(&store, &hostname, screened)
     };
@@ -617,6 +624,36 @@ struct Accepted {
     auth_headers: String,
     /// DMARC's quarantine: every copy goes to Junk.
     junk: bool,
+    delays: Delays,
+}
+
+/// When a message passed each stage after its data was read, for the
+/// `delays` of the delivery log line (as Postfix's `delays=`): where the
+/// time between the end of DATA and the reply went.
+#[derive(Debug, Clone, Copy)]
+struct Delays {
+    /// The end of the data.
+    started: Instant,
+    /// After the asynchronous checks (DNS, clamd, blocklists).
+    screened: Instant,
+    /// When a blocking thread took the rest.
+    handed: Instant,
+}
+
+impl Delays {
+    /// "checks/wait/spam/store" in milliseconds: asynchronous checks,
+    /// waiting for a blocking thread, the spam score, the store (with its
+    /// commit) — `scored` and `stored` being when the last two ended.
+    fn format(&self, scored: Instant, stored: Instant) -> String {
+        let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e3;
+        format!(
+            "{:.2}/{:.2}/{:.2}/{:.2}",
+            ms(self.started, self.screened),
+            ms(self.screened, self.handed),
+            ms(self.handed, scored),
+            ms(scored, stored)
+        )
+    }
 }
 
 /// Vacation replies owed for a delivered message.
@@ -654,11 +691,13 @@ impl Accepted {
             mut incoming,
             auth_headers,
             junk,
+            delays,
         } = self;
         let mut filtered = match screened.finish(&incoming.data) {
             Ok(filtered) => filtered,
             Err(reply) => return (reply, None),
         };
+        let scored = Instant::now();
         // Without the X-Spam-* (X-Virus-Status) fields it came with: only
         // ours are delivered.
         if let Some(message) = filtered.message.take() {
@@ -714,6 +753,7 @@ impl Accepted {
                     size = raw.len(),
                     recipients = recipients.len(),
                     junk,
+                    delays = %delays.format(scored, Instant::now()),
                     "message delivered"
                 );
                 // Only accounts with a vacation response on are owed a
@@ -840,6 +880,20 @@ mod tests {
             let store: MailStore = unreachable_store();
             serve(SmtpConfig::default(), store, rx)
         });
+    }
+
+    #[test]
+    fn delays_are_the_four_stages_in_milliseconds() {
+        let started = Instant::now();
+        let at = |ms: u64| started + std::time::Duration::from_micros(ms * 1000);
+        let delays = Delays {
+            started,
+            screened: at(2),
+            handed: at(3),
+        };
+        assert_eq!(delays.format(at(5), at(12)), "2.00/1.00/2.00/7.00");
+        // A clock read out of order never yields a negative delay.
+        assert_eq!(delays.format(at(1), at(1)), "2.00/1.00/0.00/0.00");
     }
 
     fn unreachable_store() -> MailStore {
