@@ -319,8 +319,10 @@ fn queries_wait_for_the_indexer_bounded() {
             f.store.clone(),
             f.index.clone(),
             IndexerConfig {
-                // Long poll: only the kick from the waiting query wakes it.
+                // Long poll and pause between passes: only the kick from
+                // the waiting query wakes it.
                 poll_interval: Duration::from_secs(30),
+                pass_interval: Duration::from_secs(30),
                 ..Default::default()
             },
         );
