@@ -10,7 +10,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -864,15 +863,28 @@ async fn websocket_limits_and_shutdown_close_cleanly() {
 /// to its first two requests, everything else 201.
 struct PushTarget {
     port: u16,
-    ca: PathBuf,
     received: tokio::sync::mpsc::UnboundedReceiver<(String, HashMap<String, String>, Value)>,
+    /// Holds `push-ca.pem`, its certificate.
+    dir: tempfile::TempDir,
 }
 
-async fn push_target(dir: &std::path::Path) -> PushTarget {
+/// A server whose push sender trusts a [`PushTarget`] (a private address,
+/// quick retries, three failures at most), and the target.
+async fn start_with_push_target() -> (Tern, PushTarget) {
+    let target = push_target().await;
+    let tern = start(&format!(
+        "[jmap.push]\nca_files = [{:?}]\nallow_private_addresses = true\nretry_initial_ms = 50\nretry_max = 1\nmax_failures = 3\n",
+        target.dir.path().join("push-ca.pem")
+    ));
+    (tern, target)
+}
+
+async fn push_target() -> PushTarget {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let ca = dir.join("push-ca.pem");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("push-ca.pem");
     std::fs::write(&ca, cert.cert.pem()).unwrap();
     let key = PrivateKeyDer::from_pem_slice(cert.signing_key.serialize_pem().as_bytes()).unwrap();
     let chain = vec![CertificateDer::from_pem_slice(cert.cert.pem().as_bytes()).unwrap()];
@@ -935,7 +947,11 @@ async fn push_target(dir: &std::path::Path) -> PushTarget {
             });
         }
     });
-    PushTarget { port, ca, received }
+    PushTarget {
+        port,
+        received,
+        dir,
+    }
 }
 
 impl PushTarget {
@@ -973,12 +989,7 @@ impl PushTarget {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_subscriptions_verify_deliver_over_https_and_drop_failing_urls() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut target = push_target(dir.path()).await;
-    let tern = start(&format!(
-        "[jmap.push]\nca_files = [{:?}]\nallow_private_addresses = true\nretry_initial_ms = 50\nretry_max = 1\nmax_failures = 3\n",
-        target.ca
-    ));
+    let (tern, mut target) = start_with_push_target().await;
     let account = tern.account_id(ALICE).await;
     let url = format!("https://localhost:{}/push/ok", target.port);
 
@@ -1123,17 +1134,12 @@ async fn push_subscriptions_verify_deliver_over_https_and_drop_failing_urls() {
 
 /// A UTCDate `secs` seconds from now.
 fn utc_in(secs: i64) -> String {
-    tern_store::compose::utc_date(tern_store::now() + secs)
+    tern_store::dates::utc_date(tern_store::now() + secs)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_subscriptions_are_retried_and_removed_when_gone_or_expired() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut target = push_target(dir.path()).await;
-    let tern = start(&format!(
-        "[jmap.push]\nca_files = [{:?}]\nallow_private_addresses = true\nretry_initial_ms = 50\nretry_max = 1\nmax_failures = 3\n",
-        target.ca
-    ));
+    let (tern, mut target) = start_with_push_target().await;
     let account = tern.account_id(ALICE).await;
     let port = target.port;
     let create = |name: &str, path: &str, expires: Option<String>| {

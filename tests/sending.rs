@@ -14,20 +14,19 @@
 //! - A server killed with SIGKILL while holding queued mail, then
 //!   restarted, still delivers it.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{Base, CORE, Listeners, MAIL, Ports, SUBMISSION, Tern, basic, free_port, http};
 use mail_auth::hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
 use mail_auth::hickory_resolver::proto::rr::rdata::{A, MX, TXT};
 use mail_auth::hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tern");
 
 // ---------------------------------------------------------------- DNS ---
 
@@ -109,249 +108,79 @@ fn dns_server(zone: Arc<Mutex<Zone>>) -> SocketAddr {
 
 // ------------------------------------------------------------ servers ---
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One `tern` installation: config, data, ports.
-struct Node {
-    config: PathBuf,
-    jmap: u16,
-    smtp: u16,
-    metrics: u16,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Node {
-    /// A node whose MX listener is on `smtp`, sending to MX hosts on
-    /// `mx_port`.
-    fn new(
-        dir: &Path,
-        name: &str,
-        domain: &str,
-        dns: SocketAddr,
-        smtp: u16,
-        mx_port: u16,
-        routes: &[(&str, u16)],
-    ) -> Node {
-        let (jmap, submission, metrics) = (free_port(), free_port(), free_port());
-        let config = dir.join(format!("{name}.toml"));
-        let routes: String = routes
-            .iter()
-            .map(|(d, p)| format!("{d:?} = \"127.0.0.1:{p}\"\n"))
-            .collect();
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = {data:?}\n\
-                 hostname = \"mx.{domain}\"\n\
-                 domains = [{domain:?}]\n\
-                 [listen]\n\
-                 jmap = \"127.0.0.1:{jmap}\"\n\
-                 smtp = \"127.0.0.1:{smtp}\"\n\
-                 submission = \"127.0.0.1:{submission}\"\n\
-                 metrics = \"127.0.0.1:{metrics}\"\n\
-                 [dns]\n\
-                 nameservers = [\"{dns}\"]\n\
-                 timeout = 2\n\
-                 [queue]\n\
-                 retry_initial = 1\n\
-                 retry_max = 2\n\
-                 lease = 3\n\
-                 smtp_port = {mx_port}\n\
-                 connect_timeout = 2\n\
-                 [routes]\n\
-                 {routes}\
-                 [log]\n\
-                 level = \"debug\"\n",
-                data = dir.join(name),
-            ),
-        )
-        .unwrap();
-        let log = dir.join(format!("{name}.log"));
-        LOGS.lock().unwrap().push(log.clone());
-        Node {
-            config,
-            jmap,
-            smtp,
-            metrics,
-            child: None,
-            log,
-        }
-    }
-
-    fn tern(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "tern {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("serve")
-            .env(
-                "TERN_LOG",
-                "tern=debug,tern_smtp=debug,tern_store=info,info",
-            )
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.jmap)).is_err()
-            || TcpStream::connect(("127.0.0.1", self.smtp)).is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "server did not start: {}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGKILL: no chance to flush or finish anything.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn metrics(&self) -> String {
-        http(self.metrics, "GET", "/metrics", "", "").1
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// One HTTP/1.1 request; returns (status, body).
-fn http(port: u16, method: &str, path: &str, auth: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let auth = if auth.is_empty() {
-        String::new()
-    } else {
-        format!("Authorization: {auth}\r\n")
-    };
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+/// A `tern` for `domain` (hostname `mx.{domain}`, the metrics listener
+/// on) on `ports`, resolving names through `dns` and sending to MX hosts
+/// on `mx_port` (and to `routes`), with quick retries and short leases;
+/// its log at debug for Tern's crates.
+fn node(domain: &str, ports: Ports, dns: SocketAddr, mx_port: u16, routes: &[(&str, u16)]) -> Tern {
+    let routes: String = routes
+        .iter()
+        .map(|(d, p)| format!("{d:?} = \"127.0.0.1:{p}\"\n"))
+        .collect();
+    Tern::with(
+        Base {
+            hostname: &format!("mx.{domain}"),
+            domain,
+            ports,
+            listeners: Listeners {
+                metrics: true,
+                ..Listeners::default()
+            },
+            log: Some("tern=debug,tern_smtp=debug,tern_store=info,info"),
+        },
+        &format!(
+            "[dns]\n\
+             nameservers = [\"{dns}\"]\n\
+             timeout = 2\n\
+             [queue]\n\
+             retry_initial = 1\n\
+             retry_max = 2\n\
+             lease = 3\n\
+             smtp_port = {mx_port}\n\
+             connect_timeout = 2\n\
+             [routes]\n\
+             {routes}"
+        ),
     )
-    .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (status, body)
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
-    }
-    out
+/// The node's `/metrics` text.
+fn metrics_text(node: &Tern) -> String {
+    http(node.metrics, "GET", "/metrics", &[], b"").text()
 }
 
 /// A JMAP user of one node.
 struct User {
     port: u16,
-    auth: String,
+    address: String,
+    password: String,
     account: String,
 }
 
 impl User {
-    fn login(node: &Node, address: &str, password: &str) -> User {
-        use base64::Engine as _;
-        let auth = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{address}:{password}"))
-        );
-        let (status, body) = http(node.jmap, "GET", "/.well-known/jmap", &auth, "");
-        assert_eq!(status, 200, "{body}");
-        let session: Value = serde_json::from_str(&body).unwrap();
-        let account = session["primaryAccounts"]["urn:ietf:params:jmap:mail"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+    fn login(node: &Tern, address: &str, password: &str) -> User {
         User {
             port: node.jmap,
-            auth,
-            account,
+            address: address.to_owned(),
+            password: password.to_owned(),
+            account: common::account_id(node.jmap, address, password),
         }
+    }
+
+    /// The `Authorization` value.
+    fn auth(&self) -> String {
+        basic(&self.address, &self.password)
     }
 
     /// Runs method calls; returns the methodResponses.
     fn call(&self, calls: Value) -> Vec<Value> {
-        let request = json!({
-            "using": ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail",
-                      "urn:ietf:params:jmap:submission"],
-            "methodCalls": calls,
-        });
-        let (status, body) = http(
+        common::jmap(
             self.port,
-            "POST",
-            "/jmap/api/",
-            &self.auth,
-            &request.to_string(),
-        );
-        assert_eq!(status, 200, "{body}");
-        let v: Value = serde_json::from_str(&body).unwrap();
-        v["methodResponses"].as_array().unwrap().clone()
+            &self.address,
+            &self.password,
+            &[CORE, MAIL, SUBMISSION],
+            calls,
+        )
     }
 
     fn mailbox(&self, role: &str) -> String {
@@ -377,6 +206,15 @@ impl User {
         ]));
         assert_eq!(r[1][0], "Email/get", "{r:?}");
         r[1][1]["list"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Whether the submission's message was delivered to `rcpt` (and its
+    /// undo status is final).
+    fn delivered(&self, submission: &str, rcpt: &str) -> bool {
+        let r = self.call(json!([["EmailSubmission/get",
+            {"accountId": self.account, "ids": [submission]}, "g"]]));
+        let s = &r[0][1]["list"][0];
+        s["deliveryStatus"][rcpt]["delivered"] == "yes" && s["undoStatus"] == "final"
     }
 
     fn identity(&self) -> String {
@@ -419,24 +257,27 @@ impl User {
     }
 }
 
-/// Polls `f` until it gives a value; on timeout, fails with the servers'
-/// logs (set by `watch_logs`).
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+/// Polls `f` until it gives a value; on timeout, fails with the end of
+/// the `nodes`' logs.
+fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    nodes: &[&Tern],
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
             return v;
         }
         if Instant::now() >= deadline {
-            let logs: String = LOGS
-                .lock()
-                .unwrap()
+            let logs: String = nodes
                 .iter()
-                .map(|p| {
-                    let text = std::fs::read_to_string(p).unwrap_or_default();
-                    let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                .map(|node| {
+                    let log = node.log();
+                    let tail: Vec<&str> = log.lines().rev().take(60).collect();
                     let tail: Vec<&str> = tail.into_iter().rev().collect();
-                    format!("--- {}\n{}\n", p.display(), tail.join("\n"))
+                    format!("--- {}\n{}\n", node.config.display(), tail.join("\n"))
                 })
                 .collect();
             panic!("timed out waiting for {what}\n{logs}");
@@ -444,9 +285,6 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
         std::thread::sleep(Duration::from_millis(200));
     }
 }
-
-/// Log files shown when a wait times out.
-static LOGS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 // ----------------------------------------------------- scripted SMTP ---
 
@@ -571,7 +409,6 @@ fn dkim_record(printed: &str) -> String {
 
 #[test]
 fn sending_between_two_servers_with_retries_bounces_and_a_crash() {
-    let dir = tempfile::tempdir().unwrap();
     let zone = Arc::new(Mutex::new(Zone::default()));
     let dns = dns_server(zone.clone());
 
@@ -586,16 +423,14 @@ fn sending_between_two_servers_with_retries_bounces_and_a_crash() {
     let reject = Scripted::start(|_| "550 5.1.1 no such user here");
     let later_port = free_port();
 
-    // Each sends to the other's MX port.
-    let (a_smtp, b_smtp) = (free_port(), free_port());
-    let mut b = Node::new(dir.path(), "b", "b.test", dns, b_smtp, a_smtp, &[]);
-    let mut a = Node::new(
-        dir.path(),
-        "a",
+    // Each sends to the other's MX port: both sets of ports first.
+    let [a_ports, b_ports] = Ports::reserve();
+    let mut b = node("b.test", b_ports, dns, a_ports.smtp, &[]);
+    let mut a = node(
         "a.test",
+        a_ports,
         dns,
-        a_smtp,
-        b_smtp,
+        b_ports.smtp,
         &[
             ("tempfail.test", tempfail.port),
             ("reject.test", reject.port),
@@ -603,16 +438,16 @@ fn sending_between_two_servers_with_retries_bounces_and_a_crash() {
         ],
     );
     // `tern domain add` makes the DKIM key and prints the records.
-    let printed_a = a.tern(&["domain", "add", "a.test"]);
+    let printed_a = a.cli(&["domain", "add", "a.test"]);
     assert!(
         printed_a.contains("a.test.\t3600\tIN\tMX\t10 mx.a.test."),
         "{printed_a}"
     );
     assert!(printed_a.contains("k=ed25519"), "{printed_a}");
-    let printed_b = b.tern(&["domain", "add", "b.test", "--dkim", "rsa"]);
+    let printed_b = b.cli(&["domain", "add", "b.test", "--dkim", "rsa"]);
     assert!(printed_b.contains("k=rsa"), "{printed_b}");
     assert_eq!(
-        b.tern(&["domain", "dns", "b.test"]),
+        b.cli(&["domain", "dns", "b.test"]),
         printed_b.trim_start_matches("domain b.test added\n")
     );
     {
@@ -620,9 +455,9 @@ fn sending_between_two_servers_with_retries_bounces_and_a_crash() {
         z.mail_domain("a.test", &dkim_record(&printed_a));
         z.mail_domain("b.test", &dkim_record(&printed_b));
     }
-    a.tern(&["account", "add", "alice@a.test", "--password", "pw-a"]);
-    b.tern(&["account", "add", "bob@b.test", "--password", "pw-b"]);
-    b.tern(&["account", "add", "hidden@b.test", "--password", "pw-h"]);
+    a.cli(&["account", "add", "alice@a.test", "--password", "pw-a"]);
+    b.cli(&["account", "add", "bob@b.test", "--password", "pw-b"]);
+    b.cli(&["account", "add", "hidden@b.test", "--password", "pw-h"]);
     b.start();
     a.start();
     let alice = User::login(&a, "alice@a.test", "pw-a");
@@ -641,7 +476,7 @@ fn sending_between_two_servers_with_retries_bounces_and_a_crash() {
         r[2][1]["updated"].as_object().is_some_and(|u| u.len() == 1),
         "{r:?}"
     );
-    let got = wait_for("bob's message", Duration::from_secs(30), || {
+    let got = wait_for("bob's message", Duration::from_secs(30), &[&a, &b], || {
         let list = bob.emails(
             "inbox",
             json!([
@@ -683,17 +518,16 @@ fn sending_between_two_servers_with_retries_bounces_and_a_crash() {
     );
     assert!(alice.emails("drafts", json!(["subject"])).is_empty());
     // deliveryStatus follows the queue.
-    wait_for("deliveryStatus yes", Duration::from_secs(15), || {
-        let r = alice.call(json!([["EmailSubmission/get",
-            {"accountId": alice.account, "ids": [sub]}, "g"]]));
-        let s = &r[0][1]["list"][0];
-        (s["deliveryStatus"]["bob@b.test"]["delivered"] == "yes" && s["undoStatus"] == "final")
-            .then_some(())
-    });
+    wait_for(
+        "deliveryStatus yes",
+        Duration::from_secs(15),
+        &[&a, &b],
+        || alice.delivered(&sub, "bob@b.test").then_some(()),
+    );
 
     // 1b. B answers: signed with B's RSA key, checked by A.
     bob.send("bob@b.test", "alice@a.test", "Hello Alice");
-    let got = wait_for("alice's answer", Duration::from_secs(30), || {
+    let got = wait_for("alice's answer", Duration::from_secs(30), &[&a, &b], || {
         alice
             .emails(
                 "inbox",
@@ -741,13 +575,8 @@ fn sending_between_two_servers_with_retries_bounces_and_a_crash() {
     wait_for(
         "the delayed send delivered",
         Duration::from_secs(30),
-        || {
-            let r = alice.call(json!([["EmailSubmission/get",
-            {"accountId": alice.account, "ids": [later]}, "g"]]));
-            let s = &r[0][1]["list"][0];
-            (s["deliveryStatus"]["bob@b.test"]["delivered"] == "yes" && s["undoStatus"] == "final")
-                .then_some(())
-        },
+        &[&a, &b],
+        || alice.delivered(&later, "bob@b.test").then_some(()),
     );
     assert!(
         queued_at.elapsed() >= Duration::from_secs(2),
@@ -762,15 +591,18 @@ fn sending_between_two_servers_with_retries_bounces_and_a_crash() {
 
     // 2. 4xx, then 250: retried and delivered.
     alice.send("alice@a.test", "someone@tempfail.test", "Retry me");
-    let m = wait_for("the retried delivery", Duration::from_secs(30), || {
-        tempfail.messages().into_iter().next()
-    });
+    let m = wait_for(
+        "the retried delivery",
+        Duration::from_secs(30),
+        &[&a, &b],
+        || tempfail.messages().into_iter().next(),
+    );
     assert!(m.contains("Subject: Retry me"), "{m}");
     assert!(*tempfail.connections.lock().unwrap() >= 2);
 
     // 3. 5xx: a DSN in alice's Inbox.
     alice.send("alice@a.test", "nobody@reject.test", "Doomed");
-    let dsn = wait_for("the DSN", Duration::from_secs(30), || {
+    let dsn = wait_for("the DSN", Duration::from_secs(30), &[&a, &b], || {
         alice
             .emails("inbox", json!(["subject", "blobId", "from"]))
             .into_iter()
@@ -781,17 +613,18 @@ fn sending_between_two_servers_with_retries_bounces_and_a_crash() {
             })
     });
     let blob = dsn["blobId"].as_str().unwrap();
-    let (status, raw) = http(
+    let download = http(
         a.jmap,
         "GET",
         &format!(
             "/jmap/download/{}/{blob}/dsn.eml?type=message/rfc822",
             alice.account
         ),
-        &alice.auth,
-        "",
+        &[("Authorization", &alice.auth())],
+        b"",
     );
-    assert_eq!(status, 200, "{raw}");
+    let raw = download.text();
+    assert_eq!(download.status, 200, "{raw}");
     assert!(raw.contains("report-type=delivery-status"), "{raw}");
     assert!(
         raw.contains("Final-Recipient: rfc822; nobody@reject.test"),
@@ -801,7 +634,7 @@ fn sending_between_two_servers_with_retries_bounces_and_a_crash() {
     assert!(raw.contains("Status: 5.1.1"), "{raw}");
     assert!(raw.contains("Subject: Doomed"), "{raw}");
     assert!(reject.messages().is_empty());
-    let metrics = a.metrics();
+    let metrics = metrics_text(&a);
     assert!(
         metrics.contains("tern_outbound_deliveries_total{result=\"failed\"} 1"),
         "{metrics}"
@@ -817,13 +650,19 @@ fn sending_between_two_servers_with_retries_bounces_and_a_crash() {
         &metrics,
         "tern_outbound_deliveries_total{result=\"deferred\"}",
     );
-    wait_for("a failed first attempt", Duration::from_secs(30), || {
-        let m = a.metrics();
-        (metric(&m, "tern_queue_messages") == 1
-            && metric(&m, "tern_outbound_deliveries_total{result=\"deferred\"}") > deferred_before)
-            .then_some(())
-    });
-    let listed = a.tern(&["queue", "list"]);
+    wait_for(
+        "a failed first attempt",
+        Duration::from_secs(30),
+        &[&a, &b],
+        || {
+            let m = metrics_text(&a);
+            (metric(&m, "tern_queue_messages") == 1
+                && metric(&m, "tern_outbound_deliveries_total{result=\"deferred\"}")
+                    > deferred_before)
+                .then_some(())
+        },
+    );
+    let listed = a.cli(&["queue", "list"]);
     assert!(listed.contains("<alice@a.test>"), "{listed}");
     a.kill();
     let later = Scripted::start_on(
@@ -834,11 +673,12 @@ fn sending_between_two_servers_with_retries_bounces_and_a_crash() {
     let m = wait_for(
         "delivery after the restart",
         Duration::from_secs(30),
+        &[&a, &b],
         || later.messages().into_iter().next(),
     );
     assert!(m.contains("Subject: Survivor"), "{m}");
-    wait_for("an empty queue", Duration::from_secs(15), || {
-        a.tern(&["queue", "list"])
+    wait_for("an empty queue", Duration::from_secs(15), &[&a, &b], || {
+        a.cli(&["queue", "list"])
             .contains("the queue is empty")
             .then_some(())
     });
@@ -848,13 +688,13 @@ fn sending_between_two_servers_with_retries_bounces_and_a_crash() {
 
 /// Everything an event-source stream of `node` for `user` sends, as it
 /// arrives (read on a thread).
-fn event_stream(node: &Node, user: &User) -> Arc<Mutex<String>> {
+fn event_stream(node: &Tern, user: &User) -> Arc<Mutex<String>> {
     let mut stream = TcpStream::connect(("127.0.0.1", node.jmap)).unwrap();
     write!(
         stream,
         "GET /jmap/eventsource/?types=EmailSubmission&closeafter=no&ping=0 HTTP/1.1\r\n\
          Host: 127.0.0.1\r\nAuthorization: {}\r\nAccept: text/event-stream\r\n\r\n",
-        user.auth
+        user.auth()
     )
     .unwrap();
     let seen = Arc::new(Mutex::new(String::new()));
@@ -875,20 +715,17 @@ fn event_stream(node: &Node, user: &User) -> Arc<Mutex<String>> {
 
 #[test]
 fn rfc8621_7_a_bounced_submission_lists_its_dsn_in_dsn_blob_ids_and_pushes_the_change() {
-    let dir = tempfile::tempdir().unwrap();
     let dns = dns_server(Arc::new(Mutex::new(Zone::default())));
     let reject = Scripted::start(|_| "550 5.1.1 no such user here");
-    let mut a = Node::new(
-        dir.path(),
-        "dsn-a",
+    let mut a = node(
         "a.test",
+        Ports::free(),
         dns,
-        free_port(),
         free_port(),
         &[("reject.test", reject.port)],
     );
-    a.tern(&["domain", "add", "a.test"]);
-    a.tern(&["account", "add", "alice@a.test", "--password", "pw-a"]);
+    a.cli(&["domain", "add", "a.test"]);
+    a.cli(&["account", "add", "alice@a.test", "--password", "pw-a"]);
     a.start();
     let alice = User::login(&a, "alice@a.test", "pw-a");
     let events = event_stream(&a, &alice);
@@ -903,7 +740,7 @@ fn rfc8621_7_a_bounced_submission_lists_its_dsn_in_dsn_blob_ids_and_pushes_the_c
     assert_eq!(r[1][1]["created"]["sub"].get("dsnBlobIds"), None);
 
     // The DSN arrives in alice's Inbox; the submission lists its blob.
-    let dsn_blob = wait_for("the DSN", Duration::from_secs(30), || {
+    let dsn_blob = wait_for("the DSN", Duration::from_secs(30), &[&a], || {
         alice
             .emails("inbox", json!(["subject", "blobId"]))
             .into_iter()
@@ -914,7 +751,7 @@ fn rfc8621_7_a_bounced_submission_lists_its_dsn_in_dsn_blob_ids_and_pushes_the_c
             })
             .map(|e| e["blobId"].as_str().unwrap().to_owned())
     });
-    let (state, got) = wait_for("dsnBlobIds", Duration::from_secs(15), || {
+    let (state, got) = wait_for("dsnBlobIds", Duration::from_secs(15), &[&a], || {
         let r = alice.call(json!([["EmailSubmission/get",
             {"accountId": alice.account, "ids": [sub],
              "properties": ["dsnBlobIds", "deliveryStatus", "mdnBlobIds"]}, "g"]]));
@@ -954,7 +791,7 @@ fn rfc8621_7_a_bounced_submission_lists_its_dsn_in_dsn_blob_ids_and_pushes_the_c
         "{r:?}"
     );
     assert_eq!(r[0][1]["newState"], state, "{r:?}");
-    wait_for("the pushed state", Duration::from_secs(15), || {
+    wait_for("the pushed state", Duration::from_secs(15), &[&a], || {
         events
             .lock()
             .unwrap()

@@ -10,10 +10,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Listeners, Tern, free_port};
@@ -21,6 +18,7 @@ use jmap_client::client::{Client, Credentials};
 use jmap_client::core::set::SetErrorType;
 use jmap_client::email::{self, Property};
 use jmap_client::mailbox::Role;
+use tern_testkit::{Clamd, EICAR};
 
 const USER: &str = "alice@example.com";
 const PASSWORD: &str = "wonderland";
@@ -246,82 +244,6 @@ async fn tern_spam_train_and_jmap_moves_change_the_accounts_score() {
     }
 }
 
-// ---------------------------------------------------------- clamd ---
-
-const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
-
-/// clamd with its own config in a temp dir and one signature, the EICAR
-/// test string; killed when dropped.
-struct Clamd {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Clamd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_clamd() -> Result<Clamd, String> {
-    let binary = ["/usr/sbin/clamd", "/usr/bin/clamd"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .ok_or("clamd is not installed (apt-get install clamav-daemon)")?;
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let db = dir.path().join("db");
-    std::fs::create_dir(&db).map_err(|e| e.to_string())?;
-    let hex: String = EICAR.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(
-        db.join("tern-test.ndb"),
-        format!("Tern.Test.EICAR:0:*:{hex}\n"),
-    )
-    .map_err(|e| e.to_string())?;
-    let port = free_port();
-    let config = dir.path().join("clamd.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "Foreground yes\nTCPSocket {port}\nTCPAddr 127.0.0.1\nDatabaseDirectory {}\n\
-             TemporaryDirectory {}\nLogFile {}\n",
-            db.display(),
-            dir.path().display(),
-            dir.path().join("clamd.log").display()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let child = Command::new(binary)
-        .arg("-c")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot run {binary}: {e}"))?;
-    let mut clamd = Clamd {
-        child,
-        port,
-        _dir: dir,
-    };
-    for _ in 0..300 {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let _ = s.write_all(b"zPING\0");
-            let mut buf = Vec::new();
-            let _ = BufReader::new(s).read_until(0, &mut buf);
-            if buf.starts_with(b"PONG") {
-                return Ok(clamd);
-            }
-        }
-        if let Ok(Some(status)) = clamd.child.try_wait() {
-            return Err(format!("clamd exited ({status})"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err("clamd did not answer PING within 30 s".into())
-}
-
 /// A message from alice to herself; with the EICAR file attached when
 /// `infected`.
 fn submission_message(subject: &str, infected: bool) -> Vec<u8> {
@@ -443,7 +365,7 @@ impl Sender {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jmap_submissions_pass_the_virus_scan_and_sending_limits_and_metrics_count_them() {
-    let clamd = match tokio::task::spawn_blocking(start_clamd).await.unwrap() {
+    let clamd = match tokio::task::spawn_blocking(Clamd::start).await.unwrap() {
         Ok(c) => c,
         Err(reason) => {
             println!("SKIPPED: clamd cannot start: {reason}");
@@ -453,7 +375,7 @@ async fn jmap_submissions_pass_the_virus_scan_and_sending_limits_and_metrics_cou
     let tern = start(&format!(
         "[spam.outbound]\nmessages_per_hour = 4\n\
          [virus]\nclamd = \"tcp:127.0.0.1:{}\"\non_unreachable = \"tempfail\"\n",
-        clamd.port
+        clamd.port()
     ));
     let alice = sender(&tern).await;
     let submit =

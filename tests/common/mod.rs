@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 pub const BIN: &str = env!("CARGO_BIN_EXE_tern");
 pub const CORE: &str = "urn:ietf:params:jmap:core";
 pub const MAIL: &str = "urn:ietf:params:jmap:mail";
+pub const SUBMISSION: &str = "urn:ietf:params:jmap:submission";
 
 /// How long `tern serve` may take to start, and to exit after SIGTERM.
 const START_WAIT: Duration = Duration::from_secs(60);
@@ -32,13 +33,22 @@ pub fn free_port() -> u16 {
     free_ports::<1>()[0]
 }
 
-/// `N` distinct free ports: every listener is held until all are bound,
-/// so that the system cannot hand out one port twice.
+/// `N` distinct free ports.
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<TcpListener> = (0..N)
+    let ports = distinct_free_ports(N);
+    std::array::from_fn(|i| ports[i])
+}
+
+/// `n` distinct free ports: every listener is held until all are bound,
+/// so that the system cannot hand out one port twice.
+fn distinct_free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 /// A finished process's status and output, for assertion messages.
@@ -72,6 +82,72 @@ pub struct Listeners {
     pub submissions: bool,
 }
 
+/// The ports of one setup's listeners on 127.0.0.1, chosen before its
+/// config is written: servers that send to each other reserve theirs
+/// together ([`Ports::reserve`]) so that each config can name another's
+/// MX port.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub jmap: u16,
+    pub smtp: u16,
+    pub submission: u16,
+    /// Bound only with `Listeners::submissions`.
+    pub submissions: u16,
+    /// Bound only with `Listeners::metrics`.
+    pub metrics: u16,
+}
+
+impl Ports {
+    /// Free ports for one setup.
+    pub fn free() -> Ports {
+        Ports::reserve::<1>()[0]
+    }
+
+    /// Free ports for `N` setups, all distinct.
+    pub fn reserve<const N: usize>() -> [Ports; N] {
+        let all = distinct_free_ports(5 * N);
+        std::array::from_fn(|i| {
+            let [jmap, smtp, submission, submissions, metrics] =
+                all[5 * i..5 * i + 5].try_into().unwrap();
+            Ports {
+                jmap,
+                smtp,
+                submission,
+                submissions,
+                metrics,
+            }
+        })
+    }
+}
+
+/// What a setup's config holds before the sections a test adds, and how
+/// its server logs.
+pub struct Base<'a> {
+    /// `hostname`.
+    pub hostname: &'a str,
+    /// `domains = [domain]`.
+    pub domain: &'a str,
+    pub ports: Ports,
+    pub listeners: Listeners,
+    /// `TERN_LOG` for `tern serve` (env-filter directives); `None`: the
+    /// config's `[log]`, or `info` where `Ready::Logged` needs it.
+    pub log: Option<&'a str>,
+}
+
+impl Default for Base<'_> {
+    /// `mx.test` serving `example.com`, on free ports, with the listeners
+    /// every config has.
+    fn default() -> Self {
+        Base {
+            hostname: "mx.test",
+            domain: "example.com",
+            ports: Ports::free(),
+            listeners: Listeners::default(),
+            log: None,
+        }
+    }
+}
+
 /// A temp directory holding `tern.toml` (its data directory `data/`
 /// beside it) with every listener on a free port of 127.0.0.1.
 pub struct Setup {
@@ -85,6 +161,7 @@ pub struct Setup {
     /// Free but unused unless `Listeners::metrics`.
     pub metrics: u16,
     listeners: Listeners,
+    log: Option<String>,
 }
 
 impl Setup {
@@ -92,9 +169,27 @@ impl Setup {
     /// `domains = ["example.com"]`, `[listen]`) followed by `sections`,
     /// TOML the test adds (`[smtp.checks]`, `[log]`, ...).
     pub fn new(listeners: Listeners, sections: &str) -> Setup {
+        Setup::with(
+            Base {
+                listeners,
+                ..Base::default()
+            },
+            sections,
+        )
+    }
+
+    /// The config `base` says (data directory, `hostname`, `domains`,
+    /// `[listen]`) followed by `sections`.
+    pub fn with(base: Base<'_>, sections: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("tern.toml");
-        let [jmap, smtp, submission, submissions, metrics] = free_ports();
+        let Ports {
+            jmap,
+            smtp,
+            submission,
+            submissions,
+            metrics,
+        } = base.ports;
         let setup = Setup {
             config,
             jmap,
@@ -102,13 +197,14 @@ impl Setup {
             submission,
             submissions,
             metrics,
-            listeners,
+            listeners: base.listeners,
+            log: base.log.map(str::to_owned),
             dir,
         };
         let mut text = format!(
             "data_dir = {data:?}\n\
-             hostname = \"mx.test\"\n\
-             domains = [\"example.com\"]\n\
+             hostname = {hostname:?}\n\
+             domains = [{domain:?}]\n\
              [listen]\n\
              jmap = \"127.0.0.1:{}\"\n\
              smtp = \"127.0.0.1:{}\"\n\
@@ -117,14 +213,16 @@ impl Setup {
             setup.smtp,
             setup.submission,
             data = setup.data_dir(),
+            hostname = base.hostname,
+            domain = base.domain,
         );
-        if listeners.submissions {
+        if base.listeners.submissions {
             text.push_str(&format!(
                 "submissions = \"127.0.0.1:{}\"\n",
                 setup.submissions
             ));
         }
-        if listeners.metrics {
+        if base.listeners.metrics {
             text.push_str(&format!("metrics = \"127.0.0.1:{}\"\n", setup.metrics));
         }
         text.push_str(sections);
@@ -203,8 +301,14 @@ impl Setup {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if ready == Ready::Logged {
-            command.env("TERN_LOG", "info");
+        match (&self.log, ready) {
+            (Some(filter), _) => {
+                command.env("TERN_LOG", filter);
+            }
+            (None, Ready::Logged) => {
+                command.env("TERN_LOG", "info");
+            }
+            (None, _) => {}
         }
         let mut child = command.spawn().unwrap();
         let stdout = Drain::start(child.stdout.take().unwrap());
@@ -369,9 +473,20 @@ pub struct Tern {
 
 impl Tern {
     pub fn new(listeners: Listeners, sections: &str) -> Tern {
+        Tern::with(
+            Base {
+                listeners,
+                ..Base::default()
+            },
+            sections,
+        )
+    }
+
+    /// [`Setup::with`], not started.
+    pub fn with(base: Base<'_>, sections: &str) -> Tern {
         Tern {
             server: None,
-            setup: Setup::new(listeners, sections),
+            setup: Setup::with(base, sections),
         }
     }
 
@@ -389,6 +504,16 @@ impl Tern {
     /// SIGTERM; the exit must be a success. Returns the log.
     pub fn stop(&mut self) -> String {
         self.server.take().expect("running").stop()
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self) {
+        self.server.take().expect("running").kill();
+    }
+
+    /// The running server's log so far (empty when it is not running).
+    pub fn log(&self) -> String {
+        self.server.as_ref().map(Server::log).unwrap_or_default()
     }
 }
 

@@ -16,6 +16,7 @@
 
 use serde_json::{Map, Value, json};
 use tern_store::changes::Writer;
+use tern_store::dates::{parse_utc_date, utc_date};
 use tern_store::kv::{RangeOptions, Transaction};
 use tern_store::{AccountId, Collection, DataType, DocumentId, MailStore, keys, object};
 
@@ -110,72 +111,6 @@ fn decode(bytes: &[u8]) -> Map<String, Value> {
         .ok()
         .and_then(|v| v.as_object().cloned())
         .unwrap_or_default()
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// A `UTCDate` (`2014-10-30T06:12:00Z`).
-pub fn utc_date(unix: i64) -> String {
-    tern_store::compose::utc_date(unix)
-}
-
-/// Parses a `UTCDate` (`Z` required, optional fraction, which is dropped).
-pub fn parse_utc_date(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || !s.is_ascii() || b[b.len() - 1] != b'Z' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = &s[r];
-        part.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| part.parse().ok())?
-    };
-    if b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let rest = &s[19..s.len() - 1];
-    if !(rest.is_empty()
-        || rest.len() > 1 && rest.starts_with('.') && rest[1..].bytes().all(|c| c.is_ascii_digit()))
-    {
-        return None;
-    }
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let dim = [
-        31,
-        if leap { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    if !(1..=12).contains(&mo)
-        || d < 1
-        || d > dim[(mo - 1) as usize]
-        || h > 23
-        || mi > 59
-        || sec > 59
-    {
-        return None;
-    }
-    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec)
 }
 
 /// The public form of a stored subscription: every property but the

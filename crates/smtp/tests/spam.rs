@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
@@ -16,6 +15,7 @@ use mail_auth::hickory_resolver::proto::rr::{RData, Record, RecordType};
 use tern_smtp::spam::{Class, Scope, Trainer, train_messages};
 use tern_smtp::{ClamdAddress, ListenerKind, SmtpConfig, SmtpServer, Unreachable};
 use tern_store::{AccountId, MailStore};
+use tern_testkit::{Clamd, EICAR, free_port};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::watch;
@@ -23,7 +23,6 @@ use tokio::sync::watch;
 const ALICE: &str = "alice@example.com";
 const BOB: &str = "bob@example.com";
 const PASSWORD: &str = "secret";
-const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
 
 // -------------------------------------------------------------- server ---
@@ -264,35 +263,9 @@ fn rand_id() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-/// The current time in RFC 2822 form (UTC), so date rules stay quiet.
+/// The current time as an RFC 5322 date (UTC), so date rules stay quiet.
 fn rfc2822_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{d:02} {} {y} {:02}:{:02}:{:02} +0000",
-        MONTHS[(m - 1) as usize],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    tern_store::dates::rfc5322_date(tern_store::now(), 0)
 }
 
 /// HTML-only, hidden text, a link showing another host, pharmacy words:
@@ -822,97 +795,6 @@ Message-ID: <{}@remote.example>\r\nContent-Type: multipart/alternative; boundary
 
 // ------------------------------------------------------------ clamd ---
 
-/// clamd, started with its own config in a temp dir, with one signature:
-/// the EICAR test string.
-struct Clamd {
-    child: std::process::Child,
-    port: u16,
-    socket: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Clamd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts clamd, or says why it cannot.
-async fn start_clamd() -> Result<Clamd, String> {
-    let binary = ["/usr/sbin/clamd", "/usr/bin/clamd"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .ok_or("clamd is not installed (apt-get install clamav-daemon)")?;
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let db = dir.path().join("db");
-    std::fs::create_dir(&db).map_err(|e| e.to_string())?;
-    // An extended (body) signature: any file type, any offset.
-    let hex: String = EICAR.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(
-        db.join("tern-test.ndb"),
-        format!("Tern.Test.EICAR:0:*:{hex}\n"),
-    )
-    .map_err(|e| e.to_string())?;
-    let port = free_port();
-    let socket = dir.path().join("clamd.sock");
-    let config = dir.path().join("clamd.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "Foreground yes\nTCPSocket {port}\nTCPAddr 127.0.0.1\nLocalSocket {}\n\
-DatabaseDirectory {}\nTemporaryDirectory {}\nLogFile {}\n",
-            socket.display(),
-            db.display(),
-            dir.path().display(),
-            dir.path().join("clamd.log").display()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let child = std::process::Command::new(binary)
-        .arg("-c")
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot run {binary}: {e}"))?;
-    let mut clamd = Clamd {
-        child,
-        port,
-        socket,
-        _dir: dir,
-    };
-    for _ in 0..300 {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
-            let _ = s.write_all(b"zPING\0").await;
-            let mut r = BufReader::new(s);
-            let mut buf = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(2), r.read_until(0, &mut buf)).await;
-            if buf.starts_with(b"PONG") {
-                return Ok(clamd);
-            }
-        }
-        if let Ok(Some(status)) = clamd.child.try_wait() {
-            let log =
-                std::fs::read_to_string(clamd._dir.path().join("clamd.log")).unwrap_or_default();
-            return Err(format!(
-                "clamd exited ({status}): {}",
-                log.lines().last().unwrap_or("")
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err("clamd did not answer PING within 30 s".into())
-}
-
 fn eicar_message() -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(EICAR);
     format!(
@@ -927,7 +809,7 @@ Content-Disposition: attachment; filename=report.pdf\r\nContent-Transfer-Encodin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eicar_is_refused_with_554_by_clamd_and_an_unreachable_clamd_tempfails() {
-    let clamd = match start_clamd().await {
+    let clamd = match tokio::task::spawn_blocking(Clamd::start).await.unwrap() {
         Ok(c) => c,
         Err(reason) => {
             println!("SKIPPED: clamd cannot start: {reason}");
@@ -936,7 +818,7 @@ async fn eicar_is_refused_with_554_by_clamd_and_an_unreachable_clamd_tempfails()
     };
     // Inbound over TCP to clamd.
     let server = TestServer::start(|c| {
-        c.virus.clamd = Some(ClamdAddress::Tcp(format!("127.0.0.1:{}", clamd.port)));
+        c.virus.clamd = Some(ClamdAddress::Tcp(format!("127.0.0.1:{}", clamd.port())));
     })
     .await;
     let r = mx_send(server.mx, &[ALICE], &eicar_message()).await;
@@ -966,7 +848,7 @@ async fn eicar_is_refused_with_554_by_clamd_and_an_unreachable_clamd_tempfails()
     let filter = tern_smtp::spam::Filter::new(
         &tern_smtp::SpamConfig::default(),
         &tern_smtp::VirusConfig {
-            clamd: Some(ClamdAddress::Unix(clamd.socket.clone())),
+            clamd: Some(ClamdAddress::Unix(clamd.socket().to_path_buf())),
             ..tern_smtp::VirusConfig::default()
         },
         &tern_smtp::DnsConfig::default(),
@@ -991,7 +873,7 @@ async fn eicar_is_refused_with_554_by_clamd_and_an_unreachable_clamd_tempfails()
     drop(dir);
 
     // clamd gone: tempfail by default, or accept and tag.
-    let port = clamd.port;
+    let port = clamd.port();
     drop(clamd);
     let server = TestServer::start(|c| {
         c.virus.clamd = Some(ClamdAddress::Tcp(format!("127.0.0.1:{port}")));

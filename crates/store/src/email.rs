@@ -14,7 +14,7 @@ use crate::blob;
 use crate::changes::Writer;
 use crate::error::{Error, Result, decode, encode};
 use crate::keys::{self, Key, count, family};
-use crate::kv::{KeyRange, RangeOptions, Transaction};
+use crate::kv::{KeyRange, QueueFamily, RangeOptions, Transaction};
 use crate::parse::{EmailDetail, Envelope, ParsedMessage};
 use crate::types::{AccountId, BlobHash, Collection, DataType, DocumentId};
 
@@ -414,8 +414,19 @@ pub enum IndexOp {
     Remove = 2,
 }
 
+/// The account's search index queue (family `60`) as a queue family, its
+/// low-water mark at family `61`: every entry is written through it, so the
+/// indexer's scans start at the mark and skip the spans it dequeued.
+fn index_queue_family(account: AccountId) -> QueueFamily {
+    QueueFamily::new(
+        keys::acct(account, family::INDEX_QUEUE).prefix_range(),
+        keys::acct(account, family::INDEX_QUEUE_MARK).build(),
+    )
+}
+
 fn queue_index(w: &mut Writer<'_, '_>, id: DocumentId, op: IndexOp) -> Result<()> {
-    w.tx.set(&keys::doc(w.account, family::INDEX_QUEUE, id), &[op as u8])?;
+    let key = keys::doc(w.account, family::INDEX_QUEUE, id);
+    index_queue_family(w.account).set(w.tx, &key, &[op as u8])?;
     w.tx.set(&keys::index_dirty(w.account), &[])?;
     Ok(())
 }
@@ -467,25 +478,21 @@ pub fn index_queue(
     after: Option<DocumentId>,
     limit: usize,
 ) -> Result<Vec<(DocumentId, IndexOp)>> {
-    let full = keys::acct(account, family::INDEX_QUEUE).prefix_range();
-    let range = match after {
-        None => full,
-        Some(id) => KeyRange::new(
-            KeyRange::single(&keys::doc(account, family::INDEX_QUEUE, id)).end,
-            full.end,
-        ),
-    };
-    let key_len = keys::doc(account, family::INDEX_QUEUE, 0).len();
-    tx.range(&range, RangeOptions::limit(limit))?
-        .into_iter()
-        .map(|(k, v)| {
-            let op = v.first().copied().and_then(IndexOp::from_u8);
-            match op {
-                Some(op) if k.len() == key_len => Ok((keys::be_u32(&k, key_len - 4), op)),
-                _ => Err(crate::kv::Error::corrupt(&k, "bad index queue entry").into()),
-            }
-        })
+    let after = after.map(|id| keys::doc(account, family::INDEX_QUEUE, id));
+    index_queue_family(account)
+        .entries_after(tx, after.as_deref(), limit)?
+        .iter()
+        .map(|(k, v)| index_entry(account, k, v))
         .collect()
+}
+
+/// An index queue entry's email id and operation.
+fn index_entry(account: AccountId, key: &[u8], value: &[u8]) -> Result<(DocumentId, IndexOp)> {
+    let key_len = keys::doc(account, family::INDEX_QUEUE, 0).len();
+    match value.first().copied().and_then(IndexOp::from_u8) {
+        Some(op) if key.len() == key_len => Ok((keys::be_u32(key, key_len - 4), op)),
+        _ => Err(crate::kv::Error::corrupt(key, "bad index queue entry").into()),
+    }
 }
 
 /// Removes the queue entries the indexer has applied: each `(id, op)` is
@@ -495,69 +502,29 @@ pub fn index_queue(
 /// it is. The read of the queue makes a concurrent enqueue conflict, so the
 /// marker is never cleared over new work.
 ///
-/// The applied span is removed with one range clear (and whatever must stay
-/// in it written back), not a clear per entry: on RocksDB every point
-/// delete leaves a tombstone that each later scan from the queue's start
-/// walks over until a compaction drops it, and the indexer scans from the
-/// start for every batch, while a range tombstone is skipped in one step.
+/// The queue is consumed from its low-water mark through the last applied
+/// entry with one range clear (whatever must stay is written back and the
+/// mark stops at it), not a clear per entry: on RocksDB every point delete
+/// leaves a tombstone that later scans would walk until a compaction drops
+/// it, while scans from the mark never meet the consumed span.
 pub fn dequeue_index(
     tx: &mut Transaction<'_>,
     account: AccountId,
     done: &[(DocumentId, IndexOp)],
 ) -> Result<bool> {
-    let queue = keys::acct(account, family::INDEX_QUEUE).prefix_range();
-    let (Some(first), Some(last)) = (
-        done.iter().map(|d| d.0).min(),
-        done.iter().map(|d| d.0).max(),
-    ) else {
-        return queue_empty(tx, account, &queue, None);
-    };
-    let span = KeyRange::new(
-        keys::doc(account, family::INDEX_QUEUE, first),
-        KeyRange::single(&keys::doc(account, family::INDEX_QUEUE, last)).end,
-    );
-    let applied: std::collections::HashMap<DocumentId, IndexOp> = done.iter().copied().collect();
-    let key_len = keys::doc(account, family::INDEX_QUEUE, 0).len();
-    let held = tx.range(&span, RangeOptions::default())?;
-    tx.clear_range(&span)?;
-    let mut kept = false;
-    for (k, v) in held {
-        let id = (k.len() == key_len).then(|| keys::be_u32(&k, key_len - 4));
-        let op = v.first().copied().and_then(IndexOp::from_u8);
-        let was_applied = matches!((id, op), (Some(id), Some(op)) if applied.get(&id) == Some(&op));
-        if !was_applied {
-            tx.set(&k, &v)?;
-            kept = true;
-        }
+    let queue = index_queue_family(account);
+    let mut kept = 0;
+    if let Some(last) = done.iter().map(|d| d.0).max() {
+        let upto = KeyRange::single(&keys::doc(account, family::INDEX_QUEUE, last)).end;
+        let applied: std::collections::HashMap<DocumentId, IndexOp> =
+            done.iter().copied().collect();
+        let head = queue.head(tx, Some(&upto), usize::MAX)?;
+        kept = head.consume(tx, |k, v| {
+            let entry = index_entry(account, k, v).ok();
+            !entry.is_some_and(|(id, op)| applied.get(&id) == Some(&op))
+        })?;
     }
-    if kept {
-        return Ok(false);
-    }
-    queue_empty(tx, account, &queue, Some(&span))
-}
-
-/// Whether the account's index queue is empty (clearing the `38` marker if
-/// so), not counting `skip`, a span this transaction has just emptied.
-fn queue_empty(
-    tx: &mut Transaction<'_>,
-    account: AccountId,
-    queue: &KeyRange,
-    skip: Option<&KeyRange>,
-) -> Result<bool> {
-    let parts = match skip {
-        None => vec![queue.clone()],
-        Some(span) => vec![
-            KeyRange::new(queue.begin.clone(), span.begin.clone()),
-            KeyRange::new(span.end.clone(), queue.end.clone()),
-        ],
-    };
-    let mut empty = true;
-    for part in parts {
-        if !tx.range(&part, RangeOptions::limit(1))?.is_empty() {
-            empty = false;
-            break;
-        }
-    }
+    let empty = kept == 0 && queue.is_empty(tx)?;
     if empty {
         tx.clear(&keys::index_dirty(account))?;
     }

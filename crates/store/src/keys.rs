@@ -100,6 +100,9 @@ pub mod family {
     pub const BLOB_UPLOAD_INDEXED: u8 = 0x54;
     /// Search index queue: `++ email id` -> operation byte.
     pub const INDEX_QUEUE: u8 = 0x60;
+    /// The search index queue's low-water mark: the `0x60` key its scans
+    /// start from (`crate::kv::QueueFamily`).
+    pub const INDEX_QUEUE_MARK: u8 = 0x61;
 }
 
 /// Mailbox counter kinds ([`family::MAILBOX_COUNT`]).

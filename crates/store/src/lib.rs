@@ -15,6 +15,7 @@ pub mod account;
 pub mod blob;
 pub mod changes;
 pub mod compose;
+pub mod dates;
 pub mod deliver;
 pub mod dkim;
 pub mod email;

@@ -9,7 +9,9 @@
 //! them like any account's.
 //!
 //! Workers find due work with one range read of the due index
-//! (`0x41 ++ time ++ queue id`). Taking work is a *lease*: in one
+//! (`0x41 ++ time ++ queue id`), a [`QueueFamily`] read from its low-water
+//! mark (`0x45`): the entries leased before are cleared as spans and never
+//! walked again. Taking work is a *lease*: in one
 //! transaction a worker moves each due message's index entry to the lease's
 //! expiry and writes a random lease token into the record. Two workers
 //! racing for the same message conflict on the index range, so exactly one
@@ -34,7 +36,7 @@ use crate::changes::Writer;
 use crate::envelope::{DsnNotify, DsnRet, Envelope};
 use crate::error::{Error, Result, decode, encode};
 use crate::keys::{self, Key};
-use crate::kv::{KeyRange, Kv, RangeOptions, Transaction};
+use crate::kv::{KeyRange, Kv, QueueFamily, RangeOptions, Transaction};
 use crate::types::{AccountId, BlobHash, DataType, DocumentId};
 use crate::{blob, now};
 
@@ -174,6 +176,7 @@ const DUE: u8 = 0x41;
 const HELD: u8 = 0x42;
 const DEPTH: u8 = 0x43;
 const WAKE: u8 = 0x44;
+const DUE_MARK: u8 = 0x45;
 const SUBMISSION_STATUS: u8 = 0x70;
 
 /// `0x40 ++ id` -> chunked record [`QueuedMessage`].
@@ -188,6 +191,13 @@ fn records() -> KeyRange {
 /// `0x41 ++ time ++ id` -> empty.
 fn due_key(at: i64, id: QueueId) -> Vec<u8> {
     Key::default().u8(DUE).time(at).u64(id).build()
+}
+
+/// The due index `0x41` as a queue family, its low-water mark at `0x45`:
+/// every entry is written through it ([`QueueFamily::set`]), so scans
+/// start at the mark and skip the spans leased before.
+fn due_index() -> QueueFamily {
+    QueueFamily::new(KeyRange::prefix(&[DUE]), vec![DUE_MARK])
 }
 
 /// `0x42 ++ id` -> empty.
@@ -313,7 +323,7 @@ pub fn enqueue_in(tx: &mut Transaction<'_>, msg: &NewMessage<'_>) -> Result<Queu
         held: None,
     };
     put(tx, id, &record)?;
-    tx.set(&due_key(due, id), &[])?;
+    due_index().set(tx, &due_key(due, id), &[])?;
     tx.add(DEPTH_KEY, 1)?;
     tx.add(WAKE_KEY, 1)?;
     Ok(id)
@@ -358,15 +368,21 @@ pub struct Leased {
 /// Leases up to `limit` messages due at `now` for `lease_secs` seconds, in
 /// one transaction. A leased message's undo status (if it belongs to a
 /// JMAP submission) becomes final: sending has begun.
+///
+/// The due entries taken are cleared as one span from the due index's
+/// mark (one range clear, the mark moved past it), not one by one: point
+/// tombstones would lie in the way of every later lease's scan.
 pub fn lease_due(kv: &Kv, now: i64, limit: usize, lease_secs: i64) -> Result<Vec<Leased>> {
     kv.transact(|tx| {
         use rand::Rng;
-        let range = KeyRange::new(vec![DUE], Key::default().u8(DUE).time(now + 1).build());
-        let due = tx.range(&range, RangeOptions::limit(limit))?;
+        let index = due_index();
+        let end = Key::default().u8(DUE).time(now + 1).build();
+        let head = index.head(tx, Some(&end), limit)?;
+        let due: Vec<Vec<u8>> = head.entries().iter().map(|(k, _)| k.clone()).collect();
+        head.consume(tx, |_, _| false)?;
         let mut out = Vec::with_capacity(due.len());
-        for (key, _) in due {
+        for key in due {
             let id = parse_id(&key, 9)?;
-            tx.clear(&key)?;
             let Some(mut msg) = get(tx, id)? else {
                 // An index entry without its record: drop it.
                 continue;
@@ -375,7 +391,7 @@ pub fn lease_due(kv: &Kv, now: i64, limit: usize, lease_secs: i64) -> Result<Vec
             let until = now + lease_secs.max(1);
             msg.lease = Some(Lease { token, until });
             msg.due = until;
-            tx.set(&due_key(until, id), &[])?;
+            index.set(tx, &due_key(until, id), &[])?;
             put(tx, id, &msg)?;
             if let (Some(account), Some(submission)) = (msg.account, msg.submission) {
                 update_status(tx, account, submission, |s| {
@@ -398,11 +414,14 @@ pub fn lease_due(kv: &Kv, now: i64, limit: usize, lease_secs: i64) -> Result<Vec
 }
 
 /// When the next message falls due (a leased one: when its lease lapses),
-/// if any is waiting.
-pub fn next_due(kv: &Kv) -> Result<Option<i64>> {
+/// if one falls due before `before`. The scan starts at the due index's
+/// mark and stops at `before`: short of the entries of leases that lapse
+/// later, among which lie the removed entries of leases already finished.
+pub fn next_due(kv: &Kv, before: i64) -> Result<Option<i64>> {
     kv.read(|tx| {
-        let first = tx.range_snapshot(&KeyRange::prefix(&[DUE]), RangeOptions::limit(1))?;
-        Ok(first.first().map(|(k, _)| keys::decode_time(&k[1..9])))
+        let end = Key::default().u8(DUE).time(before).build();
+        let first = due_index().first_from_mark(tx, Some(&end))?;
+        Ok(first.map(|(k, _)| keys::decode_time(&k[1..9])))
     })
 }
 
@@ -544,7 +563,7 @@ pub fn finish_in(
     // Final recipients whose DSN failed to go out are retried with
     // the pending ones.
     msg.due = attempt.retry_at;
-    tx.set(&due_key(msg.due, id), &[])?;
+    due_index().set(tx, &due_key(msg.due, id), &[])?;
     put(tx, id, &msg)?;
     Ok(Finished::Rescheduled(msg.due))
 }
@@ -566,7 +585,7 @@ pub fn release(kv: &Kv, leases: &[(QueueId, u64)]) -> Result<usize> {
             tx.clear(&due_key(msg.due, id))?;
             msg.lease = None;
             msg.due = at;
-            tx.set(&due_key(at, id), &[])?;
+            due_index().set(tx, &due_key(at, id), &[])?;
             put(tx, id, &msg)?;
             released += 1;
         }
@@ -608,7 +627,7 @@ pub fn retry(kv: &Kv, id: QueueId) -> Result<()> {
         }
         msg.lease = None;
         msg.due = now();
-        tx.set(&due_key(msg.due, id), &[])?;
+        due_index().set(tx, &due_key(msg.due, id), &[])?;
         put(tx, id, &msg)?;
         tx.add(WAKE_KEY, 1)?;
         Ok(())
@@ -944,7 +963,7 @@ mod tests {
         assert_eq!(first.len(), 1);
         // Leased: not due for anyone else until the lease lapses.
         assert!(lease_due(kv, t, 10, 30).unwrap().is_empty());
-        assert_eq!(next_due(kv).unwrap(), Some(t + 30));
+        assert_eq!(next_due(kv, i64::MAX).unwrap(), Some(t + 30));
         // The first worker "crashed"; at the lapse another takes over.
         let second = lease_due(kv, t + 31, 10, 30).unwrap();
         assert_eq!(second.len(), 1);
@@ -1051,7 +1070,7 @@ mod tests {
         assert!(hold(kv, id, l.token, "unparsable message").unwrap());
         assert_eq!(held(kv).unwrap(), vec![id]);
         assert_eq!(stats(kv).unwrap().held, 1);
-        assert_eq!(next_due(kv).unwrap(), None);
+        assert_eq!(next_due(kv, i64::MAX).unwrap(), None);
         assert!(lease_due(kv, now() + 10_000, 10, 60).unwrap().is_empty());
         retry(kv, id).unwrap();
         assert!(held(kv).unwrap().is_empty());
@@ -1071,7 +1090,13 @@ mod tests {
         let t = now();
         let id = enqueue(kv, RAW, None, &envelope(&["b@remote.test"]), t + 3600).unwrap();
         assert!(lease_due(kv, t, 10, 60).unwrap().is_empty());
-        assert_eq!(next_due(kv).unwrap(), Some(t + 3600));
+        assert_eq!(next_due(kv, i64::MAX).unwrap(), Some(t + 3600));
+        assert_eq!(next_due(kv, t + 3601).unwrap(), Some(t + 3600));
+        assert_eq!(
+            next_due(kv, t + 3600).unwrap(),
+            None,
+            "not before the horizon"
+        );
         assert!(kv.transact(|tx| cancel_pending(tx, id)).unwrap());
         assert!(list(kv).unwrap().is_empty());
         assert!(!kv.transact(|tx| cancel_pending(tx, id)).unwrap());
@@ -1156,6 +1181,150 @@ mod tests {
         )
         .unwrap();
         assert_eq!(late, Finished::LeaseLost);
+    }
+
+    /// The due index read from its start, not from its mark: (time, id).
+    fn due_entries(kv: &Kv) -> Vec<(i64, QueueId)> {
+        kv.read(|tx| -> Result<Vec<(i64, QueueId)>> {
+            tx.range_snapshot(&KeyRange::prefix(&[DUE]), RangeOptions::default())?
+                .iter()
+                .map(|(k, _)| Ok((keys::decode_time(&k[1..9]), parse_id(k, 9)?)))
+                .collect()
+        })
+        .unwrap()
+    }
+
+    /// The due index's invariant: its mark lies at or below every entry.
+    fn assert_nothing_below_the_mark(kv: &Kv) {
+        let from_mark: Vec<Vec<u8>> = kv
+            .read(|tx| {
+                let from = due_index().start_snapshot(tx)?;
+                let range = KeyRange::new(from, KeyRange::prefix(&[DUE]).end);
+                tx.range_snapshot(&range, RangeOptions::default())
+            })
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let all: Vec<Vec<u8>> = due_entries(kv)
+            .into_iter()
+            .map(|(at, id)| due_key(at, id))
+            .collect();
+        assert_eq!(from_mark, all, "a due entry lies below the mark");
+    }
+
+    fn leased_ids(kv: &Kv, at: i64) -> Vec<QueueId> {
+        let mut ids: Vec<QueueId> = lease_due(kv, at, 10, 60)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn messages_due_before_the_mark_are_still_leased() {
+        let (_dir, store) = store();
+        let kv = store.kv();
+        let t = now();
+        let a = enqueue(kv, RAW, None, &envelope(&["a@remote.test"]), 0).unwrap();
+        let b = enqueue(kv, RAW, None, &envelope(&["b@remote.test"]), t + 500).unwrap();
+        // A lease far ahead (a worker whose clock runs fast) moves the mark
+        // past everything due by then.
+        let ahead = lease_due(kv, t + 1000, 10, 60).unwrap();
+        assert_eq!(ahead.len(), 2);
+        let token = |id| ahead.iter().find(|l| l.id == id).unwrap().token;
+        assert_eq!(
+            kv.read(|tx| tx.get(&[DUE_MARK])).unwrap(),
+            Some(KeyRange::single(&due_key(t + 500, b)).end)
+        );
+        assert!(lease_due(kv, now(), 10, 60).unwrap().is_empty());
+
+        // Made due now, below the mark: an operator's retry, ...
+        retry(kv, a).unwrap();
+        assert_nothing_below_the_mark(kv);
+        assert_eq!(leased_ids(kv, now()), [a]);
+        // ... a worker giving its lease back, ...
+        assert_eq!(release(kv, &[(b, token(b))]).unwrap(), 1);
+        assert_nothing_below_the_mark(kv);
+        let again = lease_due(kv, now(), 10, 60).unwrap();
+        assert_eq!(again.iter().map(|l| l.id).collect::<Vec<_>>(), [b]);
+        // ... a new message, ...
+        let c = enqueue(kv, RAW, None, &envelope(&["c@remote.test"]), 0).unwrap();
+        assert_nothing_below_the_mark(kv);
+        assert_eq!(leased_ids(kv, now()), [c]);
+        // ... and an attempt rescheduled to a time already past.
+        let mut later = outcome(0, RcptState::Pending);
+        later.reply = "451 4.3.0 try later".into();
+        let past = Attempt {
+            recipients: vec![later],
+            retry_at: t - 10,
+            ..Default::default()
+        };
+        let r = finish_attempt(kv, b, again[0].token, &past).unwrap();
+        assert_eq!(r, Finished::Rescheduled(t - 10));
+        assert_nothing_below_the_mark(kv);
+        assert_eq!(leased_ids(kv, t), [b]);
+        assert_nothing_below_the_mark(kv);
+    }
+
+    #[test]
+    fn workers_lease_each_due_entry_once_while_attempts_reschedule_into_the_past() {
+        let (_dir, store) = store();
+        let kv = store.kv().clone();
+        const MESSAGES: usize = 30;
+        const ATTEMPTS: u32 = 3;
+        for i in 0..MESSAGES {
+            let to = format!("r{i}@remote.test");
+            enqueue(&kv, RAW, None, &envelope(&[&to]), 0).unwrap();
+        }
+        let t = now();
+        let leases = std::sync::Mutex::new(std::collections::HashMap::<QueueId, u32>::new());
+        std::thread::scope(|scope| {
+            for w in 0..4i64 {
+                let (kv, leases) = (&kv, &leases);
+                scope.spawn(move || {
+                    loop {
+                        let batch = lease_due(kv, t, 3, 600).unwrap();
+                        if batch.is_empty() {
+                            if stats(kv).unwrap().depth == 0 {
+                                return;
+                            }
+                            std::thread::yield_now();
+                            continue;
+                        }
+                        for l in batch {
+                            *leases.lock().unwrap().entry(l.id).or_default() += 1;
+                            // Temporary failures are due again at once, at a
+                            // time below the mark the leases have moved.
+                            let attempt = if l.message.attempts + 1 < ATTEMPTS {
+                                Attempt {
+                                    recipients: vec![outcome(0, RcptState::Pending)],
+                                    retry_at: t - 100 + w,
+                                    ..Default::default()
+                                }
+                            } else {
+                                Attempt {
+                                    recipients: vec![outcome(0, RcptState::Delivered)],
+                                    ..Default::default()
+                                }
+                            };
+                            let done = finish_attempt(kv, l.id, l.token, &attempt).unwrap();
+                            assert_ne!(done, Finished::LeaseLost, "a lease was taken twice");
+                        }
+                    }
+                });
+            }
+        });
+        let leases = leases.into_inner().unwrap();
+        assert_eq!(leases.len(), MESSAGES);
+        assert!(
+            leases.values().all(|&n| n == ATTEMPTS),
+            "each due entry is leased once: {leases:?}"
+        );
+        assert!(due_entries(&kv).is_empty());
+        assert_eq!(stats(&kv).unwrap(), Stats::default());
     }
 
     #[test]

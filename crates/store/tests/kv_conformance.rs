@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Once};
 use std::time::Duration;
 
-use tern_store::kv::{Error, KeyRange, Kv, RangeOptions, RocksOptions, Transaction, Watch, limits};
+use tern_store::kv::{
+    Error, KeyRange, Kv, QueueFamily, RangeOptions, RocksOptions, Transaction, Watch, limits,
+};
 
 /// A store under test: a fresh key space for one case.
 struct Store {
@@ -200,6 +202,9 @@ macro_rules! cases {
             watch_ignores_other_keys,
             watch_fires_for_commit_while_waiting,
             bank_transfers_are_serializable,
+            queue_family_scans_from_its_mark,
+            queue_family_matches_a_model,
+            queue_family_hands_out_each_entry_once,
         );
     };
     (@each $open:ident; $($case:ident),* $(,)?) => {
@@ -1268,4 +1273,251 @@ fn bank_transfers_are_serializable(s: &Store) {
         "no transfer ever conflicted"
     );
     assert!(audits.load(Ordering::Relaxed) > 0);
+}
+
+// ---------------------------------------------------------------------------
+// Queue families (`QueueFamily`): scans from a low-water mark.
+
+/// The queue family `q/` of a store, its mark at `qm`.
+fn queue(s: &Store) -> QueueFamily {
+    QueueFamily::new(s.r(b"q/", b"q0"), s.k(b"qm"))
+}
+
+/// The key of entry `n` of [`queue`].
+fn qk(s: &Store, n: usize) -> Vec<u8> {
+    s.k(format!("q/{n:04}").as_bytes())
+}
+
+/// Every entry of the queue from the mark on, keys unprefixed.
+fn queue_from_mark(s: &Store) -> Vec<String> {
+    let q = queue(s);
+    let pairs =
+        s.kv.read::<_, Error>(|tx| {
+            let range = KeyRange::new(q.start_snapshot(tx)?, q.range().end.clone());
+            tx.range(&range, RangeOptions::default())
+        })
+        .unwrap();
+    s.keys(pairs)
+}
+
+/// Takes up to `limit` entries from the queue's low end, keeping those
+/// `keep` selects; returns the keys taken (unprefixed).
+fn take(s: &Store, limit: usize, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    let q = queue(s);
+    s.kv.transact::<_, Error>(|tx| {
+        let head = q.head(tx, None, limit)?;
+        let keys = s.keys(head.entries().to_vec());
+        let prefix = s.prefix.len();
+        head.consume(tx, |k, _| keep(&String::from_utf8_lossy(&k[prefix..])))?;
+        Ok(keys.into_iter().filter(|k| !keep(k)).collect())
+    })
+    .unwrap()
+}
+
+/// The entries below the mark, in one snapshot (keys unprefixed).
+fn below_the_mark(s: &Store) -> Vec<String> {
+    let q = queue(s);
+    let pairs =
+        s.kv.read::<_, Error>(|tx| {
+            let range = KeyRange::new(q.range().begin.clone(), q.start_snapshot(tx)?);
+            tx.range(&range, RangeOptions::default())
+        })
+        .unwrap();
+    s.keys(pairs)
+}
+
+/// The family's invariant: no entry lies below the mark.
+fn assert_nothing_below_the_mark(s: &Store) {
+    assert_eq!(
+        below_the_mark(s),
+        Vec::<String>::new(),
+        "an entry lies below the mark"
+    );
+}
+
+fn queue_family_scans_from_its_mark(s: &Store) {
+    let q = queue(s);
+    s.write(|tx| {
+        for n in [5, 10, 15] {
+            q.set(tx, &qk(s, n), b"v")?;
+        }
+        Ok(())
+    });
+    assert_eq!(take(s, 2, |_| false), ["q/0005", "q/0010"]);
+    // The mark is the key just after the span consumed.
+    assert_eq!(s.get(b"qm"), Some(s.k(b"q/0010\0")));
+    assert_eq!(queue_from_mark(s), ["q/0015"]);
+
+    // An entry written below the mark lowers it: still found.
+    s.write(|tx| q.set(tx, &qk(s, 3), b"v"));
+    assert_eq!(s.get(b"qm"), Some(qk(s, 3)));
+    assert_eq!(queue_from_mark(s), ["q/0003", "q/0015"]);
+    assert_nothing_below_the_mark(s);
+
+    // What is kept is written back, and the mark stops at it.
+    assert_eq!(take(s, 10, |k| k == "q/0003"), ["q/0015"]);
+    assert_eq!(s.get(b"qm"), Some(qk(s, 3)));
+    assert_eq!(queue_from_mark(s), ["q/0003"]);
+    assert_eq!(s.get(b"q/0003"), Some(b"v".to_vec()));
+
+    // Consuming stops at `end`.
+    s.write(|tx| q.set(tx, &qk(s, 20), b"v"));
+    let end = qk(s, 10);
+    let taken =
+        s.kv.transact::<_, Error>(|tx| {
+            let head = q.head(tx, Some(&end), 10)?;
+            let n = head.entries().len();
+            head.consume(tx, |_, _| false)?;
+            Ok(n)
+        })
+        .unwrap();
+    assert_eq!(taken, 1);
+    assert_eq!(queue_from_mark(s), ["q/0020"]);
+
+    // An entry put below the mark without lowering it (as a writer that
+    // does not keep the mark would) is found once nothing lies above it.
+    s.write(|tx| tx.set(&qk(s, 2), b"v"));
+    assert_eq!(queue_from_mark(s), ["q/0020"]);
+    assert_eq!(take(s, 10, |_| false), ["q/0020"]);
+    assert!(!s.kv.read::<_, Error>(|tx| q.is_empty(tx)).unwrap());
+    assert_eq!(take(s, 10, |_| false), ["q/0002"]);
+    assert_eq!(s.get(b"qm"), Some(s.k(b"q/0002\0")));
+    assert!(s.kv.read::<_, Error>(|tx| q.is_empty(tx)).unwrap());
+
+    // A mark that does not lie in the family counts as its start.
+    s.write(|tx| tx.set(&s.k(b"qm"), b"elsewhere"));
+    s.write(|tx| tx.set(&qk(s, 1), b"v"));
+    s.write(|tx| q.set(tx, &qk(s, 30), b"v"));
+    assert_eq!(queue_from_mark(s), ["q/0001", "q/0030"]);
+    assert!(!s.kv.read::<_, Error>(|tx| q.is_empty(tx)).unwrap());
+    assert_eq!(take(s, 10, |_| false), ["q/0001", "q/0030"]);
+    assert!(s.kv.read::<_, Error>(|tx| q.is_empty(tx)).unwrap());
+}
+
+fn queue_family_matches_a_model(s: &Store) {
+    let q = queue(s);
+    let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for step in 0..300u64 {
+        match next(4) {
+            // Add or overwrite anywhere, below the mark too.
+            0 | 1 => {
+                let n = next(120) as usize;
+                let value = step.to_be_bytes().to_vec();
+                s.write(|tx| q.set(tx, &qk(s, n), &value));
+                model.insert(format!("q/{n:04}"), value);
+            }
+            // Take the low end, keeping some.
+            2 => {
+                let limit = next(6) as usize + 1;
+                let keep_odd = next(2) == 0;
+                let keep = |k: &str| keep_odd && k.ends_with(['1', '3', '5', '7', '9']);
+                let expected: Vec<String> = model
+                    .keys()
+                    .take(limit)
+                    .filter(|k| !keep(k))
+                    .cloned()
+                    .collect();
+                assert_eq!(take(s, limit, keep), expected, "step {step}");
+                for k in &expected {
+                    model.remove(k);
+                }
+            }
+            // Remove one entry.
+            _ => {
+                let n = next(120) as usize;
+                s.write(|tx| tx.clear(&qk(s, n)));
+                model.remove(&format!("q/{n:04}"));
+            }
+        }
+        let expected: Vec<String> = model.keys().cloned().collect();
+        assert_eq!(queue_from_mark(s), expected, "step {step}");
+        assert_nothing_below_the_mark(s);
+    }
+}
+
+fn queue_family_hands_out_each_entry_once(s: &Store) {
+    const WRITERS: usize = 2;
+    const CONSUMERS: usize = 3;
+    const PER_WRITER: usize = 150;
+    const SLOTS: usize = WRITERS * PER_WRITER;
+    // Every other slot is queued up front: the spans consumers take then
+    // reach past the free slots that writers fill meanwhile.
+    let q = queue(s);
+    s.write(|tx| {
+        for n in 0..SLOTS {
+            q.set(tx, &qk(s, 2 * n + 1), b"p")?;
+        }
+        Ok(())
+    });
+    let writing = AtomicUsize::new(WRITERS);
+    let consumed = std::sync::Mutex::new(Vec::new());
+    let start = Arc::new(Barrier::new(WRITERS + CONSUMERS));
+    std::thread::scope(|scope| {
+        for w in 0..WRITERS {
+            let (writing, start) = (&writing, start.clone());
+            scope.spawn(move || {
+                start.wait();
+                let q = queue(s);
+                // Free slots all over the family, so that many lie in a
+                // span being consumed or below a mark moved past them.
+                for i in 0..PER_WRITER {
+                    let n = 2 * ((i * 7919) % PER_WRITER * WRITERS + w);
+                    s.write(|tx| {
+                        q.set(tx, &qk(s, n), b"w")?;
+                        // Widen the window between the writer's snapshot
+                        // and its commit, in which a consumer may move the
+                        // mark past the entry.
+                        std::thread::sleep(Duration::from_micros(300));
+                        Ok(())
+                    });
+                }
+                writing.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+        let consumers: Vec<_> = (0..CONSUMERS)
+            .map(|_| {
+                let (writing, consumed, start) = (&writing, &consumed, start.clone());
+                scope.spawn(move || {
+                    start.wait();
+                    loop {
+                        let finished = writing.load(Ordering::SeqCst) == 0;
+                        let got = take(s, 4, |_| false);
+                        if got.is_empty() && finished {
+                            return;
+                        }
+                        consumed.lock().unwrap().extend(got);
+                    }
+                })
+            })
+            .collect();
+        // Every snapshot keeps the invariant (consumers would still find
+        // an entry below the mark in the end, by looking below it).
+        let audits = scope.spawn(|| {
+            let mut audits = 0;
+            while writing.load(Ordering::SeqCst) > 0 {
+                assert_nothing_below_the_mark(s);
+                audits += 1;
+            }
+            audits
+        });
+        for consumer in consumers {
+            consumer.join().unwrap();
+        }
+        assert!(audits.join().unwrap() > 0);
+    });
+    let mut consumed = consumed.into_inner().unwrap();
+    let total = consumed.len();
+    consumed.sort();
+    consumed.dedup();
+    assert_eq!(consumed.len(), total, "an entry was handed out twice");
+    assert_eq!(total, 2 * SLOTS, "an entry was lost");
+    assert!(queue_from_mark(s).is_empty());
+    assert_nothing_below_the_mark(s);
 }

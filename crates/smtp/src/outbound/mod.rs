@@ -261,10 +261,13 @@ impl Outbound {
                 wake = Some(shared.store.kv().watch(queue::WAKE_KEY));
                 let store = shared.store.clone();
                 let lease = shared.config.lease.as_secs().max(1) as i64;
+                // Nothing due after the next poll changes how long we sleep.
+                let horizon = shared.config.poll.as_secs() as i64 + 1;
                 leasing = Some(tokio::task::spawn_blocking(move || {
-                    let leased = queue::lease_due(store.kv(), now(), limit, lease)?;
+                    let at = now();
+                    let leased = queue::lease_due(store.kv(), at, limit, lease)?;
                     let next = if leased.len() < limit {
-                        queue::next_due(store.kv())?
+                        queue::next_due(store.kv(), at + horizon)?
                     } else {
                         None
                     };

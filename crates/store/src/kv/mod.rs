@@ -15,6 +15,7 @@
 mod error;
 #[cfg(feature = "foundationdb")]
 mod fdb;
+mod queue_family;
 #[cfg(feature = "rocksdb")]
 mod rocks;
 mod tx;
@@ -26,6 +27,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use error::{Error, Result};
+pub use queue_family::{QueueFamily, QueueHead};
 pub use tx::{RangeOptions, Transaction};
 
 /// FoundationDB's limits, enforced on every backend.
