@@ -16,8 +16,12 @@
 //! Phases:
 //! 1. parse every raw message into a `Document` (not part of the indexing
 //!    figures: both engines get the same parsed documents);
-//! 2. tern-search: analysis and `IndexBatch` writes of 1 000 documents
-//!    with a synced WAL, then a full compaction; size of the RocksDB;
+//! 2. tern-search: `IndexBatch::add_all` of 1 000 documents at a time
+//!    (two analysis threads on two cores), each batch encoded
+//!    (`SearchIndex::prepare`) and written with a synced WAL in the
+//!    background while the next one is analyzed and encoded
+//!    (`SearchIndex::write_in_background`, one write at a time, as `tern
+//!    reindex` does), then a full compaction; size of the RocksDB;
 //! 3. tantivy: the same fields as `TEXT` (positions, frequencies), default
 //!    writer (one thread per core), commit, merges; size of its directory;
 //! 4. one-term queries over every field: 1 000 terms drawn from the
@@ -54,6 +58,7 @@ use tantivy::query::{BooleanQuery, Occur, TermQuery};
 use tantivy::schema::{IndexRecordOption, Schema, TEXT};
 use tantivy::{IndexWriter, TantivyDocument, Term};
 use tern_search::analyze::{Analyzer, TokenKind};
+use tern_search::index::PendingWrite;
 use tern_search::{
     Document, IndexBatch, IndexOptions, Indexer, IndexerConfig, Query, SearchIndex, TextField,
 };
@@ -61,6 +66,10 @@ use tern_store::deliver::Recipient;
 use tern_store::email::{self, Listing};
 use tern_store::kv::RocksOptions;
 use tern_store::{AccountId, MailStore};
+
+#[path = "../tests/common/spamassassin.rs"]
+#[allow(dead_code)] // the tests' skip helper
+mod spamassassin;
 
 // The allocator `tern serve` runs with (tantivy gets it too).
 #[global_allocator]
@@ -73,43 +82,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn corpus_dir() -> PathBuf {
-    std::env::var_os("TERN_SEARCH_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("tern-search-corpus"))
-}
-
-/// The raw messages of the SpamAssassin corpus (JSON files with a `text`
-/// member), sorted by path.
-fn load_corpus(dir: &Path) -> Vec<Vec<u8>> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "json")
-                && p.file_name()
-                    .is_some_and(|n| n != "file_list.json" && n != "package.json")
-            {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
-    files
-        .iter()
-        .filter_map(|p| {
-            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
-            Some(v.get("text")?.as_str()?.as_bytes().to_vec())
-        })
-        .collect()
 }
 
 /// The generator used without the corpus: English-like text over a
@@ -216,6 +188,27 @@ fn dir_size(p: &Path) -> u64 {
     total
 }
 
+/// CPU time (user + system) of the whole process so far, every thread
+/// (RocksDB's background threads included), from `/proc/self/stat`; zero
+/// where there is none.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| f.get(i)?.parse::<f64>().ok())
+        .sum();
+    // The kernel's USER_HZ is 100 on every Linux configuration in use.
+    ticks / 100.0
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
@@ -269,7 +262,7 @@ fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let n = env_usize("TERN_SEARCH_BENCH_DOCS", 100_000);
     let work = tempfile::tempdir().expect("temp dir");
-    let corpus = load_corpus(&corpus_dir());
+    let corpus = spamassassin::load(&spamassassin::dir());
     let (source, raw): (String, Vec<Vec<u8>>) = if corpus.is_empty() {
         ("generator (no corpus found)".into(), generate(n))
     } else {
@@ -309,8 +302,13 @@ fn main() {
     let account = AccountId(1);
     let tern_path = work.path().join("tern");
     let index = SearchIndex::open_with(&tern_path, IndexOptions::default()).expect("open index");
+    // As `tern reindex` does (reindex.rs): each batch is analyzed and
+    // prepared while the previous one is written in the background, one
+    // write at a time.
+    let cpu_started = cpu_seconds();
     let started = Instant::now();
-    let mut writing = Duration::ZERO;
+    let mut waiting = Duration::ZERO;
+    let mut pending: Option<PendingWrite> = None;
     for (chunk_no, chunk) in docs.chunks(BATCH).enumerate() {
         let mut batch = IndexBatch::new(account);
         let refs: Vec<(u32, &Document)> = chunk
@@ -319,19 +317,30 @@ fn main() {
             .map(|(i, d)| ((chunk_no * BATCH + i) as u32, d))
             .collect();
         batch.add_all(&refs);
-        let write_started = Instant::now();
-        index.write(&batch).expect("write");
-        writing += write_started.elapsed();
+        let prepared = index.prepare(&batch);
+        drop(batch);
+        let wait_started = Instant::now();
+        if let Some(write) = pending.take() {
+            write.wait().expect("write");
+        }
+        waiting += wait_started.elapsed();
+        pending = Some(index.write_in_background(prepared));
     }
+    let wait_started = Instant::now();
+    if let Some(write) = pending.take() {
+        write.wait().expect("write");
+    }
+    waiting += wait_started.elapsed();
     let tern_index = started.elapsed();
+    let tern_cpu = cpu_seconds() - cpu_started;
     let tern_rate = n as f64 / tern_index.as_secs_f64();
     let size_before = index.size_bytes();
     println!(
-        "tern-search: indexed in {:.1} s = {tern_rate:.0} docs/s (analysis {:.1} s, writes {:.1} s); \
-         size before compaction {}",
+        "tern-search: indexed in {:.1} s = {tern_rate:.0} docs/s (analysis {:.1} s, waiting for \
+         writes {:.1} s; CPU {tern_cpu:.1} s); size before compaction {}",
         tern_index.as_secs_f64(),
-        (tern_index - writing).as_secs_f64(),
-        writing.as_secs_f64(),
+        (tern_index - waiting).as_secs_f64(),
+        waiting.as_secs_f64(),
         mb(size_before)
     );
 
@@ -394,6 +403,7 @@ fn main() {
     let tantivy_path = work.path().join("tantivy");
     std::fs::create_dir_all(&tantivy_path).unwrap();
     let tindex = tantivy::Index::create_in_dir(&tantivy_path, schema).expect("tantivy index");
+    let cpu_started = cpu_seconds();
     let started = Instant::now();
     let mut writer: IndexWriter<TantivyDocument> = tindex.writer(512 << 20).expect("writer");
     let addr = |a: &tern_search::doc::Addr| match &a.name {
@@ -422,10 +432,12 @@ fn main() {
     writer.commit().expect("commit");
     writer.wait_merging_threads().expect("merge");
     let tantivy_index = started.elapsed();
+    let tantivy_cpu = cpu_seconds() - cpu_started;
     let tantivy_rate = n as f64 / tantivy_index.as_secs_f64();
     let tantivy_size = dir_size(&tantivy_path);
     println!(
-        "tantivy: indexed in {:.1} s = {tantivy_rate:.0} docs/s ({} threads); index {} = {:.1}% of indexed text",
+        "tantivy: indexed in {:.1} s = {tantivy_rate:.0} docs/s ({} threads; CPU {tantivy_cpu:.1} s); \
+         index {} = {:.1}% of indexed text",
         tantivy_index.as_secs_f64(),
         std::thread::available_parallelism().map_or(1, |p| p.get()),
         mb(tantivy_size),

@@ -97,6 +97,94 @@ impl BuildHasher for FastState {
 /// A `HashMap` with [`FastHasher`].
 pub type FastMap<K, V> = HashMap<K, V, FastState>;
 
+/// Bytes kept inline in a [`SmallKey`].
+const INLINE: usize = 22;
+
+/// A byte-string key for hash maps, stored inline up to 22 bytes (most
+/// words) and on the heap beyond: a lookup compares bytes inside the
+/// table instead of following a pointer. Hashes and compares as the
+/// `[u8]` it holds, so maps of it are queried with `&[u8]`.
+#[derive(Clone)]
+pub enum SmallKey {
+    /// Up to [`INLINE`] bytes.
+    Inline(u8, [u8; INLINE]),
+    /// Longer keys.
+    Heap(Box<[u8]>),
+}
+
+impl SmallKey {
+    /// A key holding `bytes`.
+    pub fn new(bytes: &[u8]) -> Self {
+        if bytes.len() <= INLINE {
+            let mut b = [0u8; INLINE];
+            b[..bytes.len()].copy_from_slice(bytes);
+            SmallKey::Inline(bytes.len() as u8, b)
+        } else {
+            SmallKey::Heap(bytes.into())
+        }
+    }
+
+    /// The bytes.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            SmallKey::Inline(len, b) => &b[..*len as usize],
+            SmallKey::Heap(b) => b,
+        }
+    }
+}
+
+impl std::fmt::Debug for SmallKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl SmallKey {
+    /// An inline key of `parts` joined, when they fit (no allocation).
+    #[inline]
+    pub fn inline(parts: &[&[u8]]) -> Option<Self> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > INLINE {
+            return None;
+        }
+        let mut b = [0u8; INLINE];
+        let mut at = 0;
+        for p in parts {
+            b[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        Some(SmallKey::Inline(len as u8, b))
+    }
+}
+
+impl PartialEq for SmallKey {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            // Zero-padded: equal arrays and lengths are equal bytes.
+            (SmallKey::Inline(l, a), SmallKey::Inline(m, b)) => l == m && a == b,
+            _ => self.as_bytes() == other.as_bytes(),
+        }
+    }
+}
+
+impl Eq for SmallKey {}
+
+impl std::hash::Hash for SmallKey {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for SmallKey {
+    #[inline]
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +204,28 @@ mod tests {
             m.insert(i.to_string().into_bytes().into(), i);
         }
         assert_eq!(m.get(&b"999"[..]), Some(&999));
+    }
+
+    #[test]
+    fn small_keys_look_up_as_bytes() {
+        let mut m: FastMap<SmallKey, u32> = FastMap::default();
+        let long = "x".repeat(INLINE + 1);
+        let words = ["", "a", "exactly-twenty-two-by", long.as_str(), "é"];
+        for (i, w) in words.iter().enumerate() {
+            m.insert(SmallKey::new(w.as_bytes()), i as u32);
+        }
+        for (i, w) in words.iter().enumerate() {
+            assert_eq!(m.get(w.as_bytes()), Some(&(i as u32)), "{w:?}");
+            assert_eq!(SmallKey::new(w.as_bytes()).as_bytes(), w.as_bytes());
+        }
+        assert!(matches!(SmallKey::new(long.as_bytes()), SmallKey::Heap(_)));
+        // Inline keys made of parts find the same entries.
+        let key = SmallKey::inline(&[b"exactly-", b"twenty-two-by"]).unwrap();
+        assert_eq!(m.get(&key), Some(&2));
+        assert!(SmallKey::inline(&[long.as_bytes()]).is_none());
+        assert_eq!(SmallKey::inline(&[b"", b"a"]).unwrap(), SmallKey::new(b"a"));
+        assert!(!m.contains_key(&b"x"[..]));
+        assert_eq!(m.len(), words.len());
     }
 
     #[test]

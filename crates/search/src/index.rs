@@ -29,10 +29,10 @@ use rocksdb::{
 };
 use tern_store::{AccountId, DataType, DocumentId, MailStore, changes, email};
 
-use crate::analyze::{Analyzer, LanguageSet, TokenKind};
+use crate::analyze::{Emit, Language, LanguageSet, Segmenter, TokenKind};
 use crate::doc::{Document, Field};
-use crate::fasthash::FastMap;
-use crate::postings::{self, PostingBuilder};
+use crate::fasthash::{FastMap, SmallKey};
+use crate::postings;
 use crate::{Error, Result};
 
 /// The index format version, stored in `meta` and checked at open.
@@ -232,12 +232,19 @@ impl std::fmt::Debug for SearchIndex {
 
 /// What a batch writes for one account: postings of new documents,
 /// documents removed, languages seen, and optionally a rebuild cursor.
+///
+/// Documents are analyzed into shares, each by one [`Worker`] (one per
+/// analysis thread): a share holds the postings of each (term, field) of
+/// its documents, sorted by (term, field) when it ends.
+/// [`SearchIndex::write`] merges the shares into one merge operand per
+/// key; the shares' documents follow each other, so the merge appends.
 #[derive(Debug)]
 pub struct IndexBatch {
     account: AccountId,
-    /// `field ++ term` → index into `builders`.
-    terms: FastMap<Box<[u8]>, u32>,
-    builders: Vec<PostingBuilder>,
+    /// Finished shares, in document order.
+    shares: Vec<Sorted>,
+    /// The share [`IndexBatch::add`] adds to.
+    open: Option<Share>,
     indexed: Vec<DocumentId>,
     deleted: Vec<DocumentId>,
     /// (document, receivedAt) of documents added with a date.
@@ -245,33 +252,583 @@ pub struct IndexBatch {
     languages: LanguageSet,
     rebuild: Option<Option<DocumentId>>,
     text_bytes: usize,
-    analyzer: Analyzer,
-    /// The current document's (term, position) pairs.
-    hits: Vec<(u32, u32)>,
-    positions: Vec<u32>,
-    key: Vec<u8>,
 }
 
 /// The position recorded for a term without positions (header names).
 const NO_POSITION: u32 = u32::MAX;
+
+/// No index (term ids, builders, hits).
+const NONE: u32 = u32::MAX;
+
+/// Idle workers kept for the next batches.
+const POOL_WORKERS: usize = 8;
+
+/// Words a worker keeps before it starts afresh (at the start of a
+/// share): bounds a worker's memory to some 20 MB.
+const WORKER_WORDS: usize = 1 << 18;
+
+/// A word of [`WorkerState::words`]: its final term, and its builder in
+/// the share of serial `serial`.
+#[derive(Debug, Clone, Copy)]
+struct WordEntry {
+    term: u32,
+    serial: u32,
+    builder: u32,
+}
+
+/// What a worker keeps between shares (and batches) besides its
+/// analyzer buffers.
+#[derive(Debug, Default)]
+struct WorkerState {
+    /// Words seen, by `field ++ language ++ word` (the folded word before
+    /// stemming; language 0 for none, else 1 + its discriminant). A word
+    /// seen before in the share costs one lookup; seen in an earlier
+    /// share, one lookup and a builder; never seen, stemming.
+    words: FastMap<SmallKey, WordEntry>,
+    /// Final terms → term id.
+    ids: FastMap<SmallKey, u32>,
+    /// Term id → final term.
+    terms: Vec<SmallKey>,
+    /// Per term id: the serial of the share that last used it, and the
+    /// first of its builders there (chained through [`Builder::next`]).
+    slots: Vec<(u32, u32)>,
+    /// The current share's serial (0: none yet).
+    serial: u32,
+    /// The keys of the text being analyzed ([`Collect`]).
+    keys: Vec<(SmallKey, u32)>,
+}
+
+impl WorkerState {
+    /// The id of the final term of `term` (folded; stemmed in `stem` when
+    /// it is [`crate::analyze::stemmable`]).
+    fn term_id(&mut self, term: &str, stem: Option<Language>) -> u32 {
+        let stemmed = match stem {
+            Some(l) if crate::analyze::stemmable(term) => l.stem(term),
+            _ => std::borrow::Cow::Borrowed(term),
+        };
+        if let Some(&id) = self.ids.get(stemmed.as_bytes()) {
+            return id;
+        }
+        let id = self.terms.len() as u32;
+        let key = SmallKey::new(stemmed.as_bytes());
+        self.terms.push(key.clone());
+        self.ids.insert(key, id);
+        id
+    }
+
+    fn clear(&mut self) {
+        self.words.clear();
+        self.ids.clear();
+        self.terms.clear();
+        self.slots.clear();
+        self.serial = 0;
+    }
+}
+
+/// The analysis state of one thread, taken from a process-wide pool for
+/// a share and put back after: its allocations and vocabulary outlive
+/// batches.
+#[derive(Debug, Default)]
+struct Worker {
+    segmenter: Segmenter,
+    state: WorkerState,
+    /// The current share's postings.
+    acc: Accumulator,
+}
+
+fn pool() -> &'static Mutex<Vec<Worker>> {
+    static POOL: OnceLock<Mutex<Vec<Worker>>> = OnceLock::new();
+    POOL.get_or_init(Default::default)
+}
+
+/// One (term, field) of a share. Its postings are records of
+/// [`Accumulator::records`], put together when the share ends.
+#[derive(Debug)]
+struct Builder {
+    field: u8,
+    /// The share's next builder of the same term.
+    next: u32,
+    /// The term: `Accumulator::terms[at..at + len]`.
+    at: u32,
+    len: u32,
+    /// Documents, and bytes of their positions entries.
+    docs: u32,
+    bytes: u32,
+}
+
+/// A document of a builder: its positions entry ends at `end` in
+/// [`Accumulator::positions_log`] (and starts where the previous record's
+/// ends).
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    builder: u32,
+    doc: DocumentId,
+    end: u32,
+}
+
+/// A builder's hits in the current document: the document (its number
+/// in the share), first and last hit (a chain through
+/// [`Accumulator::hits`]).
+#[derive(Debug, Clone, Copy)]
+struct Chain {
+    doc: u32,
+    head: u32,
+    tail: u32,
+}
+
+/// A share's builders and the current document's hits.
+#[derive(Debug, Default)]
+struct Accumulator {
+    builders: Vec<Builder>,
+    chains: Vec<Chain>,
+    /// The terms of the builders.
+    terms: Vec<u8>,
+    /// (position, next hit of the same builder) of the current document.
+    hits: Vec<(u32, u32)>,
+    /// Builders with hits in the current document.
+    touched: Vec<u32>,
+    /// The current document's number in the share, from 1.
+    doc: u32,
+    positions: Vec<u32>,
+    /// Every (builder, document) of the share, in document order.
+    records: Vec<Record>,
+    /// Their positions entries, one after the other.
+    positions_log: Vec<u8>,
+}
+
+impl Accumulator {
+    /// Empties it for a new share (keeping its allocations).
+    fn clear(&mut self) {
+        self.builders.clear();
+        self.chains.clear();
+        self.terms.clear();
+        self.hits.clear();
+        self.touched.clear();
+        self.doc = 1;
+        self.records.clear();
+        self.positions_log.clear();
+    }
+
+    /// The builder of (term `id`, `field`) in the share of `serial`,
+    /// created if new (`slots` and `terms`: the worker's).
+    fn builder(
+        &mut self,
+        slots: &mut Vec<(u32, u32)>,
+        terms: &[SmallKey],
+        serial: u32,
+        id: u32,
+        field: u8,
+    ) -> u32 {
+        if slots.len() <= id as usize {
+            slots.resize(id as usize + 1, (0, NONE));
+        }
+        let slot = &mut slots[id as usize];
+        if slot.0 != serial {
+            *slot = (serial, NONE);
+        }
+        let mut b = slot.1;
+        while b != NONE {
+            let builder = &self.builders[b as usize];
+            if builder.field == field {
+                return b;
+            }
+            b = builder.next;
+        }
+        let b = self.builders.len() as u32;
+        let term = terms[id as usize].as_bytes();
+        let at = self.terms.len() as u32;
+        self.terms.extend_from_slice(term);
+        self.builders.push(Builder {
+            field,
+            next: slot.1,
+            at,
+            len: term.len() as u32,
+            docs: 0,
+            bytes: 0,
+        });
+        self.chains.push(Chain {
+            doc: 0,
+            head: NONE,
+            tail: NONE,
+        });
+        slot.1 = b;
+        b
+    }
+
+    /// Records a hit of builder `b` at `pos` in the current document.
+    #[inline]
+    fn hit(&mut self, b: u32, pos: u32) {
+        let h = self.hits.len() as u32;
+        self.hits.push((pos, NONE));
+        let chain = &mut self.chains[b as usize];
+        if chain.doc != self.doc {
+            *chain = Chain {
+                doc: self.doc,
+                head: h,
+                tail: h,
+            };
+            self.touched.push(b);
+        } else {
+            self.hits[chain.tail as usize].1 = h;
+            chain.tail = h;
+        }
+    }
+
+    /// Ends document `id`: each builder it touched gets a record of the
+    /// document with its positions (ascending, unique).
+    fn end_document(&mut self, id: DocumentId) {
+        for &b in &self.touched {
+            let chain = self.chains[b as usize];
+            let before = self.positions_log.len();
+            if chain.head == chain.tail {
+                // One hit (most terms of a document).
+                match self.hits[chain.head as usize].0 {
+                    NO_POSITION => postings::put_positions(&mut self.positions_log, &[]),
+                    p => postings::put_varint(&mut self.positions_log, p << 1),
+                }
+            } else {
+                self.positions.clear();
+                let mut sorted = true;
+                let mut h = chain.head;
+                while h != NONE {
+                    let (p, next) = self.hits[h as usize];
+                    if p != NO_POSITION {
+                        match self.positions.last() {
+                            Some(&last) if p == last => {}
+                            Some(&last) if p < last => {
+                                sorted = false;
+                                self.positions.push(p);
+                            }
+                            _ => self.positions.push(p),
+                        }
+                    }
+                    h = next;
+                }
+                if !sorted {
+                    self.positions.sort_unstable();
+                    self.positions.dedup();
+                }
+                postings::put_positions(&mut self.positions_log, &self.positions);
+            }
+            let builder = &mut self.builders[b as usize];
+            builder.docs += 1;
+            builder.bytes += (self.positions_log.len() - before) as u32;
+            self.records.push(Record {
+                builder: b,
+                doc: id,
+                end: self.positions_log.len() as u32,
+            });
+        }
+        self.touched.clear();
+        self.hits.clear();
+        self.doc += 1;
+    }
+}
+
+/// The receiver of a text's terms: collects their keys (`field ++
+/// language ++ word`) and positions, looked up once the text is
+/// segmented ([`Share::resolve`]): lookups that do not depend on each
+/// other, in a tight loop, let the processor wait for several cache
+/// misses at once (most of a lookup's cost, the table being larger than
+/// the caches).
+struct Collect<'a> {
+    keys: &'a mut Vec<(SmallKey, u32)>,
+    field: u8,
+}
+
+impl Emit for Collect<'_> {
+    #[inline]
+    fn term(
+        &mut self,
+        term: &str,
+        stem: Option<Language>,
+        pos: u32,
+        _kind: TokenKind,
+        _start: usize,
+        _end: usize,
+    ) {
+        let head = [self.field, stem.map_or(0, |l| l as u8 + 1)];
+        // Most keys fit inline: built on the stack, compared in place.
+        let key = SmallKey::inline(&[&head, term.as_bytes()]).unwrap_or_else(|| {
+            let mut k = Vec::with_capacity(term.len() + 2);
+            k.extend_from_slice(&head);
+            k.extend_from_slice(term.as_bytes());
+            SmallKey::Heap(k.into())
+        });
+        self.keys.push((key, pos));
+    }
+}
+
+/// A share being built: documents analyzed by one worker, in ascending
+/// order, or in descending order (`descending`; [`Share::sorted`] puts
+/// them back in order).
+#[derive(Debug)]
+struct Share {
+    worker: Option<Worker>,
+    languages: LanguageSet,
+    descending: bool,
+}
+
+impl Share {
+    fn start(descending: bool) -> Share {
+        let mut worker = pool().lock().pop().unwrap_or_default();
+        let state = &mut worker.state;
+        if state.words.len() > WORKER_WORDS || state.serial == u32::MAX {
+            state.clear();
+        }
+        state.serial += 1;
+        worker.acc.clear();
+        Share {
+            worker: Some(worker),
+            languages: LanguageSet::default(),
+            descending,
+        }
+    }
+
+    /// Analyzes and adds a document (ascending ids).
+    fn add(&mut self, id: DocumentId, doc: &Document) {
+        let worker = self.worker.as_mut().expect("a share has its worker");
+        let Worker {
+            segmenter,
+            state,
+            acc,
+        } = worker;
+        let mut next_pos = [0u32; Field::ALL.len() + 1];
+        for t in doc.texts() {
+            if let Some(l) = t.language {
+                self.languages.insert(l);
+            }
+            let field = t.field as u8;
+            let mut keys = std::mem::take(&mut state.keys);
+            keys.clear();
+            let mut collect = Collect {
+                keys: &mut keys,
+                field,
+            };
+            // One empty position between values keeps phrases from
+            // running across two addresses or parts.
+            let pos = &mut next_pos[field as usize];
+            *pos = segmenter.analyze(t.text, t.language, *pos, &mut collect) + 1;
+            Self::resolve(acc, state, field, &keys);
+            state.keys = keys;
+        }
+        for name in &doc.header_names {
+            let id = state.term_id(name, None);
+            let b = acc.builder(
+                &mut state.slots,
+                &state.terms,
+                state.serial,
+                id,
+                Field::HeaderName as u8,
+            );
+            acc.hit(b, NO_POSITION);
+        }
+        acc.end_document(id);
+    }
+
+    /// Records the hits of a text's keys ([`Collect`]).
+    fn resolve(
+        acc: &mut Accumulator,
+        state: &mut WorkerState,
+        field: u8,
+        keys: &[(SmallKey, u32)],
+    ) {
+        for (key, pos) in keys {
+            let WorkerState {
+                words,
+                terms,
+                slots,
+                serial,
+                ..
+            } = &mut *state;
+            let b = match words.get_mut(key) {
+                Some(e) if e.serial == *serial => e.builder,
+                Some(e) => {
+                    // First seen in an earlier share: its term is known.
+                    let b = acc.builder(slots, terms, *serial, e.term, field);
+                    e.serial = *serial;
+                    e.builder = b;
+                    b
+                }
+                None => Self::new_word(acc, state, key),
+            };
+            acc.hit(b, *pos);
+        }
+    }
+
+    /// The builder of a word never seen (`key`: `field ++ language ++
+    /// word`).
+    #[cold]
+    fn new_word(acc: &mut Accumulator, state: &mut WorkerState, key: &SmallKey) -> u32 {
+        let bytes = key.as_bytes();
+        let stem = bytes[1].checked_sub(1).map(|l| Language::ALL[l as usize]);
+        let term = std::str::from_utf8(&bytes[2..]).expect("keys hold a term");
+        let id = state.term_id(term, stem);
+        let b = acc.builder(&mut state.slots, &state.terms, state.serial, id, bytes[0]);
+        state.words.insert(
+            key.clone(),
+            WordEntry {
+                term: id,
+                serial: state.serial,
+                builder: b,
+            },
+        );
+        b
+    }
+
+    /// The share's postings sorted by (term, field): each builder's
+    /// documents and positions entries gathered from the records.
+    fn sorted(&self) -> Sorted {
+        let acc = &self.worker.as_ref().expect("a share has its worker").acc;
+        let term = |b: &Builder| &acc.terms[b.at as usize..(b.at + b.len) as usize];
+        let mut order: Vec<(u64, u32)> = acc
+            .builders
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (prefix(term(b)), i as u32))
+            .collect();
+        order.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0).then_with(|| {
+                let (x, y) = (&acc.builders[a.1 as usize], &acc.builders[b.1 as usize]);
+                term(x).cmp(term(y)).then(x.field.cmp(&y.field))
+            })
+        });
+        // Each builder's place in the output, in sorted order.
+        let mut cursors = vec![(0u32, 0u32); acc.builders.len()];
+        let mut entries = Vec::with_capacity(order.len());
+        let (mut docs_at, mut bytes_at) = (0u32, 0u32);
+        for (prefix, i) in order {
+            let b = &acc.builders[i as usize];
+            cursors[i as usize] = (docs_at, bytes_at);
+            entries.push(Entry {
+                prefix,
+                at: b.at,
+                len: b.len,
+                field: b.field,
+                docs: docs_at..docs_at + b.docs,
+                positions: bytes_at..bytes_at + b.bytes,
+            });
+            docs_at += b.docs;
+            bytes_at += b.bytes;
+        }
+        let mut docs = vec![0u32; docs_at as usize];
+        let mut positions = vec![0u8; bytes_at as usize];
+        // Records in document order: each builder's documents ascending.
+        let n = acc.records.len();
+        for k in 0..n {
+            let i = if self.descending { n - 1 - k } else { k };
+            let r = &acc.records[i];
+            let start = i.checked_sub(1).map_or(0, |j| acc.records[j].end as usize);
+            let end = r.end as usize;
+            let (d, p) = &mut cursors[r.builder as usize];
+            docs[*d as usize] = r.doc;
+            *d += 1;
+            let len = end - start;
+            positions[*p as usize..*p as usize + len]
+                .copy_from_slice(&acc.positions_log[start..end]);
+            *p += len as u32;
+        }
+        Sorted {
+            terms: acc.terms.clone(),
+            docs,
+            positions,
+            entries,
+        }
+    }
+
+    /// Ends the share: its sorted postings; the worker goes back to the
+    /// pool.
+    fn finish(self) -> (Sorted, LanguageSet) {
+        (self.sorted(), self.languages)
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        if let Some(w) = self.worker.take() {
+            let mut pool = pool().lock();
+            if pool.len() < POOL_WORKERS {
+                pool.push(w);
+            }
+        }
+    }
+}
+
+/// The first eight bytes of a term, big-endian, zero-padded: orders as
+/// the term does, up to ties.
+#[inline]
+fn prefix(term: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = term.len().min(8);
+    b[..n].copy_from_slice(&term[..n]);
+    u64::from_be_bytes(b)
+}
+
+/// One (term, field) of a finished share.
+#[derive(Debug)]
+struct Entry {
+    prefix: u64,
+    /// The term: `Sorted::terms[at..at + len]`.
+    at: u32,
+    len: u32,
+    field: u8,
+    /// Its documents, in `Sorted::docs`, and their positions entries, in
+    /// `Sorted::positions`.
+    docs: std::ops::Range<u32>,
+    positions: std::ops::Range<u32>,
+}
+
+/// A finished share: entries sorted by (term, field).
+#[derive(Debug, Default)]
+struct Sorted {
+    terms: Vec<u8>,
+    docs: Vec<u32>,
+    positions: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+impl Sorted {
+    fn term(&self, e: &Entry) -> &[u8] {
+        &self.terms[e.at as usize..(e.at + e.len) as usize]
+    }
+
+    /// Entry `i`'s documents and positions entries.
+    fn postings(&self, i: usize) -> (&[u32], &[u8]) {
+        let e = &self.entries[i];
+        (
+            &self.docs[e.docs.start as usize..e.docs.end as usize],
+            &self.positions[e.positions.start as usize..e.positions.end as usize],
+        )
+    }
+
+    /// Orders entry `i` of `self` against entry `j` of `other`.
+    fn cmp_entry(&self, i: usize, other: &Sorted, j: usize) -> std::cmp::Ordering {
+        let (a, b) = (&self.entries[i], &other.entries[j]);
+        a.prefix
+            .cmp(&b.prefix)
+            .then_with(|| self.term(a).cmp(other.term(b)))
+            .then(a.field.cmp(&b.field))
+    }
+}
+
+/// A worker's part of [`IndexBatch::add_all`]: a segment of the
+/// documents, whether it takes them from the back, and the segment's
+/// number.
+type Job<'s, 'd> = (&'s [(DocumentId, &'d Document)], bool, usize);
 
 impl IndexBatch {
     /// An empty batch for `account`.
     pub fn new(account: AccountId) -> Self {
         Self {
             account,
-            terms: FastMap::default(),
-            builders: Vec::new(),
+            shares: Vec::new(),
+            open: None,
             indexed: Vec::new(),
             deleted: Vec::new(),
             dates: Vec::new(),
             languages: LanguageSet::default(),
             rebuild: None,
             text_bytes: 0,
-            analyzer: Analyzer::new(),
-            hits: Vec::new(),
-            positions: Vec::new(),
-            key: Vec::new(),
         }
     }
 
@@ -298,126 +855,110 @@ impl IndexBatch {
             && self.rebuild.is_none()
     }
 
-    /// The id of `key` (`field ++ term`) in this batch.
-    fn term_id(
-        terms: &mut FastMap<Box<[u8]>, u32>,
-        builders: &mut Vec<PostingBuilder>,
-        key: &[u8],
-    ) -> u32 {
-        if let Some(&id) = terms.get(key) {
-            return id;
-        }
-        let id = builders.len() as u32;
-        builders.push(PostingBuilder::default());
-        terms.insert(key.into(), id);
-        id
-    }
-
     /// Analyzes and adds a document. Documents must be added in ascending
     /// id order (queue and rebuild order).
     pub fn add(&mut self, id: DocumentId, doc: &Document) {
         debug_assert!(self.indexed.last().is_none_or(|&l| l < id));
         self.text_bytes += doc.text_bytes();
-        let mut next_pos = [0u32; Field::ALL.len() + 1];
-        self.hits.clear();
-        let (terms, builders, hits, key) = (
-            &mut self.terms,
-            &mut self.builders,
-            &mut self.hits,
-            &mut self.key,
-        );
-        for t in doc.texts() {
-            if let Some(l) = t.language {
-                self.languages.insert(l);
-            }
-            let field = t.field as u8;
-            let mut sink = |tok: crate::analyze::Tok<'_>| {
-                key.clear();
-                key.push(field);
-                key.extend_from_slice(tok.term.as_bytes());
-                hits.push((Self::term_id(terms, builders, key), tok.pos));
-            };
-            // One empty position between values keeps phrases from
-            // running across two addresses or parts.
-            let pos = &mut next_pos[field as usize];
-            *pos = self.analyzer.analyze(t.text, t.language, *pos, &mut sink) + 1;
-        }
-        for name in &doc.header_names {
-            key.clear();
-            key.push(Field::HeaderName as u8);
-            key.extend_from_slice(name.as_bytes());
-            hits.push((Self::term_id(terms, builders, key), NO_POSITION));
-        }
-        hits.sort_unstable();
-        let mut i = 0;
-        while i < hits.len() {
-            let term = hits[i].0;
-            self.positions.clear();
-            while i < hits.len() && hits[i].0 == term {
-                let p = hits[i].1;
-                if p != NO_POSITION && self.positions.last() != Some(&p) {
-                    self.positions.push(p);
-                }
-                i += 1;
-            }
-            builders[term as usize].push(id, &self.positions);
-        }
+        self.open
+            .get_or_insert_with(|| Share::start(false))
+            .add(id, doc);
         self.indexed.push(id);
     }
 
-    /// Analyzes and adds many documents (ascending ids), on up to four
-    /// threads: each analyzes a contiguous share into its own batch, and
-    /// the shares are appended in order.
+    /// Analyzes and adds many documents (ascending ids, after those added
+    /// before), on up to four threads: each analyzes a contiguous share.
     pub fn add_all(&mut self, docs: &[(DocumentId, &Document)]) {
+        debug_assert!(docs.windows(2).all(|w| w[0].0 < w[1].0));
+        debug_assert!(
+            docs.first()
+                .is_none_or(|f| self.indexed.last().is_none_or(|&l| l < f.0))
+        );
+        if docs.is_empty() {
+            return;
+        }
+        if let Some(open) = self.open.take() {
+            self.push_share(open.finish());
+        }
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(4);
         if threads <= 1 || docs.len() < 32 {
+            let mut share = Share::start(false);
             for (id, d) in docs {
-                self.add(*id, d);
+                share.add(*id, d);
             }
-            return;
-        }
-        let account = self.account;
-        let shares: Vec<IndexBatch> = std::thread::scope(|s| {
-            let handles: Vec<_> = docs
-                .chunks(docs.len().div_ceil(threads))
-                .map(|share| {
-                    s.spawn(move || {
-                        let mut b = IndexBatch::new(account);
-                        for (id, d) in share {
-                            b.add(*id, d);
-                        }
-                        b
-                    })
+            let share = share.finish();
+            self.push_share(share);
+        } else {
+            // Segments of the batch, two workers each: one takes documents
+            // from the front, ascending, the other from the back,
+            // descending, until they meet. Each worker's share is
+            // contiguous, and however the work per document varies (and
+            // whatever else the cores run), both finish together.
+            let segments = threads.div_ceil(2);
+            let per = docs.len().div_ceil(segments);
+            let jobs: Vec<Job<'_, '_>> = docs
+                .chunks(per)
+                .enumerate()
+                .flat_map(|(i, seg)| {
+                    let back = (2 * i + 1 < threads).then_some((seg, true, i));
+                    std::iter::once((seg, false, i)).chain(back)
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("an analysis thread panicked"))
-                .collect()
-        });
-        for share in shares {
-            self.absorb(share);
+            let meetings: Vec<Mutex<(usize, usize)>> = docs
+                .chunks(per)
+                .map(|seg| Mutex::new((0, seg.len())))
+                .collect();
+            let meetings = &meetings;
+            let run = move |(seg, from_back, i): Job<'_, '_>| {
+                let mut share = Share::start(from_back);
+                loop {
+                    let next = {
+                        let mut m = meetings[i].lock();
+                        if m.0 >= m.1 {
+                            break;
+                        }
+                        if from_back {
+                            m.1 -= 1;
+                            m.1
+                        } else {
+                            m.0 += 1;
+                            m.0 - 1
+                        }
+                    };
+                    let (id, d) = seg[next];
+                    share.add(id, d);
+                }
+                share.finish()
+            };
+            let mut jobs = jobs.into_iter();
+            let first = jobs.next().expect("documents");
+            let shares: Vec<(Sorted, LanguageSet)> = std::thread::scope(|s| {
+                let handles: Vec<_> = jobs.map(|job| s.spawn(move || run(job))).collect();
+                let mut out = vec![run(first)];
+                out.extend(
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().expect("an analysis thread panicked")),
+                );
+                out
+            });
+            for share in shares {
+                self.push_share(share);
+            }
+        }
+        for (id, d) in docs {
+            self.text_bytes += d.text_bytes();
+            self.indexed.push(*id);
         }
     }
 
-    /// Appends a batch whose documents all come after this one's.
-    fn absorb(&mut self, other: IndexBatch) {
-        let mut theirs: Vec<Option<PostingBuilder>> =
-            other.builders.into_iter().map(Some).collect();
-        for (k, idx) in other.terms {
-            let Some(b) = theirs[idx as usize].take() else {
-                continue;
-            };
-            let mine = Self::term_id(&mut self.terms, &mut self.builders, &k);
-            self.builders[mine as usize].append(b);
+    fn push_share(&mut self, (share, languages): (Sorted, LanguageSet)) {
+        self.languages.0 |= languages.0;
+        if !share.entries.is_empty() {
+            self.shares.push(share);
         }
-        self.indexed.extend(other.indexed);
-        self.deleted.extend(other.deleted);
-        self.dates.extend(other.dates);
-        self.languages.0 |= other.languages.0;
-        self.text_bytes += other.text_bytes;
     }
 
     /// Records a document's receivedAt (unix seconds; immutable in the
@@ -437,6 +978,96 @@ impl IndexBatch {
     /// is indexed; `None`: the rebuild is finished) with this batch.
     pub fn set_rebuild_cursor(&mut self, cursor: Option<DocumentId>) {
         self.rebuild = Some(cursor);
+    }
+
+    /// Adds the posting operands of every share, merged by key in key
+    /// order (the memtable inserts them along one path), to `wb`.
+    fn write_postings(&self, wb: &mut WriteBatch, cf: &ColumnFamily) {
+        let open = self.open.as_ref().map(Share::sorted);
+        let shares: Vec<&Sorted> = self.shares.iter().chain(open.as_ref()).collect();
+        let mut heads = vec![0usize; shares.len()];
+        let mut parts: Vec<(&[u32], &[u8])> = Vec::with_capacity(shares.len());
+        let mut key = Vec::with_capacity(80);
+        let mut value = Vec::with_capacity(256);
+        key.extend_from_slice(&self.account.0.to_be_bytes());
+        loop {
+            let mut best: Option<usize> = None;
+            for s in 0..shares.len() {
+                if heads[s] < shares[s].entries.len()
+                    && best
+                        .is_none_or(|b| shares[s].cmp_entry(heads[s], shares[b], heads[b]).is_lt())
+                {
+                    best = Some(s);
+                }
+            }
+            let Some(b) = best else {
+                break;
+            };
+            let (bs, bi) = (shares[b], heads[b]);
+            parts.clear();
+            for s in 0..shares.len() {
+                if heads[s] < shares[s].entries.len()
+                    && (s == b || shares[s].cmp_entry(heads[s], bs, bi).is_eq())
+                {
+                    parts.push(shares[s].postings(heads[s]));
+                    heads[s] += 1;
+                }
+            }
+            let e = &bs.entries[bi];
+            key.truncate(4);
+            key.extend_from_slice(bs.term(e));
+            key.push(0);
+            key.push(e.field);
+            value.clear();
+            postings::encode_parts(&mut value, &parts);
+            wb.merge_cf(cf, &key, &value);
+        }
+    }
+}
+
+/// A batch encoded for RocksDB ([`SearchIndex::prepare`]).
+pub struct PreparedBatch(Option<WriteBatch>);
+
+impl std::fmt::Debug for PreparedBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedBatch")
+            .field("entries", &self.0.as_ref().map_or(0, WriteBatch::len))
+            .finish()
+    }
+}
+
+/// A batch being written ([`SearchIndex::write_in_background`]).
+/// Dropping it waits for the write too, ignoring its outcome (so that no
+/// write outlives its caller's error or panic, and no thread holds the
+/// index after).
+#[derive(Debug)]
+#[must_use = "the batch is durable only once `wait` returns Ok"]
+pub struct PendingWrite {
+    thread: Option<std::result::Result<std::thread::JoinHandle<Result<()>>, Error>>,
+}
+
+impl PendingWrite {
+    /// Waits until the batch is durable, or its write failed.
+    pub fn wait(mut self) -> Result<()> {
+        Self::join(self.thread.take())
+    }
+
+    fn join(
+        thread: Option<std::result::Result<std::thread::JoinHandle<Result<()>>, Error>>,
+    ) -> Result<()> {
+        match thread {
+            None => Ok(()),
+            Some(Err(e)) => Err(e),
+            Some(Ok(handle)) => handle
+                .join()
+                .unwrap_or_else(|_| Err(Error::Index("the index writer panicked".into()))),
+        }
+    }
+}
+
+impl Drop for PendingWrite {
+    fn drop(&mut self) {
+        let _ = Self::join(self.thread.take());
     }
 }
 
@@ -651,29 +1282,29 @@ impl SearchIndex {
 
     /// Writes a batch durably (synced WAL).
     pub fn write(&self, batch: &IndexBatch) -> Result<()> {
+        self.write_prepared(self.prepare(batch))
+    }
+
+    /// Writes a prepared batch durably (synced WAL).
+    pub fn write_prepared(&self, batch: PreparedBatch) -> Result<()> {
+        if let Some(wb) = batch.0 {
+            self.inner.db.write_opt(wb, &self.write_options())?;
+        }
+        Ok(())
+    }
+
+    /// A batch encoded for writing: its posting operands (the shares
+    /// merged, encoded) and its meta updates. This part of a write needs
+    /// no order: a caller prepares the next batch while the previous one
+    /// is being written ([`SearchIndex::write_in_background`]).
+    pub fn prepare(&self, batch: &IndexBatch) -> PreparedBatch {
         if batch.is_empty() {
-            return Ok(());
+            return PreparedBatch(None);
         }
         let account = batch.account;
         let (post, meta) = (self.cf(CF_POSTINGS), self.cf(CF_META));
         let mut wb = WriteBatch::default();
-        // Sorted keys: the memtable inserts them along one path.
-        let mut entries: Vec<(Vec<u8>, u32)> = batch
-            .terms
-            .iter()
-            .map(|(k, &idx)| {
-                let mut key = Vec::with_capacity(k.len() + 5);
-                key.extend_from_slice(&account.0.to_be_bytes());
-                key.extend_from_slice(&k[1..]);
-                key.push(0);
-                key.push(k[0]);
-                (key, idx)
-            })
-            .collect();
-        entries.sort_unstable();
-        for (key, idx) in &entries {
-            wb.merge_cf(post, key, batch.builders[*idx as usize].encode());
-        }
+        batch.write_postings(&mut wb, post);
         let bitmap = |ids: &[DocumentId]| postings::bitmap_bytes(&ids.iter().copied().collect());
         if !batch.indexed.is_empty() {
             wb.merge_cf(
@@ -719,8 +1350,25 @@ impl SearchIndex {
             Some(None) => wb.delete_cf(meta, meta_key(META_REBUILD, account)),
             None => {}
         }
-        self.inner.db.write_opt(wb, &self.write_options())?;
-        Ok(())
+        PreparedBatch(Some(wb))
+    }
+
+    /// [`SearchIndex::write_prepared`] on a thread of its own, so that the
+    /// caller can analyze and prepare the next batch meanwhile (on two
+    /// cores, RocksDB's memtable inserts and the WAL sync of one batch
+    /// overlap the next one's analysis and encoding). The batch is durable only
+    /// once [`PendingWrite::wait`] returns `Ok`: a caller waits before it
+    /// acts on that (removing queue entries, reporting progress) and
+    /// before it writes the next batch of the same account, so that
+    /// batches land in order (a rebuild's cursor only moves forward).
+    pub fn write_in_background(&self, batch: PreparedBatch) -> PendingWrite {
+        let index = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tern-index-write".into())
+            .spawn(move || index.write_prepared(batch));
+        PendingWrite {
+            thread: Some(spawned.map_err(|e| Error::Index(format!("cannot start a writer: {e}")))),
+        }
     }
 
     /// Removes everything indexed for `account` and, when `rebuild` is

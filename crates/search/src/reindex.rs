@@ -3,8 +3,10 @@
 //! A rebuild of an account clears its index and records a cursor in the
 //! index (in the same durable write), then walks the account's emails in
 //! id order as a chain of short read transactions, writing each batch of
-//! documents together with the new cursor. Interrupted, it resumes from
-//! the cursor (the indexer resumes unfinished rebuilds when it starts).
+//! documents together with the new cursor (in the background while the
+//! next batch is read and analyzed; one write at a time, in order).
+//! Interrupted, it resumes from the cursor (the indexer resumes
+//! unfinished rebuilds when it starts).
 //! The queue keeps working meanwhile: an email indexed by both is
 //! indexed once ([`crate::postings::merge`] is idempotent), and a
 //! destroyed email is in the deleted set whichever wrote first.
@@ -14,7 +16,7 @@ use tern_store::{AccountId, DocumentId, MailStore, blob};
 
 use crate::Result;
 use crate::doc::Document;
-use crate::index::{IndexBatch, SearchIndex};
+use crate::index::{IndexBatch, PendingWrite, SearchIndex};
 
 /// Emails read per page.
 const PAGE: usize = 256;
@@ -122,7 +124,7 @@ pub(crate) fn rebuild_account(
         }
     };
     let total = count_emails(store, account)?;
-    let mut done = match cursor {
+    let done = match cursor {
         None => 0,
         Some(_) => index.live(account)?.len(),
     };
@@ -135,6 +137,19 @@ pub(crate) fn rebuild_account(
     };
     progress(report);
     let mut indexed = 0;
+    // The previous batch, written while this one is read and analyzed;
+    // it is durable (and reported) before this one is written.
+    let mut pending: Option<(PendingWrite, u64)> = None;
+    let mut landed = |pending: Option<(PendingWrite, u64)>, report: &mut Progress| -> Result<()> {
+        if let Some((write, documents)) = pending {
+            write.wait()?;
+            indexed += documents;
+            report.done += documents;
+            report.total = total.max(report.done);
+            progress(*report);
+        }
+        Ok(())
+    };
     loop {
         let page = store
             .kv()
@@ -162,13 +177,13 @@ pub(crate) fn rebuild_account(
         let refs: Vec<(DocumentId, &Document)> = docs.iter().map(|(i, d)| (*i, d)).collect();
         batch.add_all(&refs);
         batch.set_rebuild_cursor(cursor);
-        index.write(&batch)?;
-        done += batch.documents() as u64;
-        indexed += batch.documents() as u64;
-        report.done = done;
-        report.total = total.max(done);
-        progress(report);
+        let documents = batch.documents() as u64;
+        let prepared = index.prepare(&batch);
+        drop(batch);
+        landed(pending.take(), &mut report)?;
+        pending = Some((index.write_in_background(prepared), documents));
     }
+    landed(pending, &mut report)?;
     let mut finish = IndexBatch::new(account);
     finish.set_rebuild_cursor(None);
     index.write(&finish)?;

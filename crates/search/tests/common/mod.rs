@@ -1,6 +1,8 @@
 //! A store and an index in a temporary directory, with the test corpus.
 #![allow(dead_code)]
 
+pub mod spamassassin;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
