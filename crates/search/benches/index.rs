@@ -17,11 +17,10 @@
 //! 1. parse every raw message into a `Document` (not part of the indexing
 //!    figures: both engines get the same parsed documents);
 //! 2. tern-search: `IndexBatch::add_all` of 1 000 documents at a time
-//!    (two analysis threads on two cores), each batch encoded
-//!    (`SearchIndex::prepare`) and written with a synced WAL in the
-//!    background while the next one is analyzed and encoded
-//!    (`SearchIndex::write_in_background`, one write at a time, as `tern
-//!    reindex` does), then a full compaction; size of the RocksDB;
+//!    (two analysis threads on two cores), each batch encoded and
+//!    written durably in the background, in order, while the next ones
+//!    are analyzed (`SearchIndex::batch_writer`, as `tern reindex` does),
+//!    then a full compaction; size of the RocksDB;
 //! 3. tantivy: the same fields as `TEXT` (positions, frequencies), default
 //!    writer (one thread per core), commit, merges; size of its directory;
 //! 4. one-term queries over every field: 1 000 terms drawn from the
@@ -58,7 +57,6 @@ use tantivy::query::{BooleanQuery, Occur, TermQuery};
 use tantivy::schema::{IndexRecordOption, Schema, TEXT};
 use tantivy::{IndexWriter, TantivyDocument, Term};
 use tern_search::analyze::{Analyzer, TokenKind};
-use tern_search::index::PendingWrite;
 use tern_search::{
     Document, IndexBatch, IndexOptions, Indexer, IndexerConfig, Query, SearchIndex, TextField,
 };
@@ -302,13 +300,12 @@ fn main() {
     let account = AccountId(1);
     let tern_path = work.path().join("tern");
     let index = SearchIndex::open_with(&tern_path, IndexOptions::default()).expect("open index");
-    // As `tern reindex` does (reindex.rs): each batch is analyzed and
-    // prepared while the previous one is written in the background, one
-    // write at a time.
+    // As `tern reindex` does (reindex.rs): batches are encoded and
+    // written in the background, in order, while the next is analyzed.
     let cpu_started = cpu_seconds();
     let started = Instant::now();
     let mut waiting = Duration::ZERO;
-    let mut pending: Option<PendingWrite> = None;
+    let mut writer = index.batch_writer().expect("writer");
     for (chunk_no, chunk) in docs.chunks(BATCH).enumerate() {
         let mut batch = IndexBatch::new(account);
         let refs: Vec<(u32, &Document)> = chunk
@@ -317,19 +314,12 @@ fn main() {
             .map(|(i, d)| ((chunk_no * BATCH + i) as u32, d))
             .collect();
         batch.add_all(&refs);
-        let prepared = index.prepare(&batch);
-        drop(batch);
         let wait_started = Instant::now();
-        if let Some(write) = pending.take() {
-            write.wait().expect("write");
-        }
+        writer.submit(batch, 0).expect("write");
         waiting += wait_started.elapsed();
-        pending = Some(index.write_in_background(prepared));
     }
     let wait_started = Instant::now();
-    if let Some(write) = pending.take() {
-        write.wait().expect("write");
-    }
+    writer.finish().expect("write");
     waiting += wait_started.elapsed();
     let tern_index = started.elapsed();
     let tern_cpu = cpu_seconds() - cpu_started;

@@ -4,7 +4,7 @@
 //! index (in the same durable write), then walks the account's emails in
 //! id order as a chain of short read transactions, writing each batch of
 //! documents together with the new cursor (in the background while the
-//! next batch is read and analyzed; one write at a time, in order).
+//! next batch is read and analyzed, in order: [`crate::index::BatchWriter`]).
 //! Interrupted, it resumes from the cursor (the indexer resumes
 //! unfinished rebuilds when it starts).
 //! The queue keeps working meanwhile: an email indexed by both is
@@ -16,10 +16,13 @@ use tern_store::{AccountId, DocumentId, MailStore, blob};
 
 use crate::Result;
 use crate::doc::Document;
-use crate::index::{IndexBatch, PendingWrite, SearchIndex};
+use crate::index::{IndexBatch, SearchIndex};
 
-/// Emails read per page.
-const PAGE: usize = 256;
+/// Emails read per page (one page is one batch unless its text reaches
+/// [`BATCH_TEXT_BYTES`] first). Batches of 1,000 documents index about
+/// twice as fast as batches of 256 (the index bench): fewer, larger
+/// posting operands per term.
+const PAGE: usize = 1000;
 /// A batch is written once its documents hold this much text.
 const BATCH_TEXT_BYTES: usize = 16 << 20;
 
@@ -137,18 +140,16 @@ pub(crate) fn rebuild_account(
     };
     progress(report);
     let mut indexed = 0;
-    // The previous batch, written while this one is read and analyzed;
-    // it is durable (and reported) before this one is written.
-    let mut pending: Option<(PendingWrite, u64)> = None;
-    let mut landed = |pending: Option<(PendingWrite, u64)>, report: &mut Progress| -> Result<()> {
-        if let Some((write, documents)) = pending {
-            write.wait()?;
+    // Earlier batches are written in order while this one is read and
+    // analyzed; each is reported once durable.
+    let mut writer = index.batch_writer()?;
+    let mut landed = |batches: Vec<u64>, report: &mut Progress| {
+        for documents in batches {
             indexed += documents;
             report.done += documents;
             report.total = total.max(report.done);
             progress(*report);
         }
-        Ok(())
     };
     loop {
         let page = store
@@ -178,12 +179,9 @@ pub(crate) fn rebuild_account(
         batch.add_all(&refs);
         batch.set_rebuild_cursor(cursor);
         let documents = batch.documents() as u64;
-        let prepared = index.prepare(&batch);
-        drop(batch);
-        landed(pending.take(), &mut report)?;
-        pending = Some((index.write_in_background(prepared), documents));
+        landed(writer.submit(batch, documents)?, &mut report);
     }
-    landed(pending, &mut report)?;
+    landed(writer.finish()?, &mut report);
     let mut finish = IndexBatch::new(account);
     finish.set_rebuild_cursor(None);
     index.write(&finish)?;
