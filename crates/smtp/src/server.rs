@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use tern_store::watched::WatchedCache;
 use tern_store::{
     DeliverOptions, Envelope as StoreEnvelope, EnvelopeRecipient, Folder, MailStore, QuotaPolicy,
     Recipient,
@@ -27,6 +28,9 @@ use crate::session::{
     Action, Answer, BodyType, Envelope, Incoming, ListenerKind, RecipientLookup, Session,
     SessionConfig, Step,
 };
+
+/// Accounts whose vacation window is kept in memory.
+const VACATION_CACHE: usize = 1024;
 
 /// A bound SMTP server, not yet accepting. [`SmtpServer::run`] accepts.
 pub struct SmtpServer {
@@ -54,6 +58,11 @@ struct Shared {
     /// Spam and virus filtering (crate::spam).
     filter: crate::spam::Filter,
     sessions: [Arc<SessionConfig>; 3],
+    /// Recipients' vacation windows, kept until their VacationResponse
+    /// changes: a delivery checks whether a reply is owed without a read.
+    vacations: Arc<tern_store::vacation::VacationCache>,
+    /// Local domains, addresses and quotas, for RCPT.
+    directory: Arc<Directory>,
     /// Work started off a reply's path (vacation auto-replies): `run`
     /// waits for it before returning, so nothing holds the store after.
     background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -151,6 +160,8 @@ impl SmtpServer {
             limits: limits.clone(),
             checker,
             background: std::sync::Mutex::default(),
+            vacations: Arc::new(tern_store::vacation::VacationCache::new(VACATION_CACHE)),
+            directory: Arc::new(Directory::default()),
             sessions: [
                 session(ListenerKind::Mx),
                 session(ListenerKind::Submission),
@@ -472,7 +483,8 @@ async fn perform(shared: &Shared, action: Action) -> Answer {
             }
         }
         Action::CheckRecipient { address, size } => {
-            match blocking(move || lookup_recipient(&store, &address, size)).await {
+            let directory = Arc::clone(&shared.directory);
+            match blocking(move || lookup_recipient(&store, &directory, &address, size)).await {
                 Ok(found) => Answer::Recipient(found),
                 Err(err) => {
                     tracing::warn!(error = %err, "recipient lookup failed");
@@ -484,67 +496,109 @@ async fn perform(shared: &Shared, action: Action) -> Answer {
     }
 }
 
+/// Local domains, addresses and quota limits as RCPT finds them, kept in
+/// memory until a commit writes their keys (store watches, see
+/// [`tern_store::watched`]): a recipient costs one read, its account's
+/// used bytes, which every delivery changes. Only what was found is kept
+/// (unknown domains and addresses are read each time), so adding a
+/// domain, an account or an alias, or removing one, shows at the next
+/// RCPT.
+struct Directory {
+    domains: WatchedCache<String, bool>,
+    addresses: WatchedCache<String, Option<tern_store::AccountId>>,
+    /// An account's quota, `None` for an account that is gone.
+    quotas: WatchedCache<tern_store::AccountId, Option<u64>>,
+}
+
+/// Entries of the [`Directory`]'s address and quota caches (each entry
+/// is a watch in the backend; FoundationDB allows 10,000 per process by
+/// default, and a refused watch only means a read at every lookup).
+const DIRECTORY_CACHE: usize = 1024;
+
+impl Default for Directory {
+    fn default() -> Self {
+        Self {
+            domains: WatchedCache::new(256),
+            addresses: WatchedCache::new(DIRECTORY_CACHE),
+            quotas: WatchedCache::new(DIRECTORY_CACHE),
+        }
+    }
+}
+
 /// Where `address` leads, and whether its mailbox has room for `size`
-/// bytes: one snapshot of the store.
+/// bytes: the address from the [`Directory`], the used bytes read.
 fn lookup_recipient(
     store: &MailStore,
+    directory: &Directory,
     address: &str,
     size: usize,
 ) -> tern_store::Result<RecipientLookup> {
-    use tern_store::account;
-    store
-        .kv()
-        .read(|tx| -> tern_store::Result<RecipientLookup> {
-            let found = if address.eq_ignore_ascii_case("postmaster") {
-                // RFC 5321 §4.5.1: "postmaster" without a domain must be
-                // accepted; it goes to the first domain's postmaster.
-                let mut found = None;
-                for domain in account::list_domains(tx)? {
-                    let Ok(postmaster) =
-                        account::normalize_address(&format!("postmaster@{domain}"))
-                    else {
-                        continue;
-                    };
-                    found = account::lookup_address(tx, &postmaster)?;
-                    if found.is_some() {
-                        break;
-                    }
-                }
-                found
-            } else {
-                let Some((_, domain)) = address.rsplit_once('@') else {
-                    return Ok(RecipientLookup::NotLocal);
+    use tern_store::{account, keys};
+    let kv = store.kv();
+    let found = if address.eq_ignore_ascii_case("postmaster") {
+        // RFC 5321 §4.5.1: "postmaster" without a domain must be
+        // accepted; it goes to the first domain's postmaster.
+        kv.read(|tx| -> tern_store::Result<_> {
+            for domain in account::list_domains(tx)? {
+                let Ok(postmaster) = account::normalize_address(&format!("postmaster@{domain}"))
+                else {
+                    continue;
                 };
-                let Ok(domain) = account::normalize_domain(domain) else {
-                    return Ok(RecipientLookup::NotLocal);
-                };
-                if !account::is_local_domain(tx, &domain)? {
-                    return Ok(RecipientLookup::NotLocal);
+                if let Some(id) = account::lookup_address(tx, &postmaster)? {
+                    return Ok(Some(id));
                 }
-                match account::normalize_address(address) {
-                    Ok(address) => account::lookup_address(tx, &address)?,
-                    Err(_) => None,
-                }
-            };
-            let Some(id) = found else {
-                return Ok(RecipientLookup::UnknownUser);
-            };
-            let Some(record) = account::get_account(tx, id)? else {
-                return Ok(RecipientLookup::UnknownUser);
-            };
-            let (used, limit, size) = (
-                account::used_bytes(tx, id)?,
-                record.quota_bytes,
-                size as u64,
-            );
-            Ok(if size > limit {
-                RecipientLookup::TooBigForMailbox
-            } else if used >= limit || used.saturating_add(size) > limit {
-                RecipientLookup::MailboxFull
-            } else {
-                RecipientLookup::Local(id)
-            })
-        })
+            }
+            Ok(None)
+        })?
+    } else {
+        let Some((_, domain)) = address.rsplit_once('@') else {
+            return Ok(RecipientLookup::NotLocal);
+        };
+        let Ok(domain) = account::normalize_domain(domain) else {
+            return Ok(RecipientLookup::NotLocal);
+        };
+        let local = directory.domains.get_kept(
+            kv,
+            &domain,
+            &keys::domain(&domain),
+            |tx| account::is_local_domain(tx, &domain),
+            |&local| local,
+        )?;
+        if !local {
+            return Ok(RecipientLookup::NotLocal);
+        }
+        match account::normalize_address(address) {
+            Ok(address) => directory.addresses.get_kept(
+                kv,
+                &address,
+                &keys::address(&address),
+                |tx| account::lookup_address(tx, &address),
+                Option::is_some,
+            )?,
+            Err(_) => None,
+        }
+    };
+    let Some(id) = found else {
+        return Ok(RecipientLookup::UnknownUser);
+    };
+    let limit = directory.quotas.get_kept(
+        kv,
+        &id,
+        &keys::acct(id, keys::family::RECORD).build(),
+        |tx| Ok(account::get_account(tx, id)?.map(|r| r.quota_bytes)),
+        Option::is_some,
+    )?;
+    let Some(limit) = limit else {
+        return Ok(RecipientLookup::UnknownUser);
+    };
+    let (used, size) = (kv.read(|tx| account::used_bytes(tx, id))?, size as u64);
+    Ok(if size > limit {
+        RecipientLookup::TooBigForMailbox
+    } else if used >= limit || used.saturating_add(size) > limit {
+        RecipientLookup::MailboxFull
+    } else {
+        RecipientLookup::Local(id)
+    })
 }
 
 fn transaction_id() -> String {
@@ -585,6 +639,7 @@ async fn deliver(shared: &Shared, incoming: Incoming) -> Reply {
     // The rest blocks (the spam score reads the accounts' models, the
     // store waits for its commit): one hand-off to the blocking pool.
     let (store, hostname) = (shared.store.clone(), shared.hostname.clone());
+    let vacations = Arc::clone(&shared.vacations);
     let junk = verdict == Verdict::Quarantine;
     let screened_at = Instant::now();
     let job = move || {
@@ -599,7 +654,7 @@ async fn deliver(shared: &Shared, incoming: Incoming) -> Reply {
                 handed: Instant::now(),
             },
         };
-        accepted.store(&store, &hostname, screened)
+        accepted.store(&store, &vacations, &hostname, screened)
     };
     let (reply, autoreply) = match tokio::task::spawn_blocking(job).await {
         Ok(done) => done,
@@ -683,6 +738,7 @@ impl Accepted {
     fn store(
         self,
         store: &MailStore,
+        vacations: &tern_store::vacation::VacationCache,
         hostname: &str,
         screened: crate::spam::Screened,
     ) -> (Reply, Option<AutoReplies>) {
@@ -757,7 +813,9 @@ impl Accepted {
                     "message delivered"
                 );
                 // Only accounts with a vacation response on are owed a
-                // reply (one read each; the reply itself is built later).
+                // reply (from the cache, a read when the account's
+                // VacationResponse changed; the reply itself is built
+                // later).
                 let accounts: Vec<_> = if junk {
                     Vec::new()
                 } else {
@@ -766,7 +824,7 @@ impl Accepted {
                         .filter(|r| !filtered.junk.contains(&r.account))
                         .map(|r| r.account)
                         .filter(|&a| {
-                            tern_store::vacation::is_on(store, a).unwrap_or_else(|err| {
+                            vacations.is_on(store, a).unwrap_or_else(|err| {
                                 tracing::warn!(error = %err, "vacation lookup failed");
                                 false
                             })

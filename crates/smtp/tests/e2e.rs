@@ -933,3 +933,92 @@ async fn implicit_tls_refusal_is_a_421_inside_tls() {
     drop(held);
     server.shutdown().await;
 }
+
+// ------------------------------------------------------- directory cache ---
+
+/// The reply to `RCPT TO:<to>` on the MX listener.
+async fn rcpt(addr: SocketAddr, to: &str) -> String {
+    let mut c = Raw::connect(addr).await;
+    c.reply().await;
+    c.send(
+        format!(
+            "EHLO client.example.org\r\nMAIL FROM:<x@client.example.org>\r\nRCPT TO:<{to}>\r\nQUIT\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    c.reply().await;
+    c.reply().await;
+    c.reply().await
+}
+
+/// The server keeps domains, addresses and quotas RCPT found in memory
+/// (until a commit writes them): every change made while it runs shows at
+/// the next RCPT, each after the old answer was cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rcpt_sees_accounts_aliases_domains_and_quotas_change_while_running() {
+    let server = start(None, |_| {}).await;
+    let store = server.store.clone();
+    let blocking = |f: Box<dyn FnOnce(&MailStore) + Send>| {
+        let store = store.clone();
+        async move {
+            tokio::task::spawn_blocking(move || f(&store))
+                .await
+                .unwrap()
+        }
+    };
+    let code = |reply: String| reply[..3].to_owned();
+    let mx = server.mx;
+    for _ in 0..2 {
+        assert_eq!(code(rcpt(mx, "carol@example.com").await), "550");
+        assert_eq!(code(rcpt(mx, "carol@other.test").await), "554");
+        assert_eq!(code(rcpt(mx, ALICE.0).await), "250");
+    }
+    // A new account and a new domain are accepted at once.
+    blocking(Box::new(|s| {
+        s.create_account("carol@example.com", "pw").unwrap();
+        s.add_domain("other.test").unwrap();
+        s.create_account("carol@other.test", "pw").unwrap();
+    }))
+    .await;
+    assert_eq!(code(rcpt(mx, "carol@example.com").await), "250");
+    assert_eq!(code(rcpt(mx, "carol@other.test").await), "250");
+    // An alias (an address key leading to an account) likewise, and its
+    // removal.
+    let alias = |add: bool| -> Box<dyn FnOnce(&MailStore) + Send> {
+        Box::new(move |s: &MailStore| {
+            s.kv()
+                .transact(|tx| -> tern_store::Result<()> {
+                    let key = tern_store::keys::address("caro@example.com");
+                    if add {
+                        let id = tx
+                            .get(&tern_store::keys::address("carol@example.com"))?
+                            .unwrap();
+                        tx.set(&key, &id)?;
+                    } else {
+                        tx.clear(&key)?;
+                    }
+                    Ok(())
+                })
+                .unwrap()
+        })
+    };
+    assert_eq!(code(rcpt(mx, "caro@example.com").await), "550");
+    blocking(alias(true)).await;
+    assert_eq!(code(rcpt(mx, "caro@example.com").await), "250");
+    assert_eq!(code(rcpt(mx, "caro@example.com").await), "250");
+    blocking(alias(false)).await;
+    assert_eq!(code(rcpt(mx, "caro@example.com").await), "550");
+    // A removed account is refused, its other addresses with it.
+    blocking(alias(true)).await;
+    assert_eq!(code(rcpt(mx, "caro@example.com").await), "250");
+    blocking(Box::new(|s| s.remove_account("carol@example.com").unwrap())).await;
+    assert_eq!(code(rcpt(mx, "carol@example.com").await), "550");
+    assert_eq!(code(rcpt(mx, "caro@example.com").await), "550");
+    // A quota lowered below what the mailbox holds: full at once.
+    set_quota(&server.store, ALICE.0, 0).await;
+    assert_eq!(code(rcpt(mx, ALICE.0).await), "452");
+    set_quota(&server.store, ALICE.0, 1 << 30).await;
+    assert_eq!(code(rcpt(mx, ALICE.0).await), "250");
+    server.shutdown().await;
+}

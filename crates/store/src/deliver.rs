@@ -14,12 +14,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::changes::Writer;
 use crate::envelope::{self, Envelope};
 use crate::error::{Error, Result};
+use crate::handoff::{self, Sender};
 use crate::kv::Kv;
 use crate::parse::ParsedMessage;
 use crate::types::{AccountId, BlobHash, DataType, DocumentId};
@@ -170,7 +170,9 @@ impl Combiner {
             .min()
             .unwrap_or(AccountId(0));
         let job = Arc::new(job);
-        let (reply, wait): (Sender<Message>, Receiver<Message>) = crossbeam_channel::bounded(1);
+        // The wait parks at once (see `handoff`): a dozen waiting
+        // deliveries spinning would take the CPU from their leader.
+        let (reply, wait) = handoff::channel();
         let lead = {
             let mut lanes = self.lanes.lock();
             let s = lanes.entry(lane).or_default();
@@ -189,9 +191,14 @@ impl Combiner {
                 }
             }
         }
-        // Leading the lane: store batches until our own job is answered,
-        // then hand the rest of the lane's queue to its next waiter. (A
-        // lane's entry lives while it has a leader.)
+        // Leading the lane: store batches until our own job is answered;
+        // then (or when unwinding) the lead passes to the lane's next
+        // waiter. (A lane's entry lives while it has a leader.)
+        let _leadership = LaneLeadership {
+            combiner: self,
+            lane,
+            own: &job,
+        };
         loop {
             let batch = {
                 let mut lanes = self.lanes.lock();
@@ -201,17 +208,35 @@ impl Combiner {
                     .unwrap_or_default()
             };
             run_batch(kv, batch);
-            if let Ok(Message::Done(r)) = wait.try_recv() {
-                let mut lanes = self.lanes.lock();
-                match lanes.get(&lane).and_then(|s| s.queue.first()) {
-                    Some(next) => {
-                        let _ = next.reply.send(Message::Lead);
-                    }
-                    None => {
-                        lanes.remove(&lane);
-                    }
-                }
+            if let Some(Message::Done(r)) = wait.try_recv() {
                 return r;
+            }
+        }
+    }
+}
+
+/// Held by a lane's leader; on release (also when unwinding) passes the
+/// lead to the oldest job waiting in the lane, or removes the lane when
+/// none waits.
+struct LaneLeadership<'a> {
+    combiner: &'a Combiner,
+    lane: AccountId,
+    /// The leader's own job: if the leader unwinds before storing it, it
+    /// leaves the queue with the leader (its caller is gone).
+    own: &'a Arc<Job>,
+}
+
+impl Drop for LaneLeadership<'_> {
+    fn drop(&mut self) {
+        let mut lanes = self.combiner.lanes.lock();
+        let Some(s) = lanes.get_mut(&self.lane) else {
+            return;
+        };
+        s.queue.retain(|q| !Arc::ptr_eq(&q.job, self.own));
+        match s.queue.first() {
+            Some(next) => next.reply.send(Message::Lead),
+            None => {
+                lanes.remove(&self.lane);
             }
         }
     }
@@ -241,17 +266,17 @@ fn run_batch(kv: &Kv, batch: Vec<Queued>) {
     }) {
         Ok(outcomes) => {
             for (q, outcome) in batch.iter().zip(outcomes) {
-                let _ = q.reply.send(Message::Done(Ok(outcome)));
+                q.reply.send(Message::Done(Ok(outcome)));
             }
         }
         Err(e) if batch.len() == 1 => {
-            let _ = batch[0].reply.send(Message::Done(Err(e)));
+            batch[0].reply.send(Message::Done(Err(e)));
         }
         Err(_) => {
             // Isolate the failing job: store each on its own.
             for q in &batch {
                 let r = kv.transact(|tx| store_job(tx, &q.job, &mut Roles::default()));
-                let _ = q.reply.send(Message::Done(r));
+                q.reply.send(Message::Done(r));
             }
         }
     }

@@ -21,6 +21,7 @@ pub mod dkim;
 pub mod email;
 pub mod envelope;
 mod error;
+mod handoff;
 pub mod keys;
 pub mod kv;
 pub mod mailbox;
@@ -30,6 +31,7 @@ pub mod queue;
 pub mod spam;
 mod types;
 pub mod vacation;
+pub mod watched;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -127,6 +127,12 @@ pub fn allocated(
     Ok(tx.get_counter(&k)?.clamp(0, u32::MAX as i64) as u32)
 }
 
+/// The key of the singleton object of type `t` (a watch on it fires when
+/// the object is written).
+pub(crate) fn singleton_key(account: AccountId, t: DataType) -> Vec<u8> {
+    key(account, t as u8, 0)
+}
+
 /// The singleton object of type `t` (at `0x14 ++ t ++ 0`), if it was ever
 /// written.
 pub fn get_singleton(

@@ -27,6 +27,7 @@ use crate::error::Result;
 use crate::keys;
 use crate::kv::Transaction;
 use crate::types::{AccountId, DataType};
+use crate::watched::WatchedCache;
 use crate::{MailStore, account, changes, now, object, parse, queue};
 
 /// How long after replying to a sender no further reply goes to them
@@ -63,22 +64,57 @@ struct Vacation {
     state: u64,
 }
 
-fn active_vacation(
+/// The account's VacationResponse object, if it is enabled.
+fn enabled(
     tx: &mut Transaction<'_>,
     account: AccountId,
-    at: i64,
-) -> Result<Option<Vacation>> {
+) -> Result<Option<serde_json::Map<String, Value>>> {
     let Some(bytes) = object::get_singleton(tx, account, DataType::VacationResponse)? else {
         return Ok(None);
     };
     let Ok(Value::Object(v)) = serde_json::from_slice::<Value>(&bytes) else {
         return Ok(None);
     };
-    if v.get("isEnabled") != Some(&Value::Bool(true)) {
-        return Ok(None);
+    Ok((v.get("isEnabled") == Some(&Value::Bool(true))).then_some(v))
+}
+
+/// When an enabled vacation response applies: `fromDate` (inclusive) to
+/// `toDate` (exclusive), unix seconds, either open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+impl Window {
+    fn of(v: &serde_json::Map<String, Value>) -> Window {
+        let date = |k: &str| v.get(k).and_then(Value::as_str).and_then(parse_utc_date);
+        Window {
+            from: date("fromDate"),
+            to: date("toDate"),
+        }
     }
-    let date = |k: &str| v.get(k).and_then(Value::as_str).and_then(parse_utc_date);
-    if date("fromDate").is_some_and(|from| at < from) || date("toDate").is_some_and(|to| at >= to) {
+
+    /// Whether the response is on at `at`.
+    pub fn covers(&self, at: i64) -> bool {
+        !(self.from.is_some_and(|from| at < from) || self.to.is_some_and(|to| at >= to))
+    }
+}
+
+/// The window of `account`'s vacation response, if it is enabled.
+pub fn window(tx: &mut Transaction<'_>, account: AccountId) -> Result<Option<Window>> {
+    Ok(enabled(tx, account)?.map(|v| Window::of(&v)))
+}
+
+fn active_vacation(
+    tx: &mut Transaction<'_>,
+    account: AccountId,
+    at: i64,
+) -> Result<Option<Vacation>> {
+    let Some(v) = enabled(tx, account)? else {
+        return Ok(None);
+    };
+    if !Window::of(&v).covers(at) {
         return Ok(None);
     }
     let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
@@ -144,8 +180,31 @@ pub fn is_on(store: &MailStore, account: AccountId) -> Result<bool> {
     let at = now();
     Ok(store
         .kv()
-        .read(|tx| active_vacation(tx, account, at))?
-        .is_some())
+        .read(|tx| window(tx, account))?
+        .is_some_and(|w| w.covers(at)))
+}
+
+/// Accounts' vacation windows kept in memory until their VacationResponse
+/// is written (a store watch, see [`crate::watched`]): [`is_on`] for every
+/// delivered message without a store read.
+#[derive(Debug)]
+pub struct VacationCache(WatchedCache<AccountId, Option<Window>>);
+
+impl VacationCache {
+    /// A cache of at most `capacity` accounts.
+    pub fn new(capacity: usize) -> Self {
+        Self(WatchedCache::new(capacity))
+    }
+
+    /// [`is_on`], from the cache while the account's VacationResponse is
+    /// unchanged.
+    pub fn is_on(&self, store: &MailStore, account: AccountId) -> Result<bool> {
+        let key = object::singleton_key(account, DataType::VacationResponse);
+        let window = self
+            .0
+            .get(store.kv(), &account, &key, |tx| window(tx, account))?;
+        Ok(window.is_some_and(|w| w.covers(now())))
+    }
 }
 
 /// Answers mail delivered to `account` from the envelope sender
@@ -336,6 +395,48 @@ mod tests {
             "From: {from}\r\nTo: away@here.test\r\nSubject: Lunch?\r\nMessage-ID: <m1@x>\r\n{extra}\r\nAre you in?\r\n"
         )
         .into_bytes()
+    }
+
+    /// The cache answers as [`is_on`] after every change of the setting
+    /// (each change is a write its watch sees), and judges the window
+    /// against the clock at each call.
+    #[test]
+    fn the_vacation_cache_follows_every_change() {
+        let (_dir, store, away, other) = setup();
+        let cache = VacationCache::new(4);
+        let both = |account| {
+            let cached = cache.is_on(&store, account).unwrap();
+            assert_eq!(cached, is_on(&store, account).unwrap());
+            cached
+        };
+        assert!(!both(away));
+        assert!(!both(away), "cached off");
+        enable(&store, away, r#"{"isEnabled": true, "subject": "Away"}"#);
+        assert!(both(away), "on after being cached off");
+        assert!(!both(other), "another account is not");
+        enable(&store, away, r#"{"isEnabled": false, "subject": "Away"}"#);
+        assert!(!both(away), "off after being cached on");
+        enable(
+            &store,
+            away,
+            r#"{"isEnabled": true, "toDate": "2001-01-01T00:00:00Z"}"#,
+        );
+        assert!(!both(away), "a window that has ended");
+        enable(
+            &store,
+            away,
+            r#"{"isEnabled": true, "fromDate": "2001-01-01T00:00:00Z"}"#,
+        );
+        assert!(both(away), "a window that has begun");
+        enable(
+            &store,
+            away,
+            r#"{"isEnabled": true, "fromDate": "2999-01-01T00:00:00Z"}"#,
+        );
+        assert!(!both(away), "a window yet to come");
+        enable(&store, other, r#"{"isEnabled": true}"#);
+        assert!(both(other));
+        assert!(!both(away));
     }
 
     #[test]

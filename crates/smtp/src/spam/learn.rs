@@ -6,9 +6,11 @@
 //! Caching: the global model is held in memory and reloaded when its
 //! generation counter changed, checked at most every
 //! [`GLOBAL_CHECK_INTERVAL`]. An account's model is small; its generation
-//! is read for every message scored for it (one read) and the model
-//! reloaded when it changed, so a user's training shows in the next
-//! message. At most [`MAX_CACHED_ACCOUNTS`] account models are kept.
+//! is kept in memory until a commit writes it (a store watch,
+//! [`tern_store::watched`]), so a message costs no store read, and the
+//! model is reloaded when the generation changed: a user's training
+//! shows in the next message. At most [`MAX_CACHED_ACCOUNTS`] account
+//! models (and generations) are kept.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use tern_store::spam::{self as store_spam, Class, Scope, Trained};
+use tern_store::watched::WatchedCache;
 use tern_store::{AccountId, MailStore, blob, email};
 
 use super::bayes::Model;
@@ -40,6 +43,10 @@ pub struct Models {
     global_checked: Mutex<Instant>,
     reloading: AtomicBool,
     accounts: Mutex<HashMap<AccountId, (Arc<Model>, Instant)>>,
+    /// Each account's model generation, until a commit writes it.
+    generations: WatchedCache<AccountId, i64>,
+    /// The model of an account that never trained.
+    empty: Arc<Model>,
 }
 
 impl Models {
@@ -52,6 +59,8 @@ impl Models {
             global_checked: Mutex::new(Instant::now()),
             reloading: AtomicBool::new(false),
             accounts: Mutex::new(HashMap::new()),
+            generations: WatchedCache::new(MAX_CACHED_ACCOUNTS),
+            empty: Arc::new(Model::new()),
         })
     }
 
@@ -95,15 +104,18 @@ impl Models {
         Ok(())
     }
 
-    /// An account's own model, current (one read when cached). Blocks.
+    /// An account's own model, current (no store read when cached and
+    /// unchanged). Blocks.
     pub fn account(&self, account: AccountId) -> tern_store::Result<Arc<Model>> {
         let scope = Scope::Account(account);
-        let generation = self
-            .store
-            .kv()
-            .read(|tx| store_spam::generation(tx, scope))?;
+        let generation = self.generations.get(
+            self.store.kv(),
+            &account,
+            &store_spam::meta_key(scope, store_spam::GENERATION),
+            |tx| store_spam::generation(tx, scope),
+        )?;
         if generation == 0 {
-            return Ok(Arc::new(Model::new()));
+            return Ok(Arc::clone(&self.empty));
         }
         {
             let mut cache = self.accounts.lock();
@@ -258,5 +270,36 @@ impl Trainer {
                 _ = shutdown.wait_for(|&stop| stop) => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPAM: &[u8] =
+        b"From: a@spam.example\r\nSubject: cheap pills\r\n\r\nBuy cheap pills now\r\n";
+
+    /// An account's model follows its training at once: the cached
+    /// generation is dropped by the training's commit.
+    #[test]
+    fn an_accounts_model_follows_its_training() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MailStore::open(dir.path()).unwrap();
+        store.add_domain("here.test").unwrap();
+        let a = store.create_account("a@here.test", "pw").unwrap();
+        let b = store.create_account("b@here.test", "pw").unwrap();
+        let models = Models::open(store.clone()).unwrap();
+        let empty = models.account(a).unwrap();
+        assert_eq!((empty.generation, empty.spam), (0, 0));
+        assert_eq!(models.account(a).unwrap().spam, 0, "cached, untrained");
+        for n in 1..=2 {
+            train_messages(&store, Scope::Account(a), Class::Spam, [SPAM], |_| {}).unwrap();
+            let model = models.account(a).unwrap();
+            assert_eq!(model.spam, n, "training {n} is seen by the next message");
+            assert!(model.generation > 0);
+            assert_eq!(models.account(a).unwrap().generation, model.generation);
+        }
+        assert_eq!(models.account(b).unwrap().spam, 0, "b's model is its own");
     }
 }

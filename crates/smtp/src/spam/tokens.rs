@@ -83,9 +83,26 @@ impl Fnv {
     }
 }
 
+/// Formatting into the hash: `write!` of a token's pieces hashes what
+/// `format!` would have built, without building it.
+impl std::fmt::Write for Fnv {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        *self = self.feed(s.as_bytes());
+        Ok(())
+    }
+}
+
 impl Sink {
     fn add(&mut self, kind: u8, text: &str) {
         self.set.insert(hash(kind, text.as_bytes()));
+    }
+
+    /// The token `format!("{args}")`, hashed as it is written.
+    fn add_fmt(&mut self, kind: u8, args: std::fmt::Arguments<'_>) {
+        let mut h = Fnv::new(kind);
+        // Writing into a hash cannot fail.
+        let _ = std::fmt::Write::write_fmt(&mut h, args);
+        self.set.insert(h.0);
     }
 
     /// The token `a b` (a space between).
@@ -109,14 +126,14 @@ pub fn tokenize(a: &Analyzed) -> Vec<u64> {
         url(&link.href, &mut sink);
     }
     for att in &a.attachments {
-        sink.add(kind::STRUCTURE, &format!("att:{}", att.content_type));
+        sink.add_fmt(kind::STRUCTURE, format_args!("att:{}", att.content_type));
         if let Some(ext) = att
             .name
             .as_deref()
             .and_then(|n| n.rsplit_once('.'))
             .map(|(_, e)| e.to_ascii_lowercase())
         {
-            sink.add(kind::STRUCTURE, &format!("ext:{ext}"));
+            sink.add_fmt(kind::STRUCTURE, format_args!("ext:{ext}"));
         }
     }
     if a.html_only {
@@ -125,16 +142,16 @@ pub fn tokenize(a: &Analyzed) -> Vec<u64> {
     if a.hidden_chars > 0 {
         sink.add(kind::STRUCTURE, "hidden-text");
     }
-    sink.add(
+    sink.add_fmt(
         kind::STRUCTURE,
-        &format!("images:{}", bucket(a.images as u64)),
+        format_args!("images:{}", bucket(a.images as u64)),
     );
-    sink.add(
+    sink.add_fmt(
         kind::STRUCTURE,
-        &format!("links:{}", bucket(a.links.len() as u64)),
+        format_args!("links:{}", bucket(a.links.len() as u64)),
     );
     for cs in &a.charsets {
-        sink.add(kind::STRUCTURE, &format!("charset:{cs}"));
+        sink.add_fmt(kind::STRUCTURE, format_args!("charset:{cs}"));
     }
     let mut out: Vec<u64> = sink.set.into_iter().collect();
     out.sort_unstable();
@@ -174,25 +191,28 @@ fn headers(a: &Analyzed, sink: &mut Sink) {
         }
         let bangs = subject.matches('!').count();
         if bangs > 0 {
-            sink.add(kind::STRUCTURE, &format!("subject-bangs:{}", bangs.min(3)));
+            sink.add_fmt(
+                kind::STRUCTURE,
+                format_args!("subject-bangs:{}", bangs.min(3)),
+            );
         }
     }
     match &a.from {
         Some(from) => {
             if let Some(addr) = &from.address {
-                sink.add(kind::FROM, &format!("addr:{addr}"));
+                sink.add_fmt(kind::FROM, format_args!("addr:{addr}"));
                 if let Some((local, domain)) = addr.rsplit_once('@') {
-                    sink.add(kind::FROM, &format!("domain:{domain}"));
+                    sink.add_fmt(kind::FROM, format_args!("domain:{domain}"));
                     let local_digits = local.chars().filter(char::is_ascii_digit).count();
-                    sink.add(
+                    sink.add_fmt(
                         kind::FROM,
-                        &format!("local-digits:{}", bucket(local_digits as u64)),
+                        format_args!("local-digits:{}", bucket(local_digits as u64)),
                     );
                 }
             }
             if let Some(name) = &from.name {
                 for w in name.split_whitespace().take(6) {
-                    sink.add(kind::FROM, &format!("name:{}", w.to_lowercase()));
+                    sink.add_fmt(kind::FROM, format_args!("name:{}", w.to_lowercase()));
                 }
             } else {
                 sink.add(kind::FROM, "no-name");
@@ -201,19 +221,19 @@ fn headers(a: &Analyzed, sink: &mut Sink) {
         None => sink.add(kind::FROM, "none"),
     }
     if let Some(reply_to) = a.reply_to.as_ref().and_then(|r| r.domain()) {
-        sink.add(kind::FROM, &format!("reply-to:{reply_to}"));
+        sink.add_fmt(kind::FROM, format_args!("reply-to:{reply_to}"));
     }
     match a.message_id.as_deref().and_then(|m| m.rsplit_once('@')) {
         Some((_, domain)) => {
             let domain = domain.trim_end_matches('>').to_lowercase();
-            sink.add(kind::HEADER_VALUE, &format!("mid-domain:{domain}"));
+            sink.add_fmt(kind::HEADER_VALUE, format_args!("mid-domain:{domain}"));
         }
         None => sink.add(kind::STRUCTURE, "no-message-id"),
     }
-    sink.add(kind::STRUCTURE, &format!("ct:{}", a.content_type));
-    sink.add(
+    sink.add_fmt(kind::STRUCTURE, format_args!("ct:{}", a.content_type));
+    sink.add_fmt(
         kind::STRUCTURE,
-        &format!("to:{}", bucket(a.recipients as u64)),
+        format_args!("to:{}", bucket(a.recipients as u64)),
     );
 }
 
@@ -255,7 +275,7 @@ fn words(text: &str, k: u8, sink: &mut Sink, max: usize, bigrams: bool) {
     let mut prev = String::new();
     let mut has_prev = false;
     let mut word = String::new();
-    for (n, raw) in text.split_whitespace().enumerate() {
+    for (n, raw) in split_whitespace(text).enumerate() {
         if n >= max {
             break;
         }
@@ -307,23 +327,24 @@ fn words(text: &str, k: u8, sink: &mut Sink, max: usize, bigrams: bool) {
         }
         if chars > 20 {
             let first = trimmed.chars().next().unwrap_or('?');
-            sink.add(
+            sink.add_fmt(
                 kind::LONG,
-                &format!("{}{}:{}", k as char, first, chars / 10),
+                format_args!("{}{}:{}", k as char, first, chars / 10),
             );
             has_prev = false;
             continue;
         }
         word.clear();
         if ascii {
-            word.extend(trimmed.bytes().map(|b| b.to_ascii_lowercase() as char));
+            word.push_str(trimmed);
+            word.make_ascii_lowercase();
         } else {
             // `str::to_lowercase`, not per char: it lowers a final sigma
             // by its context.
             word.push_str(&trimmed.to_lowercase());
         }
         if word.bytes().all(|b| b.is_ascii_digit()) {
-            sink.add(k, &format!("#num{}", word.len()));
+            sink.add_fmt(k, format_args!("#num{}", word.len()));
             has_prev = false;
             continue;
         }
@@ -334,6 +355,42 @@ fn words(text: &str, k: u8, sink: &mut Sink, max: usize, bigrams: bool) {
             }
             std::mem::swap(&mut prev, &mut word);
             has_prev = true;
+        }
+    }
+}
+
+/// `str::split_whitespace`, a byte at a time when `text` is ASCII (an
+/// ASCII character is whitespace exactly when its byte is 9 to 13 or 32).
+fn split_whitespace(text: &str) -> Words<'_> {
+    if text.is_ascii() {
+        Words::Ascii { text, pos: 0 }
+    } else {
+        Words::Any(text.split_whitespace())
+    }
+}
+
+enum Words<'a> {
+    Ascii { text: &'a str, pos: usize },
+    Any(std::str::SplitWhitespace<'a>),
+}
+
+impl<'a> Iterator for Words<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        match self {
+            Words::Any(words) => words.next(),
+            Words::Ascii { text, pos } => {
+                let bytes = text.as_bytes();
+                let space = |b: u8| matches!(b, 9..=13 | b' ');
+                let start = *pos + bytes[*pos..].iter().position(|&b| !space(b))?;
+                let end = bytes[start..]
+                    .iter()
+                    .position(|&b| space(b))
+                    .map_or(bytes.len(), |n| start + n);
+                *pos = end;
+                Some(&text[start..end])
+            }
         }
     }
 }
@@ -351,12 +408,12 @@ fn url(href: &str, sink: &mut Sink) {
         if let Some((scheme, _)) = href.split_once(':') {
             let scheme = scheme.to_ascii_lowercase();
             if scheme.len() < 12 {
-                sink.add(kind::URL, &format!("scheme:{scheme}"));
+                sink.add_fmt(kind::URL, format_args!("scheme:{scheme}"));
             }
         }
         return;
     };
-    sink.add(kind::URL, &format!("scheme:{scheme}"));
+    sink.add_fmt(kind::URL, format_args!("scheme:{scheme}"));
     if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         sink.add(kind::URL, "ip-host");
     }
@@ -520,6 +577,48 @@ Message-ID: <a@shop.example>\r\n\r\nFree FREE free! Visit https://www.shop.examp
         }
         let h = Fnv::new(kind::BIGRAM).feed(b"ab").feed(b" ").feed(b"cd");
         assert_eq!(h.0, hash(kind::BIGRAM, b"ab cd"));
+    }
+
+    /// Tokens hashed as they are formatted are the hashes of the
+    /// formatted text (trained models hold those).
+    #[test]
+    fn add_fmt_hashes_what_format_builds() {
+        let mut sink = Sink {
+            set: HashSet::default(),
+        };
+        sink.add_fmt(kind::LONG, format_args!("{}{}:{}", 'w', 'é', 3));
+        sink.add_fmt(kind::FROM, format_args!("name:{}", "zoë"));
+        sink.add_fmt(kind::WORD, format_args!("#num{}", 12));
+        sink.add_fmt(kind::STRUCTURE, format_args!("images:{}", bucket(5)));
+        let mut got: Vec<u64> = sink.set.into_iter().collect();
+        got.sort_unstable();
+        let mut want = vec![
+            hash(kind::LONG, "wé:3".as_bytes()),
+            hash(kind::FROM, "name:zoë".as_bytes()),
+            hash(kind::WORD, b"#num12"),
+            hash(kind::STRUCTURE, b"images:3"),
+        ];
+        want.sort_unstable();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn ascii_text_splits_as_split_whitespace_does() {
+        let texts = [
+            "",
+            " ",
+            "one",
+            "  two  words  ",
+            "a\tb\nc\rd\x0be\x0cf g",
+            "\x1cnot\x1fspace\x7f \x00x",
+            "trailing\n",
+            "ÀÉ mixed\u{a0}nbsp and\u{2003}em",
+        ];
+        for text in texts {
+            let ours: Vec<&str> = split_whitespace(text).collect();
+            let std: Vec<&str> = text.split_whitespace().collect();
+            assert_eq!(ours, std, "{text:?}");
+        }
     }
 
     #[test]

@@ -25,7 +25,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, DB, Direction, IteratorMode, MergeOperands,
@@ -38,6 +37,7 @@ use super::{
     Backend, Commit, Error, KeyRange, Mutation, Result, RocksOptions, ScanIter, Snapshot, Version,
     Watch, limits,
 };
+use crate::handoff::{self, Sender};
 
 /// The largest group the leader writes in one batch, in bytes.
 const MAX_GROUP_BYTES: usize = 32 << 20;
@@ -165,14 +165,23 @@ impl RocksBackend {
 
 /// Held by the leading thread; on release (also when unwinding) passes the
 /// lead to the oldest waiting commit, or ends leading when none waits.
-struct Leadership<'a>(&'a Shared);
+struct Leadership<'a> {
+    shared: &'a Shared,
+    /// The leader's own reply slot: a leader unwinding before its commit
+    /// was taken leaves the queue with it (no one would take the lead
+    /// handed to it).
+    own: &'a handoff::Receiver<Reply>,
+}
 
 impl Drop for Leadership<'_> {
     fn drop(&mut self) {
-        let mut queue = self.0.queue.lock();
+        let mut queue = self.shared.queue.lock();
+        if std::thread::panicking() {
+            queue.pending.retain(|p| !p.reply.feeds(self.own));
+        }
         match queue.pending.front() {
             Some(next) => {
-                let _ = next.reply.send(Reply::Lead);
+                next.reply.send(Reply::Lead);
             }
             None => queue.leading = false,
         }
@@ -232,7 +241,9 @@ impl Backend for RocksBackend {
         if bytes > limits::MAX_TRANSACTION_BYTES {
             return Err(Error::TransactionTooLarge(bytes));
         }
-        let (reply, wait) = crossbeam_channel::bounded(1);
+        // The wait parks at once (see `handoff`): waiting committers
+        // spinning would take the CPU from the leader they wait for.
+        let (reply, wait) = handoff::channel();
         let lead = {
             let mut queue = self.shared.queue.lock();
             queue.pending.push_back(Pending {
@@ -250,11 +261,14 @@ impl Backend for RocksBackend {
             }
         }
         // Leading: write groups until our own commit is answered.
-        let _leadership = Leadership(&self.shared);
+        let _leadership = Leadership {
+            shared: &self.shared,
+            own: &wait,
+        };
         loop {
             let group = take_group(&mut self.shared.queue.lock());
             write_group(&self.shared, group);
-            if let Ok(Reply::Done(outcome)) = wait.try_recv() {
+            if let Some(Reply::Done(outcome)) = wait.try_recv() {
                 return outcome;
             }
         }
@@ -372,7 +386,7 @@ fn write_group(shared: &Shared, group: Vec<Pending>) {
         }
     }
     for (p, e) in rejected {
-        let _ = p.reply.send(Reply::Done(Err(e)));
+        p.reply.send(Reply::Done(Err(e)));
     }
     if accepted.is_empty() {
         return;
@@ -382,7 +396,7 @@ fn write_group(shared: &Shared, group: Vec<Pending>) {
         let msg = e.into_string();
         tracing::error!(error = %msg, "commit write failed");
         for (_, p) in accepted {
-            let _ = p.reply.send(Reply::Done(Err(Error::Backend(msg.clone()))));
+            p.reply.send(Reply::Done(Err(Error::Backend(msg.clone()))));
         }
         return;
     }
@@ -392,7 +406,7 @@ fn write_group(shared: &Shared, group: Vec<Pending>) {
         history
             .entries
             .push_back((v, now, p.commit.write_conflicts));
-        let _ = p.reply.send(Reply::Done(Ok(v)));
+        p.reply.send(Reply::Done(Ok(v)));
     }
 }
 
