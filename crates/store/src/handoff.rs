@@ -55,6 +55,7 @@ impl<T> Sender<T> {
     }
 
     /// Whether this sender gives to `receiver`.
+    #[cfg(feature = "rocksdb")]
     pub(crate) fn feeds(&self, receiver: &Receiver<T>) -> bool {
         Arc::ptr_eq(&self.0, &receiver.0)
     }
@@ -123,6 +124,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "rocksdb")]
     fn a_sender_knows_its_receiver() {
         let (tx, rx) = channel::<u8>();
         let (_, other) = channel::<u8>();
