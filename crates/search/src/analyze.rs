@@ -270,7 +270,12 @@ pub fn detect_language(text: &str) -> Option<Language> {
     if looks_english(sample) {
         return Some(Language::English);
     }
-    let info = whatlang::detect(sample)?;
+    whatlang_language(whatlang::detect(sample)?, sample)
+}
+
+/// Steps 2 and 3 of [`detect_language`]: the stemming language of
+/// whatlang's answer `info` about `sample`.
+pub fn whatlang_language(info: whatlang::Info, sample: &str) -> Option<Language> {
     if info.is_reliable() {
         return Language::from_whatlang(info.lang());
     }

@@ -123,32 +123,37 @@ fn read_positions(buf: &[u8], at: &mut usize, out: &mut Vec<u32>) -> Option<()> 
 /// entries (already encoded, in the same order).
 pub fn encode(docs: &[u32], positions: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(docs.len() * 3 + positions.len() + 8);
-    if docs.len() <= SMALL_LIST {
-        out.push(TAG_LIST);
-        put_varint(&mut out, docs.len() as u32);
-        let mut prev = 0;
-        for (i, &d) in docs.iter().enumerate() {
-            put_varint(&mut out, if i == 0 { d } else { d - prev });
-            prev = d;
-        }
-    } else {
-        let bitmap =
-            RoaringBitmap::from_sorted_iter(docs.iter().copied()).expect("documents are sorted");
-        encode_bitmap(&mut out, &bitmap);
-    }
+    encode_docs(&mut out, docs);
     out.extend_from_slice(positions);
     out
 }
 
+/// The documents part of a value from sorted, unique ids: a small list
+/// or a bitmap.
+fn encode_docs(out: &mut Vec<u8>, docs: &[u32]) {
+    if docs.len() <= SMALL_LIST {
+        put_list(out, docs.len(), docs.iter().copied());
+    } else {
+        let bitmap =
+            RoaringBitmap::from_sorted_iter(docs.iter().copied()).expect("documents are sorted");
+        encode_bitmap(out, &bitmap);
+    }
+}
+
+/// A small list: its tag, its length and the ids as deltas.
+fn put_list(out: &mut Vec<u8>, len: usize, docs: impl Iterator<Item = u32>) {
+    out.push(TAG_LIST);
+    put_varint(out, len as u32);
+    let mut prev = 0;
+    for (i, d) in docs.enumerate() {
+        put_varint(out, if i == 0 { d } else { d - prev });
+        prev = d;
+    }
+}
+
 fn encode_bitmap(out: &mut Vec<u8>, bitmap: &RoaringBitmap) {
     if bitmap.len() as usize <= SMALL_LIST {
-        out.push(TAG_LIST);
-        put_varint(out, bitmap.len() as u32);
-        let mut prev = 0;
-        for (i, d) in bitmap.iter().enumerate() {
-            put_varint(out, if i == 0 { d } else { d - prev });
-            prev = d;
-        }
+        put_list(out, bitmap.len() as usize, bitmap.iter());
         return;
     }
     out.push(TAG_ROARING);
@@ -399,17 +404,8 @@ fn merge_lists(inputs: &[&[u8]]) -> Option<Vec<u8>> {
     }
     let mut out =
         Vec::with_capacity(docs.len() * 3 + positions.iter().map(|p| p.len()).sum::<usize>());
-    if docs.len() <= SMALL_LIST {
-        out.push(TAG_LIST);
-        put_varint(&mut out, docs.len() as u32);
-        let mut prev = 0;
-        for (i, &d) in docs.iter().enumerate() {
-            put_varint(&mut out, if i == 0 { d } else { d - prev });
-            prev = d;
-        }
-    } else {
-        encode_bitmap(&mut out, &RoaringBitmap::from_sorted_iter(docs).ok()?);
-    }
+    // Strictly ascending: checked while decoding above.
+    encode_docs(&mut out, &docs);
     for p in positions {
         out.extend_from_slice(p);
     }

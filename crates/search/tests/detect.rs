@@ -15,7 +15,7 @@ mod common;
 use std::time::Instant;
 
 use tern_search::Document;
-use tern_search::analyze::{Language, detect_language, looks_english};
+use tern_search::analyze::{Language, detect_language, looks_english, whatlang_language};
 use whatlang::Lang as L;
 
 /// Bytes `detect_language` samples.
@@ -29,23 +29,10 @@ fn sample(text: &str) -> &str {
     &text[..end]
 }
 
-/// The stemming language by `detector` alone: its language when reliable,
-/// English for an unreliable Latin sample with letters ≥ 97 % ASCII.
+/// The stemming language by `detector` alone (no English test first).
 fn by_whatlang(detector: &whatlang::Detector, text: &str) -> Option<Language> {
     let sample = sample(text);
-    let info = detector.detect(sample)?;
-    if info.is_reliable() {
-        return Language::from_whatlang(info.lang());
-    }
-    if info.script() != whatlang::Script::Latin {
-        return None;
-    }
-    let (mut ascii, mut letters) = (0usize, 0usize);
-    for c in sample.chars().filter(|c| c.is_alphabetic()) {
-        letters += 1;
-        ascii += c.is_ascii() as usize;
-    }
-    (letters > 0 && ascii * 100 >= letters * 97).then_some(Language::English)
+    whatlang_language(detector.detect(sample)?, sample)
 }
 
 /// The texts `Document::texts` detects a language for.
