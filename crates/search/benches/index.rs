@@ -16,11 +16,13 @@
 //! Phases:
 //! 1. parse every raw message into a `Document` (not part of the indexing
 //!    figures: both engines get the same parsed documents);
-//! 2. tern-search: `IndexBatch::add_all` of 1 000 documents at a time
-//!    (two analysis threads on two cores), each batch encoded and
-//!    written durably in the background, in order, while the next ones
-//!    are analyzed (`SearchIndex::batch_writer`, as `tern reindex` does),
-//!    then a full compaction; size of the RocksDB;
+//! 2. tern-search: `IndexBatch::add_all` of a batch at a time, cut where
+//!    `tern reindex` cuts them (`BatchLimits::default()`: 16 000
+//!    documents or 32 MB of text), on two analysis threads, each batch
+//!    encoded and written durably in the background, in order, while the
+//!    next ones are analyzed (`SearchIndex::batch_writer`, as `tern
+//!    reindex` does), then a full compaction; size of the RocksDB; the
+//!    peak resident set above the one before the phase (so for tantivy);
 //! 3. tantivy: the same fields as `TEXT` (positions, frequencies), default
 //!    writer (one thread per core), commit, merges; size of its directory;
 //! 4. one-term queries over every field: 1 000 terms drawn from the
@@ -40,7 +42,9 @@
 //!
 //! Environment: `TERN_SEARCH_BENCH_DOCS` (100 000), `TERN_SEARCH_CORPUS`,
 //! `TERN_SEARCH_BENCH_E2E` (1; 0 skips phase 5, 2 runs phase 5 only),
-//! `TERN_SEARCH_BENCH_QUERIES` (1 000). For iterating on phase 5:
+//! `TERN_SEARCH_BENCH_QUERIES` (1 000), `TERN_SEARCH_BENCH_BATCH`
+//! (documents per tern-search batch, default `BatchLimits::default()`'s).
+//! For iterating on phase 5:
 //! `TERN_SEARCH_BENCH_STORE` (a directory kept between runs: a store
 //! already delivered and indexed there is reused), and
 //! `TERN_SEARCH_BENCH_SLOWEST` (print that many slowest JMAP queries).
@@ -58,7 +62,8 @@ use tantivy::schema::{IndexRecordOption, Schema, TEXT};
 use tantivy::{IndexWriter, TantivyDocument, Term};
 use tern_search::analyze::{Analyzer, TokenKind};
 use tern_search::{
-    Document, IndexBatch, IndexOptions, Indexer, IndexerConfig, Query, SearchIndex, TextField,
+    BatchLimits, Document, IndexBatch, IndexOptions, Indexer, IndexerConfig, Query, SearchIndex,
+    TextField,
 };
 use tern_store::deliver::Recipient;
 use tern_store::email::{self, Listing};
@@ -72,8 +77,6 @@ mod spamassassin;
 // The allocator `tern serve` runs with (tantivy gets it too).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-const BATCH: usize = 1000;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -189,6 +192,24 @@ fn dir_size(p: &Path) -> u64 {
 /// CPU time (user + system) of the whole process so far, every thread
 /// (RocksDB's background threads included), from `/proc/self/stat`; zero
 /// where there is none.
+/// Resets the process's peak resident set (Linux: `5` to clear_refs).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's resident set: (now, peak since the last reset), bytes.
+fn rss() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 fn cpu_seconds() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return 0.0;
@@ -302,18 +323,29 @@ fn main() {
     let index = SearchIndex::open_with(&tern_path, IndexOptions::default()).expect("open index");
     // As `tern reindex` does (reindex.rs): batches are encoded and
     // written in the background, in order, while the next is analyzed.
+    let (rss_before, _) = rss();
+    reset_peak_rss();
     let cpu_started = cpu_seconds();
     let started = Instant::now();
     let mut waiting = Duration::ZERO;
     let mut writer = index.batch_writer().expect("writer");
-    for (chunk_no, chunk) in docs.chunks(BATCH).enumerate() {
+    let limits = BatchLimits {
+        documents: env_usize("TERN_SEARCH_BENCH_BATCH", BatchLimits::default().documents),
+        ..BatchLimits::default()
+    };
+    let mut next = 0;
+    while next < docs.len() {
+        // Cut as `tern reindex` cuts (reindex.rs).
+        let mut end = next;
+        let mut text = 0;
+        while end < docs.len() && end - next < limits.documents && text < limits.text_bytes {
+            text += docs[end].text_bytes();
+            end += 1;
+        }
         let mut batch = IndexBatch::new(account);
-        let refs: Vec<(u32, &Document)> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, d)| ((chunk_no * BATCH + i) as u32, d))
-            .collect();
+        let refs: Vec<(u32, &Document)> = (next..end).map(|i| (i as u32, &docs[i])).collect();
         batch.add_all(&refs);
+        next = end;
         let wait_started = Instant::now();
         writer.submit(batch, 0).expect("write");
         waiting += wait_started.elapsed();
@@ -324,13 +356,15 @@ fn main() {
     let tern_index = started.elapsed();
     let tern_cpu = cpu_seconds() - cpu_started;
     let tern_rate = n as f64 / tern_index.as_secs_f64();
+    let tern_peak = rss().1.saturating_sub(rss_before);
     let size_before = index.size_bytes();
     println!(
         "tern-search: indexed in {:.1} s = {tern_rate:.0} docs/s (analysis {:.1} s, waiting for \
-         writes {:.1} s; CPU {tern_cpu:.1} s); size before compaction {}",
+         writes {:.1} s; CPU {tern_cpu:.1} s; peak memory +{}); size before compaction {}",
         tern_index.as_secs_f64(),
         (tern_index - waiting).as_secs_f64(),
         waiting.as_secs_f64(),
+        mb(tern_peak),
         mb(size_before)
     );
 
@@ -393,6 +427,8 @@ fn main() {
     let tantivy_path = work.path().join("tantivy");
     std::fs::create_dir_all(&tantivy_path).unwrap();
     let tindex = tantivy::Index::create_in_dir(&tantivy_path, schema).expect("tantivy index");
+    let (rss_before, _) = rss();
+    reset_peak_rss();
     let cpu_started = cpu_seconds();
     let started = Instant::now();
     let mut writer: IndexWriter<TantivyDocument> = tindex.writer(512 << 20).expect("writer");
@@ -424,12 +460,14 @@ fn main() {
     let tantivy_index = started.elapsed();
     let tantivy_cpu = cpu_seconds() - cpu_started;
     let tantivy_rate = n as f64 / tantivy_index.as_secs_f64();
+    let tantivy_peak = rss().1.saturating_sub(rss_before);
     let tantivy_size = dir_size(&tantivy_path);
     println!(
-        "tantivy: indexed in {:.1} s = {tantivy_rate:.0} docs/s ({} threads; CPU {tantivy_cpu:.1} s); \
-         index {} = {:.1}% of indexed text",
+        "tantivy: indexed in {:.1} s = {tantivy_rate:.0} docs/s ({} threads; CPU {tantivy_cpu:.1} s; \
+         peak memory +{}); index {} = {:.1}% of indexed text",
         tantivy_index.as_secs_f64(),
         std::thread::available_parallelism().map_or(1, |p| p.get()),
+        mb(tantivy_peak),
         mb(tantivy_size),
         100.0 * tantivy_size as f64 / text_bytes as f64
     );

@@ -202,7 +202,13 @@ impl Indexer {
     fn resume_rebuilds(&self) -> Result<()> {
         for account in self.index.unfinished_rebuilds()? {
             tracing::info!(account = account.0, "resuming a search index rebuild");
-            reindex::rebuild_account(&self.store, &self.index, account, &mut |_| {})?;
+            reindex::rebuild_account(
+                &self.store,
+                &self.index,
+                account,
+                reindex::BatchLimits::default(),
+                &mut |_| {},
+            )?;
         }
         Ok(())
     }

@@ -37,7 +37,7 @@ pub use error::{Error, Result};
 pub use index::{DateOrder, IndexBatch, IndexOptions, SearchIndex};
 pub use indexer::{Indexer, IndexerConfig};
 pub use query::{Query, TextField};
-pub use reindex::{Progress, Scope, reindex, schedule_if_created};
+pub use reindex::{BatchLimits, Progress, Scope, reindex, reindex_with, schedule_if_created};
 /// The set type query results come in.
 pub use roaring::RoaringBitmap;
 pub use snippet::Snippet;

@@ -18,13 +18,34 @@ use crate::Result;
 use crate::doc::Document;
 use crate::index::{IndexBatch, SearchIndex};
 
-/// Emails read per page (one page is one batch unless its text reaches
-/// [`BATCH_TEXT_BYTES`] first). Batches of 1,000 documents index about
-/// twice as fast as batches of 256 (the index bench): fewer, larger
-/// posting operands per term.
+/// Emails read per page (one short read transaction each).
 const PAGE: usize = 1000;
-/// A batch is written once its documents hold this much text.
-const BATCH_TEXT_BYTES: usize = 16 << 20;
+
+/// Where a rebuild cuts its batches: a batch is analyzed and written once
+/// it holds `documents` emails or `text_bytes` of text, whichever comes
+/// first. Larger batches index faster — fewer, longer posting operands
+/// per term, so fewer memtable inserts and less compaction (the index
+/// bench: 13,700 docs/s at 1,000 documents per batch, 18,600 at 8,000,
+/// 21,600 at 16,000) — at the cost of memory: up to three batches are
+/// alive at once (one analyzed, one queued, one written); the bench's
+/// peak resident set grew by 80 MB from 1,000 to 16,000 documents per
+/// batch (BENCHMARKS.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Emails per batch.
+    pub documents: usize,
+    /// Text per batch (bytes of [`Document::text_bytes`]).
+    pub text_bytes: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        Self {
+            documents: 16_000,
+            text_bytes: 32 << 20,
+        }
+    }
+}
 
 /// What to rebuild.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +79,17 @@ pub fn reindex(
     scope: Scope,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<u64> {
+    reindex_with(store, index, scope, BatchLimits::default(), progress)
+}
+
+/// [`reindex`] with batches cut at `limits`.
+pub fn reindex_with(
+    store: &MailStore,
+    index: &SearchIndex,
+    scope: Scope,
+    limits: BatchLimits,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<u64> {
     let accounts: Vec<AccountId> = match scope {
         Scope::Account(a) => vec![a],
         Scope::All => store.list_accounts()?.into_iter().map(|a| a.id).collect(),
@@ -65,7 +97,7 @@ pub fn reindex(
     let n = accounts.len();
     let mut total = 0;
     for (i, account) in accounts.into_iter().enumerate() {
-        total += rebuild_account(store, index, account, &mut |mut p| {
+        total += rebuild_account(store, index, account, limits, &mut |mut p| {
             p.accounts_done = i;
             p.accounts = n;
             progress(p)
@@ -117,8 +149,13 @@ pub(crate) fn rebuild_account(
     store: &MailStore,
     index: &SearchIndex,
     account: AccountId,
+    limits: BatchLimits,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<u64> {
+    let limits = BatchLimits {
+        documents: limits.documents.max(1),
+        text_bytes: limits.text_bytes.max(1),
+    };
     let mut cursor: Option<DocumentId> = match index.rebuild_cursor(account)? {
         Some(c) => c,
         None => {
@@ -151,29 +188,41 @@ pub(crate) fn rebuild_account(
             progress(*report);
         }
     };
-    loop {
-        let page = store
-            .kv()
-            .read(|tx| email::list_metas(tx, account, cursor, PAGE))?;
-        if page.is_empty() {
-            break;
-        }
+    let mut more = true;
+    while more {
         let mut batch = IndexBatch::new(account);
-        let mut docs: Vec<(DocumentId, Document)> = Vec::with_capacity(page.len());
+        let mut docs: Vec<(DocumentId, Document)> = Vec::new();
         let mut text = 0;
-        for (id, meta) in &page {
-            let raw = store.kv().read(|tx| blob::read(tx, &meta.blob))?;
-            let doc = raw
-                .as_deref()
-                .and_then(Document::from_message)
-                .unwrap_or_default();
-            text += doc.text_bytes();
-            batch.set_received_at(*id, meta.received_at);
-            docs.push((*id, doc));
-            cursor = Some(*id);
-            if text >= BATCH_TEXT_BYTES {
+        // Pages of emails (short read transactions) until the batch is full
+        // or the account's emails run out.
+        'fill: while docs.len() < limits.documents {
+            let want = PAGE.min(limits.documents - docs.len());
+            let page = store
+                .kv()
+                .read(|tx| email::list_metas(tx, account, cursor, want))?;
+            more = page.len() == want;
+            for (id, meta) in &page {
+                let raw = store.kv().read(|tx| blob::read(tx, &meta.blob))?;
+                let doc = raw
+                    .as_deref()
+                    .and_then(Document::from_message)
+                    .unwrap_or_default();
+                text += doc.text_bytes();
+                batch.set_received_at(*id, meta.received_at);
+                docs.push((*id, doc));
+                cursor = Some(*id);
+                if text >= limits.text_bytes {
+                    // The rest of the page is read again for the next batch.
+                    more = true;
+                    break 'fill;
+                }
+            }
+            if !more {
                 break;
             }
+        }
+        if docs.is_empty() {
+            break;
         }
         let refs: Vec<(DocumentId, &Document)> = docs.iter().map(|(i, d)| (*i, d)).collect();
         batch.add_all(&refs);

@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{Fixture, TermPostings, corpus, numbered_message, set};
-use tern_search::{Indexer, IndexerConfig, Query, Scope, TextField, reindex};
+use tern_search::{
+    BatchLimits, Indexer, IndexerConfig, Query, Scope, TextField, reindex, reindex_with,
+};
 use tern_store::email::IndexOp;
 
 fn t(s: &str) -> Query {
@@ -165,9 +167,13 @@ fn a_batch_interrupted_before_dequeue_is_reapplied_once() {
 fn rebuild_matches_incremental_indexing_and_resumes() {
     let mut f = Fixture::new();
     f.deliver_corpus();
-    // Four of a rebuild's pages (1,000 emails): interrupted at its first
-    // report, the rebuild has at most two more batches in flight (one
-    // being written, one queued), so the last is missing.
+    // Four batches of 1,000 emails: interrupted at its first report, the
+    // rebuild has at most two more batches in flight (one being written,
+    // one queued), so the last is missing.
+    let limits = BatchLimits {
+        documents: 1000,
+        ..BatchLimits::default()
+    };
     for n in 0..3100 {
         f.deliver(&format!("n{n:04}"), &numbered_message(n));
     }
@@ -185,9 +191,13 @@ fn rebuild_matches_incremental_indexing_and_resumes() {
     // A full rebuild gives the same postings, minus the destroyed email,
     // which the store no longer has.
     let mut seen = Vec::new();
-    let n = reindex(&f.store, &f.index, Scope::Account(f.account), &mut |p| {
-        seen.push((p.done, p.total))
-    })
+    let n = reindex_with(
+        &f.store,
+        &f.index,
+        Scope::Account(f.account),
+        limits,
+        &mut |p| seen.push((p.done, p.total)),
+    )
     .unwrap();
     assert_eq!(n, live.len());
     assert_eq!(seen.last(), Some(&(live.len(), live.len())));
@@ -205,12 +215,38 @@ fn rebuild_matches_incremental_indexing_and_resumes() {
         set(&["en-01-budget", "mx-01-project"])
     );
 
+    // Batches cut by their text (a few emails each, the rest of a page
+    // read again for the next batch) index the same.
+    let mut batches = 0;
+    let by_text = BatchLimits {
+        documents: 1000,
+        text_bytes: 16 << 10,
+    };
+    let n = reindex_with(
+        &f.store,
+        &f.index,
+        Scope::Account(f.account),
+        by_text,
+        &mut |_| batches += 1,
+    )
+    .unwrap();
+    assert_eq!(n, live.len());
+    assert!(batches > 8, "cut by text: {batches} reports");
+    assert_eq!(strip(f.postings(&terms)), strip(incremental.clone()));
+    assert_eq!(f.index.live(f.account).unwrap(), live);
+
     // Interrupted after its first batch (the progress callback panics),
     // the rebuild is resumed by the indexer from its cursor.
     let interrupted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        reindex(&f.store, &f.index, Scope::Account(f.account), &mut |p| {
-            assert!(p.done == 0, "interrupted after the first batch");
-        })
+        reindex_with(
+            &f.store,
+            &f.index,
+            Scope::Account(f.account),
+            limits,
+            &mut |p| {
+                assert!(p.done == 0, "interrupted after the first batch");
+            },
+        )
     }));
     assert!(interrupted.is_err());
     assert!(f.index.rebuild_cursor(f.account).unwrap().is_some());
