@@ -246,6 +246,10 @@ impl LanguageSet {
 ///    asking (whatlang compares the sample with the 300-trigram profile
 ///    of every language of its script, some 90 µs per call whatever the
 ///    sample's length).
+///    English too when the sample's letters are at least 97 % ASCII but
+///    it has no word to detect a language from ([`Cheap::Wordless`]:
+///    machine filler, encoded data, bare links), which is what step 3
+///    answers for whatlang's unreliable guesses on such samples.
 /// 2. Otherwise whatlang (every language it knows, no allowlist): its
 ///    language when the detection is reliable and the language has a
 ///    stemmer ([`Language`]); none for a reliable language without one
@@ -267,10 +271,10 @@ pub fn detect_language(text: &str) -> Option<Language> {
         end -= 1;
     }
     let sample = &text[..end];
-    if looks_english(sample) {
-        return Some(Language::English);
+    match cheap_test(sample) {
+        Cheap::English | Cheap::Wordless => Some(Language::English),
+        Cheap::Ask => whatlang_language(whatlang::detect(sample)?, sample),
     }
-    whatlang_language(whatlang::detect(sample)?, sample)
 }
 
 /// Steps 2 and 3 of [`detect_language`]: the stemming language of
@@ -342,14 +346,41 @@ fn english_function_word(w: &[u8]) -> bool {
     ENGLISH_CODES.binary_search(&word_code(w)).is_ok()
 }
 
-/// The cheap English test of [`detect_language`] (step 1): letters at
-/// least 97 % ASCII, and among the words (runs of letters) of the chunks
-/// between ASCII spaces that are not URLs or addresses (no `/`, `@`, `=`
-/// or `_`, not starting with `http` or `www.`), at least four words and
-/// at least one in seven an English function word.
+/// The longest run of letters [`cheap_test`] takes for a word of a
+/// language (longer runs are filler, identifiers or encoded data).
+const LONGEST_WORD: usize = 24;
+
+/// What [`cheap_test`] finds in a detection sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cheap {
+    /// English words: [`looks_english`].
+    English,
+    /// Letters at least 97 % ASCII but no word to detect a language from:
+    /// every run of letters is longer than 24 letters, or in a chunk with
+    /// digits, or inside a URL or an address (filler such as `1XXXX…`,
+    /// serial numbers, encoded data, link lists).
+    Wordless,
+    /// Neither: whatlang decides.
+    Ask,
+}
+
+/// The cheap English test of [`detect_language`] (step 1): whether
+/// [`cheap_test`] finds English.
 pub fn looks_english(sample: &str) -> bool {
+    cheap_test(sample) == Cheap::English
+}
+
+/// The cheap tests of [`detect_language`] (steps 1 and 2). English: letters
+/// at least 97 % ASCII, and among the words (runs of letters) of the
+/// chunks between ASCII spaces that are not URLs or addresses (no `/`,
+/// `@`, `=` or `_`, not starting with `http` or `www.`), at least four
+/// words and at least one in seven an English function word. Wordless:
+/// letters at least 97 % ASCII and none of those words 24 letters or
+/// shorter in a chunk without digits.
+pub fn cheap_test(sample: &str) -> Cheap {
     let b = sample.as_bytes();
     let (mut words, mut hits, mut letters, mut ascii) = (0u32, 0u32, 0u32, 0u32);
+    let mut natural = 0u32;
     let mut i = 0;
     while i < b.len() {
         if b[i].is_ascii_whitespace() {
@@ -364,6 +395,7 @@ pub fn looks_english(sample: &str) -> bool {
         let counted = !(chunk.iter().any(|c| matches!(c, b'/' | b'@' | b'=' | b'_'))
             || chunk.starts_with(b"http")
             || chunk.starts_with(b"www."));
+        let digits = chunk.iter().any(u8::is_ascii_digit);
         // The current word: lower-case ASCII letters (up to 8), its
         // length, and whether it is all ASCII.
         let mut buf = [0u8; 8];
@@ -395,12 +427,21 @@ pub fn looks_english(sample: &str) -> bool {
             }
             if len > 0 && counted {
                 words += 1;
+                natural += (len <= LONGEST_WORD && !digits) as u32;
                 hits += (plain && len <= buf.len() && english_function_word(&buf[..len])) as u32;
             }
             (len, plain) = (0, true);
         }
     }
-    letters > 0 && ascii * 100 >= letters * 97 && words >= 4 && hits * 7 >= words
+    if letters == 0 || ascii * 100 < letters * 97 {
+        Cheap::Ask
+    } else if words >= 4 && hits * 7 >= words {
+        Cheap::English
+    } else if natural == 0 {
+        Cheap::Wordless
+    } else {
+        Cheap::Ask
+    }
 }
 
 /// Whether `c` belongs to a script written without spaces between words,
@@ -1113,6 +1154,21 @@ mod tests {
             assert!(!english_function_word(w.as_bytes()), "{w}");
         }
         assert!(looks_english("Please send me the report when you can."));
+        // Filler (Postfix's smtp-source), hex, bare links: no words.
+        let filler: String = (0..5)
+            .map(|i| format!("{}{}\n", i % 10, "X".repeat(78)))
+            .collect();
+        let serials = "4711-XK9 AB12CD34EF56 x86_64 #3f9a0c7e";
+        let links = "https://example.com/a/b?c=d www.example.org/index.html";
+        for wordless in [filler.as_str(), serials, links] {
+            assert_eq!(cheap_test(wordless), Cheap::Wordless, "{wordless}");
+            assert_eq!(detect_language(wordless), Some(Language::English));
+            // What asking whatlang would have given: an unreliable guess.
+            assert!(whatlang::detect(wordless).is_none_or(|i| !i.is_reliable()));
+        }
+        assert_eq!(cheap_test("Meeting at 10"), Cheap::Ask);
+        assert_eq!(cheap_test("Täglich frische Brötchen"), Cheap::Ask);
+        assert_eq!(cheap_test("12345 67890"), Cheap::Ask);
         // Too few words; URLs and addresses do not count.
         assert!(!looks_english("Meeting at 10"));
         assert!(!looks_english(

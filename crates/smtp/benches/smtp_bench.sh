@@ -91,14 +91,28 @@ echo "tern: $tern"
 echo "config: [smtp.checks] $checks; [spam] $spam; log level warn"
 echo "workload: $sessions sessions, $messages messages of $size bytes, one recipient each, connections kept (smtp-source -d)"
 
+tern_ticks() { # user+system clock ticks of tern serve (all its threads)
+    awk '{print $14 + $15}' "/proc/$tern_pid/stat"
+}
+machine_ticks() { # busy and total clock ticks of every CPU
+    awk '/^cpu /{print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat
+}
 run() { # label port
-    local start end
+    local start end t0 t1 m0 m1
     echo "load before: $(uptime | sed 's/.*load average: //')"
+    t0=$(tern_ticks) m0=$(machine_ticks)
     start=$(date +%s.%N)
     "$tools/smtp-source" -d -s "$sessions" -m "$messages" -l "$size" \
         -M load.example.org -f load@example.org -t alice@example.com "127.0.0.1:$2"
     end=$(date +%s.%N)
+    t1=$(tern_ticks) m1=$(machine_ticks)
     python3 -c "e = $end - $start; print(f'$1: $messages messages in {e:.2f} s = {$messages / e:.0f} messages/s')"
+    # CPU during the run (USER_HZ is 100): tern's per message, and how
+    # busy the machine's CPUs were (all processes).
+    python3 -c "
+m0, m1 = '$m0'.split(), '$m1'.split()
+busy = (int(m1[0]) - int(m0[0])) / max(1, int(m1[1]) - int(m0[1]))
+print(f'  CPU: tern {($t1 - $t0) / 100:.2f} s = {($t1 - $t0) * 1e4 / $messages:.0f} us per message; machine {100 * busy:.0f}% busy')"
     echo "load after: $(uptime | sed 's/.*load average: //')"
 }
 run "smtp-source -> smtp-sink (ceiling)" "$sink"
