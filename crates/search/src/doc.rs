@@ -4,7 +4,7 @@
 
 use mail_parser::{Address, Message, MessageParser, MimeHeaders, PartType};
 use tern_store::kv::Transaction;
-use tern_store::{AccountId, DocumentId, blob, email};
+use tern_store::{AccountId, DocumentId, MailStore, blob, email};
 
 use crate::Result;
 use crate::analyze::{Language, detect_language};
@@ -226,16 +226,29 @@ impl Document {
         account: AccountId,
         id: DocumentId,
     ) -> Result<Option<(Document, i64)>> {
+        Self::load_dated_from(tx, account, id, None)
+    }
+
+    /// [`Document::load_dated`], taking the message from `store`'s
+    /// recently delivered ones ([`MailStore::recent_blob`]) when it is
+    /// there instead of reading its blob.
+    pub fn load_dated_from(
+        tx: &mut Transaction<'_>,
+        account: AccountId,
+        id: DocumentId,
+        store: Option<&MailStore>,
+    ) -> Result<Option<(Document, i64)>> {
         let Some(meta) = email::get(tx, account, id)? else {
             return Ok(None);
         };
-        let Some(raw) = blob::read(tx, &meta.blob)? else {
-            return Ok(None);
+        let doc = match store.and_then(|s| s.recent_blob(&meta.blob)) {
+            Some(raw) => Document::from_message(&raw),
+            None => match blob::read(tx, &meta.blob)? {
+                Some(raw) => Document::from_message(&raw),
+                None => return Ok(None),
+            },
         };
-        Ok(Some((
-            Document::from_message(&raw).unwrap_or_default(),
-            meta.received_at,
-        )))
+        Ok(Some((doc.unwrap_or_default(), meta.received_at)))
     }
 
     /// Bytes of text the document holds (what the index is measured

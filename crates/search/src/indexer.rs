@@ -304,7 +304,9 @@ impl Indexer {
         for &(id, op) in entries.iter().take(limit) {
             match op {
                 IndexOp::Remove => batch.remove(id),
-                IndexOp::Index => match kv.read(|tx| Document::load_dated(tx, account, id))? {
+                IndexOp::Index => match kv
+                    .read(|tx| Document::load_dated_from(tx, account, id, Some(&self.store)))?
+                {
                     Some((doc, received_at)) => {
                         batch.set_received_at(id, received_at);
                         text += doc.text_bytes();

@@ -47,8 +47,16 @@ fn chunk_count(len: usize) -> u32 {
 /// transaction with the metadata that references them). Idempotent.
 pub fn put_in_tx(tx: &mut Transaction<'_>, data: &[u8]) -> Result<BlobHash> {
     let hash = BlobHash::of(data);
+    put_hashed_in_tx(tx, &hash, data)?;
+    Ok(hash)
+}
+
+/// [`put_in_tx`] of `data` whose hash the caller took ([`BlobHash::of`]).
+pub fn put_hashed_in_tx(tx: &mut Transaction<'_>, hash: &BlobHash, data: &[u8]) -> Result<()> {
+    debug_assert_eq!(BlobHash::of(data), *hash);
+    let hash = *hash;
     if header(tx, &hash)?.is_some_and(|h| h.complete) {
-        return Ok(hash);
+        return Ok(());
     }
     for (i, part) in data.chunks(CHUNK).enumerate() {
         tx.set(&keys::blob_chunk(&hash, i as u32), part)?;
@@ -60,7 +68,7 @@ pub fn put_in_tx(tx: &mut Transaction<'_>, data: &[u8]) -> Result<BlobHash> {
         complete: true,
     };
     tx.set(&keys::blob(&hash), &encode(&h))?;
-    Ok(hash)
+    Ok(())
 }
 
 /// Writes a blob of any size in its own transactions (a pending header, the

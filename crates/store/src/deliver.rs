@@ -110,8 +110,9 @@ pub struct DeliverOptions {
 /// A message ready to store.
 #[derive(Debug)]
 pub(crate) struct Job {
-    /// The raw bytes, when small enough to store inside the transaction.
-    pub raw: Option<Vec<u8>>,
+    /// The raw bytes and their hash, when small enough to store inside
+    /// the transaction.
+    pub raw: Option<(BlobHash, Arc<[u8]>)>,
     /// The blob, when stored beforehand (large messages).
     pub blob: Option<BlobHash>,
     pub size: u64,
@@ -246,7 +247,7 @@ fn take_batch(queue: &mut Vec<Queued>) -> Vec<Queued> {
     let mut bytes = 0;
     let mut n = 0;
     for q in queue.iter() {
-        let size = q.job.raw.as_ref().map_or(0, Vec::len);
+        let size = q.job.raw.as_ref().map_or(0, |(_, raw)| raw.len());
         if n > 0 && (n >= MAX_BATCH_JOBS || bytes + size > MAX_BATCH_BYTES) {
             break;
         }
@@ -293,7 +294,10 @@ type Roles = HashMap<(AccountId, &'static str), DocumentId>;
 fn store_job(tx: &mut crate::kv::Transaction<'_>, job: &Job, roles: &mut Roles) -> Result<Outcome> {
     let hash = match (&job.raw, job.blob) {
         (_, Some(h)) => h,
-        (Some(raw), None) => blob::put_in_tx(tx, raw)?,
+        (Some((hash, raw)), None) => {
+            blob::put_hashed_in_tx(tx, hash, raw)?;
+            *hash
+        }
         (None, None) => return Err(Error::Invalid("delivery without a message".into())),
     };
     let check = match job.quota {

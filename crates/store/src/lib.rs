@@ -28,6 +28,7 @@ pub mod mailbox;
 pub mod object;
 pub mod parse;
 pub mod queue;
+pub mod recent;
 pub mod spam;
 mod types;
 pub mod vacation;
@@ -61,6 +62,7 @@ pub struct MailStore {
     path: PathBuf,
     combiner: Arc<deliver::Combiner>,
     credentials: Arc<std::sync::atomic::AtomicU64>,
+    recent: Arc<recent::RecentBlobs>,
 }
 
 impl MailStore {
@@ -108,6 +110,7 @@ impl MailStore {
             path,
             combiner: Arc::default(),
             credentials: Arc::default(),
+            recent: Arc::default(),
         })
     }
 
@@ -257,15 +260,17 @@ impl MailStore {
         }
         let parsed = parse::parse_message(raw)?;
         let big = raw.len() > INLINE_BLOB_LIMIT;
-        let blob = if big {
-            Some(blob::put(&self.kv, raw)?)
+        // A small message is stored in the delivery's transaction; its
+        // hash is taken here, outside the account's delivery lane.
+        let (inline, blob) = if big {
+            (None, Some(blob::put(&self.kv, raw)?))
         } else {
-            None
+            (Some((BlobHash::of(raw), Arc::<[u8]>::from(raw))), None)
         };
-        self.combiner.submit(
+        let outcome = self.combiner.submit(
             &self.kv,
             deliver::Job {
-                raw: (!big).then(|| raw.to_vec()),
+                raw: inline.clone(),
                 blob,
                 size: raw.len() as u64,
                 parsed,
@@ -274,7 +279,19 @@ impl MailStore {
                 envelopes: options.envelopes.clone(),
                 quota: options.quota,
             },
-        )
+        )?;
+        if let Some((hash, data)) = inline {
+            // Durable now: the indexer will read it back shortly.
+            self.recent.insert(hash, data);
+        }
+        Ok(outcome)
+    }
+
+    /// The bytes of blob `hash` if this process delivered that message
+    /// lately ([`recent::RecentBlobs`]): readers that follow deliveries
+    /// try it before reading the store.
+    pub fn recent_blob(&self, hash: &BlobHash) -> Option<Arc<[u8]>> {
+        self.recent.get(hash)
     }
 
     /// The SMTP envelope the email `email` of `account` was received with

@@ -166,3 +166,37 @@ fn dequeued_spans_move_the_mark_and_work_below_it_is_found() {
     assert!(queue(&store, a).is_empty());
     assert!(!marked(&store, a));
 }
+
+#[test]
+fn the_indexer_finds_delivered_messages_without_reading_them_back() {
+    let (_dir, store, a, ids) = account_with_mail(3);
+    for (n, id) in ids.iter().enumerate() {
+        let meta = store
+            .kv()
+            .read(|tx| email::get(tx, a, *id))
+            .unwrap()
+            .unwrap();
+        let stored = store
+            .kv()
+            .read(|tx| tern_store::blob::read(tx, &meta.blob))
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored, message(n));
+        assert_eq!(store.recent_blob(&meta.blob).as_deref(), Some(&stored[..]));
+    }
+    // A message over the inline limit is stored in its own transactions
+    // and not kept in memory.
+    let mut big = message(7);
+    big.extend(std::iter::repeat_n(b'x', tern_store::INLINE_BLOB_LIMIT));
+    big.extend_from_slice(b"\r\n");
+    let id = store.deliver(&big, &[Recipient::inbox(a)]).unwrap()[0]
+        .as_ref()
+        .unwrap()
+        .email;
+    let meta = store
+        .kv()
+        .read(|tx| email::get(tx, a, id))
+        .unwrap()
+        .unwrap();
+    assert!(store.recent_blob(&meta.blob).is_none());
+}
