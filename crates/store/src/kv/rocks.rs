@@ -113,6 +113,11 @@ impl RocksBackend {
         opts.increase_parallelism(2);
         opts.set_max_background_jobs(2);
         opts.set_bytes_per_sync(1 << 20);
+        // A bloom filter over the memtable's whole keys: a delivery's point
+        // reads of keys not yet written (a new message's blob header and
+        // its account link, new counters) skip the skiplist search.
+        opts.set_memtable_prefix_bloom_ratio(0.05);
+        opts.set_memtable_whole_key_filtering(true);
         if let Some(min) = options.blob_min_bytes {
             // Large values go to blob files at flush, written once: the
             // tables then hold a reference, and compactions (which rewrite
