@@ -357,3 +357,89 @@ fn store_job(tx: &mut crate::kv::Transaction<'_>, job: &Job, roles: &mut Roles) 
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MailStore, email, now, parse};
+
+    fn job(account: AccountId, n: u32) -> Job {
+        let raw = format!(
+            "From: ann@example.org\r\nTo: bob@example.com\r\nSubject: lane {n}\r\n\
+             Message-ID: <lane-{n}@example.org>\r\n\r\nbody {n}\r\n"
+        )
+        .into_bytes();
+        Job {
+            raw: Some((BlobHash::of(&raw), Arc::from(&raw[..]))),
+            blob: None,
+            size: raw.len() as u64,
+            parsed: parse::parse_message(&raw).unwrap(),
+            recipients: vec![Recipient::inbox(account)],
+            received_at: now(),
+            envelopes: Vec::new(),
+            quota: QuotaPolicy::default(),
+        }
+    }
+
+    /// A leader that unwinds (a panic while it stores a batch) drops its
+    /// own job and hands the lane to the next waiter, which stores its
+    /// job and answers; with nobody waiting, the lane goes away.
+    #[test]
+    fn an_unwinding_lane_leader_passes_the_lead_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MailStore::open(dir.path()).unwrap();
+        store.add_domain("example.com").unwrap();
+        let account = store.create_account("bob@example.com", "pw").unwrap();
+        let combiner = Arc::new(Combiner::default());
+        // The test is the lane's leader, storing its own job (first in
+        // the queue), when another delivery comes.
+        let own = Arc::new(job(account, 1));
+        let (own_reply, _own_wait) = handoff::channel();
+        {
+            let mut lanes = combiner.lanes.lock();
+            let s = lanes.entry(account).or_default();
+            s.queue.push(Queued {
+                job: own.clone(),
+                reply: own_reply,
+            });
+            s.leading = true;
+        }
+        let (done, outcome) = std::sync::mpsc::channel();
+        {
+            let (combiner, store) = (combiner.clone(), store.clone());
+            std::thread::spawn(move || {
+                let _ = done.send(combiner.submit(&store.kv, job(account, 2)));
+            });
+        }
+        while combiner.lanes.lock()[&account].queue.len() < 2 {
+            std::thread::yield_now();
+        }
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _lead = LaneLeadership {
+                combiner: &combiner,
+                lane: account,
+                own: &own,
+            };
+            panic!("storing the batch failed hard");
+        }));
+        assert!(unwound.is_err());
+        let outcome = outcome
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the waiting delivery was given the lead")
+            .unwrap();
+        let id = outcome[0].as_ref().unwrap().email;
+        let meta = store
+            .kv
+            .read(|tx| email::get(tx, account, id))
+            .unwrap()
+            .unwrap();
+        assert_eq!(meta.blob, job(account, 2).raw.unwrap().0);
+        // The waiter led the lane and left it; the unwound job was dropped.
+        assert!(combiner.lanes.lock().get(&account).is_none());
+        let listed = store
+            .kv
+            .read(|tx| email::list_metas(tx, account, None, 10))
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+    }
+}
