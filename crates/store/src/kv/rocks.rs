@@ -118,6 +118,12 @@ impl RocksBackend {
         // its account link, new counters) skip the skiplist search.
         opts.set_memtable_prefix_bloom_ratio(0.05);
         opts.set_memtable_whole_key_filtering(true);
+        // Write-ahead logs are reused once obsolete instead of new files
+        // being created and grown: a sync of a recycled file writes data
+        // only, where a growing file's sync also commits its new size to
+        // the filesystem's journal. (RocksDB writes recycled logs in a
+        // record format that tells stale records from the current file's.)
+        opts.set_recycle_log_file_num(4);
         if let Some(min) = options.blob_min_bytes {
             // Large values go to blob files at flush, written once: the
             // tables then hold a reference, and compactions (which rewrite
