@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Everything CI checks: formatting, lints (warnings are errors), all tests.
+# Everything CI checks: formatting, lints (warnings are errors), all tests,
+# the API docs.
 # Runs every check even after a failure and exits non-zero if any failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,9 @@ run cargo clippy --workspace --all-targets -- -D warnings
 # this build, so it does not disturb the RocksDB build the others share.
 run cargo clippy -p tern-store --no-default-features --features foundationdb -- -D warnings
 run cargo test --workspace
+# The API docs: every intra-doc link resolves (links to private items from
+# public docs are plain code spans).
+RUSTDOCFLAGS="-D warnings" run cargo doc --workspace --no-deps
 
 if [ ${#failed[@]} -ne 0 ]; then
     printf '\ntest.sh: FAILED:\n' >&2

@@ -4,8 +4,8 @@
 //! requested types' states.
 //!
 //! Every push channel — event source, WebSocket ([`crate::ws`]), push
-//! subscription ([`crate::push_delivery`]) — listens to the account's
-//! notifier ([`crate::notify`]), which is driven by a store watch, so a
+//! subscription (`crate::push_delivery`) — listens to the account's
+//! notifier (`crate::notify`), which is driven by a store watch, so a
 //! change notifies whoever wrote it. Event ids are push states (the
 //! account's change counter), so a client reconnecting with
 //! `Last-Event-ID` is sent what it missed at once.

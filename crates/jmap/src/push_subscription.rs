@@ -6,7 +6,7 @@
 //! never returned). Every write also keeps the global `0x39 ++ account`
 //! marker (the account has subscriptions) and adds to the global push
 //! epoch key, which the senders of every node watch
-//! ([`crate::push_delivery`]).
+//! (`crate::push_delivery`).
 //!
 //! Decisions: subscriptions belong to the account, not to one credential
 //! (a Basic password and the account's app tokens see the same ones; they

@@ -20,8 +20,8 @@
 //!
 //! Word segmentation is exactly UAX #29's ([`for_each_word`] takes a
 //! byte-class path for ASCII runs between ASCII spaces). The analysis
-//! ([`Segmenter`]) hands folded terms with their stemming language to an
-//! [`Emit`] receiver: [`Analyzer`] stems them through a cache and hands
+//! (`Segmenter`) hands folded terms with their stemming language to an
+//! `Emit` receiver: [`Analyzer`] stems them through a cache and hands
 //! tokens to a sink (queries, snippets); the index's batches look them
 //! up in a per-thread word table (`index.rs`).
 //!

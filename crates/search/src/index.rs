@@ -233,7 +233,7 @@ impl std::fmt::Debug for SearchIndex {
 /// What a batch writes for one account: postings of new documents,
 /// documents removed, languages seen, and optionally a rebuild cursor.
 ///
-/// Documents are analyzed into shares, each by one [`Worker`] (one per
+/// Documents are analyzed into shares, each by one `Worker` (one per
 /// analysis thread): a share holds the postings of each (term, field) of
 /// its documents, sorted by (term, field) when it ends.
 /// [`SearchIndex::write`] merges the shares into one merge operand per
@@ -962,7 +962,7 @@ impl IndexBatch {
     }
 
     /// Records a document's receivedAt (unix seconds; immutable in the
-    /// store), which lets [`SearchIndex::dates`] order matches by date
+    /// store), which lets `SearchIndex::dates` order matches by date
     /// without reading the store. The indexer and rebuilds record one for
     /// every document they add.
     pub fn set_received_at(&mut self, id: DocumentId, received_at: i64) {

@@ -2,7 +2,7 @@
 //! indexes and counters, threads.
 //!
 //! Every change to membership or keywords goes through one function,
-//! [`reindex`], which moves an email from an old (mailboxes, keywords) state
+//! `reindex`, which moves an email from an old (mailboxes, keywords) state
 //! to a new one and updates every index and counter that depends on it, so
 //! insert, update and destroy cannot disagree about the indexes.
 

@@ -1,6 +1,7 @@
 //! Parsing a raw message once, at delivery or import, into what the store
-//! keeps: the list properties ([`EmailMeta`] minus the per-account parts) and
-//! the detail ([`EmailDetail`]: all headers and the body structure).
+//! keeps: the list properties ([`EmailMeta`](crate::email::EmailMeta) minus
+//! the per-account parts) and the detail ([`EmailDetail`]: all headers and
+//! the body structure).
 
 use mail_parser::{Address, HeaderValue, MessageParser, MessagePart, MimeHeaders, PartType};
 use serde::{Deserialize, Serialize};

@@ -1,15 +1,15 @@
 //! Email methods (RFC 8621 section 4): Email/get, set, changes, query,
 //! queryChanges, copy, import, parse; and the decoding of MIME part blobs.
 //!
-//! - [`get`](mod@get): rendering the Email object (also for Email/parse);
+//! - `get`: rendering the Email object (also for Email/parse);
 //!   list properties come from `EmailMeta`, `EmailDetail` and the raw
 //!   message are read only for properties that need them.
-//! - [`headers`]: `header:` properties and the parsed header forms.
-//! - [`body`]: body parts, body values, part content.
+//! - `headers`: `header:` properties and the parsed header forms.
+//! - `body`: body parts, body values, part content.
 //! - [`query`]: filters, sorts, paging, Email/queryChanges.
 //! - [`set`]: Email/set and Email/import.
-//! - [`build`]: the RFC 5322 message of a draft created with Email/set.
-//! - [`copy`](mod@copy): Email/copy between accounts.
+//! - `build`: the RFC 5322 message of a draft created with Email/set.
+//! - `copy`: Email/copy between accounts.
 
 mod body;
 mod build;

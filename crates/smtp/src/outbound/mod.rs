@@ -1,7 +1,7 @@
 //! Outbound delivery: the workers that drain the store's queue
 //! (`tern_store::queue`) to other servers.
 //!
-//! - [`run`]: the scheduler. It leases due messages from the queue (one
+//! - `run`: the scheduler. It leases due messages from the queue (one
 //!   range read and one commit for many messages, see the store's queue
 //!   module) *ahead* of need: it keeps up to
 //!   [`OutboundConfig::concurrency`] leased messages waiting, so a slot
@@ -10,7 +10,7 @@
 //!   sleeps until the next message falls due, new work is queued (a watch
 //!   on the queue's wake key), or shutdown; leases it did not start are
 //!   given back at shutdown.
-//! - one delivery ([`deliver`]): reads the message, checks it, finds which
+//! - one delivery (`deliver`): reads the message, checks it, finds which
 //!   recipient domains are local and signs it with the author domain's
 //!   DKIM key ([`dkim`]), all in one blocking step; delivers local
 //!   recipients straight into their mailboxes and remote ones through
@@ -23,7 +23,7 @@
 //!   submission's `dsnBlobIds`. A message that cannot be sent as it is
 //!   (blob missing, not a message, signing failed) goes to the error
 //!   queue.
-//! - the recorder ([`recorder`]): deliveries hand their outcomes to one
+//! - the recorder (`recorder`): deliveries hand their outcomes to one
 //!   task that commits those arriving together (up to [`RECORD_MAX`],
 //!   waiting at most [`RECORD_WAIT`] for more) in one transaction
 //!   (`queue::finish_attempts`) and then answers each. An outcome counts
