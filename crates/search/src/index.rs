@@ -962,7 +962,7 @@ impl IndexBatch {
     }
 
     /// Records a document's receivedAt (unix seconds; immutable in the
-    /// store), which lets `SearchIndex::dates` order matches by date
+    /// store), which lets [`SearchIndex::date_order`] order matches by date
     /// without reading the store. The indexer and rebuilds record one for
     /// every document they add.
     pub fn set_received_at(&mut self, id: DocumentId, received_at: i64) {
@@ -1022,17 +1022,6 @@ impl IndexBatch {
             postings::encode_parts(&mut value, &parts);
             wb.merge_cf(cf, &key, &value);
         }
-    }
-}
-
-/// A batch encoded for RocksDB ([`SearchIndex::prepare`]).
-pub struct PreparedBatch(Option<WriteBatch>);
-
-impl std::fmt::Debug for PreparedBatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PreparedBatch")
-            .field("entries", &self.0.as_ref().map_or(0, WriteBatch::len))
-            .finish()
     }
 }
 
@@ -1309,26 +1298,11 @@ impl SearchIndex {
         w
     }
 
-    /// Writes a batch durably (synced WAL).
+    /// Writes a batch durably (synced WAL): its posting operands (the
+    /// shares merged, encoded) and its meta updates, in one write.
     pub fn write(&self, batch: &IndexBatch) -> Result<()> {
-        self.write_prepared(self.prepare(batch))
-    }
-
-    /// Writes a prepared batch durably (synced WAL).
-    pub fn write_prepared(&self, batch: PreparedBatch) -> Result<()> {
-        if let Some(wb) = batch.0 {
-            self.inner.db.write_opt(wb, &self.write_options())?;
-        }
-        Ok(())
-    }
-
-    /// A batch encoded for writing: its posting operands (the shares
-    /// merged, encoded) and its meta updates. This part of a write needs
-    /// no order: a caller prepares the next batch while the previous one
-    /// is being written ([`SearchIndex::batch_writer`]).
-    pub fn prepare(&self, batch: &IndexBatch) -> PreparedBatch {
         if batch.is_empty() {
-            return PreparedBatch(None);
+            return Ok(());
         }
         let account = batch.account;
         let (post, meta) = (self.cf(CF_POSTINGS), self.cf(CF_META));
@@ -1383,7 +1357,8 @@ impl SearchIndex {
             Some(None) => wb.delete_cf(meta, meta_key(META_REBUILD, account)),
             None => {}
         }
-        PreparedBatch(Some(wb))
+        self.inner.db.write_opt(wb, &self.write_options())?;
+        Ok(())
     }
 
     /// A [`BatchWriter`] for this index.
