@@ -338,7 +338,7 @@ fn main() {
         // Cut as `tern reindex` cuts (reindex.rs).
         let mut end = next;
         let mut text = 0;
-        while end < docs.len() && end - next < limits.documents && text < limits.text_bytes {
+        while end < docs.len() && !limits.is_full(end - next, text) {
             text += docs[end].text_bytes();
             end += 1;
         }

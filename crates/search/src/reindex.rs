@@ -38,6 +38,14 @@ pub struct BatchLimits {
     pub text_bytes: usize,
 }
 
+impl BatchLimits {
+    /// Whether a batch of `documents` holding `text_bytes` of text is
+    /// full (the email that crosses a limit ends its batch).
+    pub fn is_full(&self, documents: usize, text_bytes: usize) -> bool {
+        documents >= self.documents || text_bytes >= self.text_bytes
+    }
+}
+
 impl Default for BatchLimits {
     fn default() -> Self {
         Self {
@@ -195,12 +203,11 @@ pub(crate) fn rebuild_account(
         let mut text = 0;
         // Pages of emails (short read transactions) until the batch is full
         // or the account's emails run out.
-        'fill: while docs.len() < limits.documents {
+        'fill: while !limits.is_full(docs.len(), text) {
             let want = PAGE.min(limits.documents - docs.len());
             let page = store
                 .kv()
                 .read(|tx| email::list_metas(tx, account, cursor, want))?;
-            more = page.len() == want;
             for (id, meta) in &page {
                 let raw = store.kv().read(|tx| blob::read(tx, &meta.blob))?;
                 let doc = raw
@@ -211,13 +218,13 @@ pub(crate) fn rebuild_account(
                 batch.set_received_at(*id, meta.received_at);
                 docs.push((*id, doc));
                 cursor = Some(*id);
-                if text >= limits.text_bytes {
+                if limits.is_full(docs.len(), text) {
                     // The rest of the page is read again for the next batch.
-                    more = true;
                     break 'fill;
                 }
             }
-            if !more {
+            if page.len() < want {
+                more = false;
                 break;
             }
         }
