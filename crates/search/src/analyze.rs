@@ -353,7 +353,7 @@ const LONGEST_WORD: usize = 24;
 /// What [`cheap_test`] finds in a detection sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cheap {
-    /// English words: [`looks_english`].
+    /// English words: at least four, one in seven a function word.
     English,
     /// Letters at least 97 % ASCII but no word to detect a language from:
     /// every run of letters is longer than 24 letters, or in a chunk with
@@ -1154,7 +1154,8 @@ mod tests {
             assert!(!english_function_word(w.as_bytes()), "{w}");
         }
         assert!(looks_english("Please send me the report when you can."));
-        // Filler (Postfix's smtp-source), hex, bare links: no words.
+        // Filler (Postfix's smtp-source), serial numbers, bare links: no
+        // words.
         let filler: String = (0..5)
             .map(|i| format!("{}{}\n", i % 10, "X".repeat(78)))
             .collect();

@@ -76,7 +76,7 @@ impl Default for IndexerConfig {
             batch_documents: 1000,
             batch_text_bytes: 16 << 20,
             poll_interval: Duration::from_millis(250),
-            // Under a steady flow (2,000 messages/s in the SMTP bench) a
+            // Under a steady flow (3,000 messages/s in the SMTP bench) a
             // pass finds several hundred documents.
             pass_interval: Duration::from_millis(250),
             steps_per_turn: 8,

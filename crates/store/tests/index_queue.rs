@@ -168,7 +168,7 @@ fn dequeued_spans_move_the_mark_and_work_below_it_is_found() {
 }
 
 #[test]
-fn the_indexer_finds_delivered_messages_without_reading_them_back() {
+fn delivered_messages_stay_in_memory_for_the_indexer_once_durable() {
     let (_dir, store, a, ids) = account_with_mail(3);
     for (n, id) in ids.iter().enumerate() {
         let meta = store
