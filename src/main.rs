@@ -35,11 +35,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// Turns transparent huge pages off for this process. mimalloc asks for
+/// them for its arenas (and the kernel may give them to RocksDB's), and a
+/// fault on such a region makes the kernel zero a whole 2 MB page of which
+/// a server thread then uses a small part: under the SMTP benchmark's load,
+/// page faults took 9 % of the machine's CPU with huge pages and 3 %
+/// without (BENCHMARKS.md, SMTP, session 8). Failing (a kernel without
+/// the setting) only costs that.
+fn disable_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(err) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::warn!(error = %err, "cannot turn transparent huge pages off");
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Serve { demo } => {
             init_logging(&config.log, config.log.level.as_str())?;
+            disable_huge_pages();
             let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
             runtime.block_on(serve::run(config, serve::ServeOptions { demo }))?;
             Ok(ExitCode::SUCCESS)

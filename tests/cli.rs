@@ -28,6 +28,13 @@ fn cli_works_through_a_running_server_and_without_one() {
     make_stale_socket(&setup.socket());
 
     let server = setup.serve(&[], Ready::Socket);
+    // The server runs without transparent huge pages (see main.rs); the
+    // kernel reports the process's setting (since Linux 5.0).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    match status.lines().find_map(|l| l.strip_prefix("THP_enabled:")) {
+        Some(v) => assert_eq!(v.trim(), "0", "huge pages still enabled"),
+        None => println!("SKIPPED: this kernel does not report THP_enabled"),
+    }
     let mode = std::fs::metadata(setup.socket()).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,

@@ -412,6 +412,11 @@ pub struct Server {
 }
 
 impl Server {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Its stderr (the log) so far.
     pub fn log(&self) -> String {
         self.stderr.text()
