@@ -40,7 +40,8 @@ pub struct Authenticator {
     store: MailStore,
     ttl: Duration,
     /// Verified Basic credentials: principal, when, and the store's
-    /// credentials epoch then (a password change drops them at once).
+    /// credentials epoch then (a password change or an account removal,
+    /// on any node, drops them).
     cache: Mutex<HashMap<[u8; 32], (Principal, Instant, u64)>>,
 }
 
@@ -66,7 +67,9 @@ impl Authenticator {
             return None;
         }
         let key: [u8; 32] = Sha256::digest(header.as_bytes()).into();
-        let epoch = self.store.credentials_epoch();
+        // Unknown without a store read: not answered here (the blocking
+        // path reads it).
+        let epoch = self.store.credentials_epoch_cached()?;
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache
             .get(&key)
@@ -86,6 +89,10 @@ impl Authenticator {
         if !scheme.eq_ignore_ascii_case("basic") {
             return Err(AuthError::Invalid);
         }
+        // Read before verifying: a change that lands during the check
+        // leaves a stale epoch in the entry, never a stale password. (Read
+        // first, then the cache: `cached` cannot tell an unknown epoch.)
+        let epoch = self.store.credentials_epoch().map_err(AuthError::Store)?;
         if let Some(p) = self.cached(Some(header)) {
             return Ok(p);
         }
@@ -94,9 +101,6 @@ impl Authenticator {
             .map_err(|_| AuthError::Invalid)?;
         let decoded = String::from_utf8(decoded).map_err(|_| AuthError::Invalid)?;
         let (user, password) = decoded.split_once(':').ok_or(AuthError::Invalid)?;
-        // Read before verifying: a change that lands during the check
-        // leaves a stale epoch in the entry, never a stale password.
-        let epoch = self.store.credentials_epoch();
         let id = self
             .store
             .authenticate(user, password)

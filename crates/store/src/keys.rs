@@ -23,6 +23,10 @@ pub const NEXT_ACCOUNT_ID: &[u8] = &[0x02];
 /// `0x03`: push subscriptions' change counter, added to by every write of
 /// a push subscription; push senders watch it (on every node).
 pub const PUSH_EPOCH: &[u8] = &[0x03];
+/// `0x04`: the credentials epoch (counter), added to by every password
+/// change and account removal; caches of verified passwords (on every
+/// node) watch it.
+pub const CREDENTIALS_EPOCH: &[u8] = &[0x04];
 
 const LOGIN: u8 = 0x10;
 const ADDRESS: u8 = 0x11;

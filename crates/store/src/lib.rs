@@ -61,7 +61,9 @@ pub struct MailStore {
     kv: Kv,
     path: PathBuf,
     combiner: Arc<deliver::Combiner>,
-    credentials: Arc<std::sync::atomic::AtomicU64>,
+    /// The credentials epoch ([`keys::CREDENTIALS_EPOCH`]), kept while no
+    /// commit writes it.
+    credentials: Arc<watched::WatchedCache<(), u64>>,
     recent: Arc<recent::RecentBlobs>,
 }
 
@@ -109,22 +111,29 @@ impl MailStore {
             kv,
             path,
             combiner: Arc::default(),
-            credentials: Arc::default(),
+            credentials: Arc::new(watched::WatchedCache::new(1)),
             recent: Arc::default(),
         })
     }
 
-    /// A number that changes whenever this process changes or removes an
-    /// account's credentials (password, account removal). Caches of
-    /// verified passwords compare it to drop what they hold at once; other
-    /// processes sharing the store (FoundationDB) do not see it.
-    pub fn credentials_epoch(&self) -> u64 {
-        self.credentials.load(std::sync::atomic::Ordering::Acquire)
+    /// A number that changes whenever any process sharing the store
+    /// changes or removes an account's credentials (password, account
+    /// removal): a counter in the store, added to in the same transaction.
+    /// Caches of verified passwords compare it to drop what they hold.
+    /// Read once, then kept in memory until a commit writes it (a store
+    /// watch: at once in this process, within the backend's watch latency
+    /// on other FoundationDB nodes).
+    pub fn credentials_epoch(&self) -> Result<u64> {
+        self.credentials
+            .get(&self.kv, &(), keys::CREDENTIALS_EPOCH, |tx| {
+                Ok(tx.get_counter(keys::CREDENTIALS_EPOCH)? as u64)
+            })
     }
 
-    fn credentials_changed(&self) {
-        self.credentials
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    /// [`MailStore::credentials_epoch`] if known without reading the store
+    /// (it has not changed since it was last read); never blocks.
+    pub fn credentials_epoch_cached(&self) -> Option<u64> {
+        self.credentials.cached(&())
     }
 
     /// The key-value store underneath.
@@ -176,10 +185,11 @@ impl MailStore {
     /// Removes an account and all of its data.
     pub fn remove_account(&self, address: &str) -> Result<()> {
         let address = account::normalize_address(address)?;
-        let id = self
-            .kv
-            .transact(|tx| account::remove_account_login(tx, &address))?;
-        self.credentials_changed();
+        let id = self.kv.transact(|tx| {
+            let id = account::remove_account_login(tx, &address)?;
+            tx.add(keys::CREDENTIALS_EPOCH, 1)?;
+            Ok::<_, Error>(id)
+        })?;
         while self
             .kv
             .transact(|tx| account::purge_account_batch(tx, id, 1000))?
@@ -200,9 +210,10 @@ impl MailStore {
             let mut record = account::get_account(tx, id)?
                 .ok_or_else(|| Error::NotFound(format!("account {address}")))?;
             record.password_hash = hash.clone();
-            account::put_account(tx, id, &record)
+            account::put_account(tx, id, &record)?;
+            tx.add(keys::CREDENTIALS_EPOCH, 1)?;
+            Ok::<_, Error>(())
         })?;
-        self.credentials_changed();
         Ok(())
     }
 

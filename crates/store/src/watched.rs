@@ -112,8 +112,9 @@ impl<K: Hash + Eq + Clone, V: Clone> WatchedCache<K, V> {
         Ok(value)
     }
 
-    /// The cached value of `id`, if its watch has not fired.
-    fn cached(&self, id: &K) -> Option<V> {
+    /// The cached value of `id`, if its watch has not fired; never reads
+    /// the store.
+    pub fn cached(&self, id: &K) -> Option<V> {
         let mut guard = self.entries.lock();
         let (entries, clock) = &mut *guard;
         *clock += 1;
