@@ -39,7 +39,7 @@ fn main() -> ExitCode {
 /// them for its arenas (and the kernel may give them to RocksDB's), and a
 /// fault on such a region makes the kernel zero a whole 2 MB page of which
 /// a server thread then uses a small part: under the SMTP benchmark's load,
-/// page faults took 9 % of the machine's CPU with huge pages and 3 %
+/// page faults took 9 % of the machine's CPU with huge pages and 2–3 %
 /// without (BENCHMARKS.md, SMTP, session 8). Failing (a kernel without
 /// the setting) only costs that.
 fn disable_huge_pages() {
