@@ -35,7 +35,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Turns transparent huge pages off for this process. mimalloc asks for
+/// Turns transparent huge pages off for this process (`serve` and
+/// `reindex`, the commands that load the store hard). mimalloc asks for
 /// them for its arenas (and the kernel may give them to RocksDB's), and a
 /// fault on such a region makes the kernel zero a whole 2 MB page of which
 /// a server thread then uses a small part: under the SMTP benchmark's load,
@@ -79,6 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Reindex { account } => {
             init_logging(&config.log, "warn")?;
+            disable_huge_pages();
             reindex::run(&config, account.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }

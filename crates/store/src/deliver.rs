@@ -233,7 +233,11 @@ impl Drop for LaneLeadership<'_> {
         let Some(s) = lanes.get_mut(&self.lane) else {
             return;
         };
-        s.queue.retain(|q| !Arc::ptr_eq(&q.job, self.own));
+        // A leader that returns normally had its job taken into a batch;
+        // only one that unwinds may leave it behind.
+        if std::thread::panicking() {
+            s.queue.retain(|q| !Arc::ptr_eq(&q.job, self.own));
+        }
         match s.queue.first() {
             Some(next) => next.reply.send(Message::Lead),
             None => {
