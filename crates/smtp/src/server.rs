@@ -740,7 +740,7 @@ impl Accepted {
         store: &MailStore,
         vacations: &tern_store::vacation::VacationCache,
         hostname: &str,
-        screened: crate::spam::Screened,
+        mut screened: crate::spam::Screened,
     ) -> (Reply, Option<AutoReplies>) {
         let Accepted {
             id,
@@ -749,16 +749,18 @@ impl Accepted {
             junk,
             delays,
         } = self;
-        let mut filtered = match screened.finish(&incoming.data) {
+        // Without the X-Spam-* (X-Virus-Status) fields it came with: only
+        // ours are delivered.
+        if let Some(message) = screened.take_message() {
+            incoming.data = message;
+        }
+        // Parsed once, for the spam filter and for the store.
+        let parsed = mail_parser::MessageParser::default().parse(&incoming.data);
+        let filtered = match screened.finish_parsed(&incoming.data, parsed.as_ref()) {
             Ok(filtered) => filtered,
             Err(reply) => return (reply, None),
         };
         let scored = Instant::now();
-        // Without the X-Spam-* (X-Virus-Status) fields it came with: only
-        // ours are delivered.
-        if let Some(message) = filtered.message.take() {
-            incoming.data = message;
-        }
         let received = headers::received(&incoming, hostname, &id, SystemTime::now());
         let mut raw =
             Vec::with_capacity(received.len() + auth_headers.len() + incoming.data.len() + 128);
@@ -794,7 +796,13 @@ impl Accepted {
             // or the whole message is deferred (see QuotaPolicy).
             quota: QuotaPolicy::UnderLimitAllOrNothing,
         };
-        match store.deliver_with(&raw, &recipients, &options) {
+        let delivered = match &parsed {
+            Some(message) => {
+                store.deliver_prefixed(&raw, &incoming.data, message, &recipients, &options)
+            }
+            None => store.deliver_with(&raw, &recipients, &options),
+        };
+        match delivered {
             Ok(results) => {
                 if let Some(err) = results.iter().find_map(|r| r.as_ref().err()) {
                     // Not produced under UnderLimitAllOrNothing: the store

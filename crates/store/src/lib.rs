@@ -262,6 +262,40 @@ impl MailStore {
         recipients: &[Recipient],
         options: &DeliverOptions,
     ) -> Result<deliver::Outcome> {
+        self.deliver_checked(raw, recipients, options, || parse::parse_message(raw))
+    }
+
+    /// [`MailStore::deliver_with`] for `raw` = `prefix ++ data`, where
+    /// `prefix` is header fields put on top of the message (trace fields)
+    /// and `message` is `data` already parsed with mail-parser's default
+    /// parser: the message is not parsed again (see
+    /// [`parse::parse_message_prefixed`]; what is stored is the same).
+    /// Fails with [`Error::Invalid`] when `raw` does not end with `data`.
+    pub fn deliver_prefixed(
+        &self,
+        raw: &[u8],
+        data: &[u8],
+        message: &mail_parser::Message<'_>,
+        recipients: &[Recipient],
+        options: &DeliverOptions,
+    ) -> Result<deliver::Outcome> {
+        let Some(prefix) = raw.strip_suffix(data) else {
+            return Err(Error::Invalid(
+                "the message does not end with its data".into(),
+            ));
+        };
+        self.deliver_checked(raw, recipients, options, || {
+            parse::parse_message_prefixed(prefix, data, message)
+        })
+    }
+
+    fn deliver_checked(
+        &self,
+        raw: &[u8],
+        recipients: &[Recipient],
+        options: &DeliverOptions,
+        parse: impl FnOnce() -> Result<parse::ParsedMessage>,
+    ) -> Result<deliver::Outcome> {
         if !options.envelopes.is_empty() && options.envelopes.len() != recipients.len() {
             return Err(Error::Invalid(format!(
                 "{} envelopes for {} recipients",
@@ -269,7 +303,7 @@ impl MailStore {
                 recipients.len()
             )));
         }
-        let parsed = parse::parse_message(raw)?;
+        let parsed = parse()?;
         let big = raw.len() > INLINE_BLOB_LIMIT;
         // A small message is stored in the delivery's transaction; its
         // hash is taken here, outside the account's delivery lane.

@@ -152,6 +152,82 @@ pub fn parse_message(raw: &[u8]) -> Result<ParsedMessage> {
     if message.root_part().headers.is_empty() {
         return Err(Error::NotAMessage("no header fields".into()));
     }
+    Ok(from_parsed(raw, &message))
+}
+
+/// [`parse_message`] of `prefix ++ data`, where `prefix` is whole header
+/// fields put on top of a message (an MTA's trace fields) and `message` is
+/// `data` already parsed with mail-parser's default parser (the SMTP
+/// server parses each message once, for its spam filter and for this):
+/// the same result without parsing `data` again. When `data` would not
+/// parse the same after the prefix (it starts with a continuation line or
+/// the blank line before a body, or has no header fields), or `prefix` is
+/// not whole header lines, the whole is parsed instead.
+pub fn parse_message_prefixed(
+    prefix: &[u8],
+    data: &[u8],
+    message: &mail_parser::Message<'_>,
+) -> Result<ParsedMessage> {
+    let starts_a_field = data
+        .first()
+        .is_some_and(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
+    let (Some(shift), Some(fields), true, false) = (
+        u32::try_from(prefix.len()).ok(),
+        prefix_fields(prefix),
+        starts_a_field,
+        message.root_part().headers.is_empty(),
+    ) else {
+        return parse_message(&[prefix, data].concat());
+    };
+    let mut parsed = from_parsed(data, message);
+    for (i, part) in parsed.detail.parts.iter_mut().enumerate() {
+        // The root part starts the message either way.
+        if i > 0 {
+            part.offset_header += shift;
+        }
+        part.offset_body += shift;
+        part.offset_end += shift;
+    }
+    if let Some(root) = parsed.detail.parts.first_mut() {
+        root.headers.splice(0..0, fields.iter().cloned());
+    }
+    parsed.detail.headers.splice(0..0, fields);
+    Ok(parsed)
+}
+
+/// The header fields making up `prefix`, as [`raw_headers`] gives them
+/// from a parse: each a name, a colon and a value running to the end of
+/// its last line (folded lines start with a space or a tab). Without
+/// mail-parser, whose Received parser is not cheap. `None` unless
+/// `prefix` is whole lines that are all fields.
+fn prefix_fields(prefix: &[u8]) -> Option<Vec<RawHeader>> {
+    let mut out = Vec::new();
+    let mut rest = prefix;
+    while !rest.is_empty() {
+        let mut end = 0;
+        loop {
+            end += rest[end..].iter().position(|&b| b == b'\n')? + 1;
+            if !rest.get(end).is_some_and(|b| matches!(b, b' ' | b'\t')) {
+                break;
+            }
+        }
+        let field = &rest[..end];
+        let colon = field.iter().position(|&b| b == b':')?;
+        let name = String::from_utf8_lossy(&field[..colon]).trim().to_string();
+        if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            return None;
+        }
+        let value = String::from_utf8_lossy(&field[colon + 1..])
+            .trim_end_matches(['\r', '\n'])
+            .to_string();
+        out.push(RawHeader { name, value });
+        rest = &rest[end..];
+    }
+    Some(out)
+}
+
+/// What the store keeps of `message`, parsed from `raw`.
+fn from_parsed(raw: &[u8], message: &mail_parser::Message<'_>) -> ParsedMessage {
     let addresses = |a: Option<&Address<'_>>| a.map(flatten_address).unwrap_or_default();
     let ids = |v: &HeaderValue<'_>| match v {
         HeaderValue::Text(t) => vec![t.to_string()],
@@ -206,7 +282,7 @@ pub fn parse_message(raw: &[u8]) -> Result<ParsedMessage> {
     detail.text_body = map(&message.text_body);
     detail.html_body = map(&message.html_body);
     detail.attachments = map(&message.attachments);
-    Ok(ParsedMessage { envelope, detail })
+    ParsedMessage { envelope, detail }
 }
 
 fn flatten(

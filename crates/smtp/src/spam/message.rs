@@ -1,7 +1,9 @@
 //! One parse of a message into what the rules and the tokenizer look at:
 //! header values, the text a reader sees, links, attachments.
 
-use mail_parser::{Address, HeaderName, HeaderValue, MessageParser, MimeHeaders, PartType};
+use mail_parser::{
+    Address, HeaderName, HeaderValue, Message, MessageParser, MimeHeaders, PartType,
+};
 
 use super::html;
 
@@ -122,11 +124,17 @@ fn count_addresses(value: Option<&Address<'_>>) -> usize {
 
 /// Analyzes a raw message.
 pub fn analyze(raw: &[u8]) -> Analyzed {
+    analyze_parsed(raw, MessageParser::default().parse(raw).as_ref())
+}
+
+/// Analyzes a raw message already parsed with mail-parser's default
+/// parser (`None`: it could not be parsed).
+pub fn analyze_parsed(raw: &[u8], message: Option<&Message<'_>>) -> Analyzed {
     let mut out = Analyzed {
         gtube: memchr::memmem::find(raw, GTUBE).is_some(),
         ..Analyzed::default()
     };
-    let Some(message) = MessageParser::default().parse(raw) else {
+    let Some(message) = message else {
         out.text = String::from_utf8_lossy(&raw[..raw.len().min(MAX_TEXT)]).into_owned();
         return out;
     };

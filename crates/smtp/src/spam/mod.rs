@@ -176,7 +176,16 @@ pub struct Prepared {
 impl Prepared {
     /// Parses and tokenizes `raw`.
     pub fn new(raw: &[u8]) -> Prepared {
-        let analyzed = message::analyze(raw);
+        Prepared::from_analyzed(message::analyze(raw))
+    }
+
+    /// Tokenizes `raw`, already parsed with mail-parser's default parser
+    /// (`None`: it could not be parsed).
+    pub fn from_parsed(raw: &[u8], message: Option<&mail_parser::Message<'_>>) -> Prepared {
+        Prepared::from_analyzed(message::analyze_parsed(raw, message))
+    }
+
+    fn from_analyzed(analyzed: message::Analyzed) -> Prepared {
         let tokens = tokens::tokenize(&analyzed);
         Prepared { analyzed, tokens }
     }
@@ -794,10 +803,29 @@ impl Screened {
         self.out.message.as_deref()
     }
 
+    /// Takes out the message to deliver instead of the received data (see
+    /// [`Screened::message`]); [`Filtered::message`] is then `None`.
+    pub fn take_message(&mut self) -> Option<Vec<u8>> {
+        self.out.message.take()
+    }
+
     /// Scores an inbound message (`received`: the data as received) and
     /// decides each account's folder. Blocks: reads the accounts' models.
     /// `Err` is the reply refusing it as spam.
     pub fn finish(self, received: &[u8]) -> Result<Filtered, Reply> {
+        self.finish_parsed(received, None)
+    }
+
+    /// [`Screened::finish`] for `data` — the received data, or what
+    /// [`Screened::take_message`] took out — with `parsed`, its parse by
+    /// mail-parser's default parser when the caller has one (the SMTP
+    /// server parses once, for this and for the store). Without one, or
+    /// when the filter still holds a stripped message, the filter parses.
+    pub fn finish_parsed(
+        self,
+        data: &[u8],
+        parsed: Option<&mail_parser::Message<'_>>,
+    ) -> Result<Filtered, Reply> {
         let Screened { mut out, inbound } = self;
         let Some(InboundScore {
             spam,
@@ -809,8 +837,11 @@ impl Screened {
         else {
             return Ok(out);
         };
-        let prepared =
-            prepared.unwrap_or_else(|| Prepared::new(out.message.as_deref().unwrap_or(received)));
+        let prepared = prepared.unwrap_or_else(|| match (out.message.as_deref(), parsed) {
+            (Some(stripped), _) => Prepared::new(stripped),
+            (None, Some(message)) => Prepared::from_parsed(data, Some(message)),
+            (None, None) => Prepared::new(data),
+        });
         // One account: its own model joins the global one for the
         // message's score. Several: the message's score (its headers) is
         // the global one; each copy is filed by its account's own.
