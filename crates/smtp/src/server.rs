@@ -756,7 +756,7 @@ impl Accepted {
         }
         // Parsed once, for the spam filter and for the store.
         let parsed = mail_parser::MessageParser::default().parse(&incoming.data);
-        let filtered = match screened.finish_parsed(&incoming.data, parsed.as_ref()) {
+        let filtered = match screened.finish(&incoming.data, parsed.as_ref()) {
             Ok(filtered) => filtered,
             Err(reply) => return (reply, None),
         };

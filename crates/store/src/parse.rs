@@ -213,14 +213,14 @@ fn prefix_fields(prefix: &[u8]) -> Option<Vec<RawHeader>> {
         }
         let field = &rest[..end];
         let colon = field.iter().position(|&b| b == b':')?;
-        let name = String::from_utf8_lossy(&field[..colon]).trim().to_string();
+        let name = field_name(&field[..colon]);
         if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c.is_control()) {
             return None;
         }
-        let value = String::from_utf8_lossy(&field[colon + 1..])
-            .trim_end_matches(['\r', '\n'])
-            .to_string();
-        out.push(RawHeader { name, value });
+        out.push(RawHeader {
+            name,
+            value: field_value(&field[colon + 1..]),
+        });
         rest = &rest[end..];
     }
     Some(out)
@@ -356,27 +356,35 @@ fn flatten(
     me
 }
 
+/// A field's name as kept: the bytes before its colon (the colon itself
+/// may be included), trimmed.
+fn field_name(name: &[u8]) -> String {
+    String::from_utf8_lossy(name)
+        .trim_end_matches(':')
+        .trim()
+        .to_string()
+}
+
+/// A field's value as kept: the raw bytes after its colon, folding kept,
+/// without the final line break.
+fn field_value(value: &[u8]) -> String {
+    String::from_utf8_lossy(value)
+        .trim_end_matches(['\r', '\n'])
+        .to_string()
+}
+
 fn raw_headers(raw: &[u8], headers: &[mail_parser::Header<'_>]) -> Vec<RawHeader> {
     headers
         .iter()
         .map(|h| {
             let name = raw
                 .get(h.offset_field as usize..h.offset_start as usize)
-                .map(|n| {
-                    String::from_utf8_lossy(n)
-                        .trim_end_matches(':')
-                        .trim()
-                        .to_string()
-                })
+                .map(field_name)
                 .filter(|n| !n.is_empty())
                 .unwrap_or_else(|| h.name().to_string());
             let value = raw
                 .get(h.offset_start as usize..h.offset_end as usize)
-                .map(|v| {
-                    String::from_utf8_lossy(v)
-                        .trim_end_matches(['\r', '\n'])
-                        .to_string()
-                })
+                .map(field_value)
                 .unwrap_or_default();
             RawHeader { name, value }
         })

@@ -179,10 +179,9 @@ impl Prepared {
         Prepared::from_analyzed(message::analyze(raw))
     }
 
-    /// Tokenizes `raw`, already parsed with mail-parser's default parser
-    /// (`None`: it could not be parsed).
-    pub fn from_parsed(raw: &[u8], message: Option<&mail_parser::Message<'_>>) -> Prepared {
-        Prepared::from_analyzed(message::analyze_parsed(raw, message))
+    /// Tokenizes `raw`, already parsed with mail-parser's default parser.
+    pub fn from_parsed(raw: &[u8], message: &mail_parser::Message<'_>) -> Prepared {
+        Prepared::from_analyzed(message::analyze_parsed(raw, Some(message)))
     }
 
     fn from_analyzed(analyzed: message::Analyzed) -> Prepared {
@@ -797,31 +796,22 @@ struct InboundScore {
 }
 
 impl Screened {
-    /// The message to deliver instead of the received data, when the
-    /// filter removed header fields from it.
-    pub fn message(&self) -> Option<&[u8]> {
-        self.out.message.as_deref()
-    }
-
-    /// Takes out the message to deliver instead of the received data (see
-    /// [`Screened::message`]); [`Filtered::message`] is then `None`.
+    /// Takes out the message to deliver instead of the received data, when
+    /// the filter removed header fields from it; [`Filtered::message`] is
+    /// then `None`.
     pub fn take_message(&mut self) -> Option<Vec<u8>> {
         self.out.message.take()
     }
 
-    /// Scores an inbound message (`received`: the data as received) and
-    /// decides each account's folder. Blocks: reads the accounts' models.
-    /// `Err` is the reply refusing it as spam.
-    pub fn finish(self, received: &[u8]) -> Result<Filtered, Reply> {
-        self.finish_parsed(received, None)
-    }
-
-    /// [`Screened::finish`] for `data` — the received data, or what
-    /// [`Screened::take_message`] took out — with `parsed`, its parse by
+    /// Scores an inbound message and decides each account's folder.
+    /// `data` is what will be delivered — the received data, or what
+    /// [`Screened::take_message`] took out — and `parsed` its parse by
     /// mail-parser's default parser when the caller has one (the SMTP
-    /// server parses once, for this and for the store). Without one, or
+    /// server parses once, for this and for the store); without one, or
     /// when the filter still holds a stripped message, the filter parses.
-    pub fn finish_parsed(
+    /// Blocks: reads the accounts' models. `Err` is the reply refusing it
+    /// as spam.
+    pub fn finish(
         self,
         data: &[u8],
         parsed: Option<&mail_parser::Message<'_>>,
@@ -839,7 +829,7 @@ impl Screened {
         };
         let prepared = prepared.unwrap_or_else(|| match (out.message.as_deref(), parsed) {
             (Some(stripped), _) => Prepared::new(stripped),
-            (None, Some(message)) => Prepared::from_parsed(data, Some(message)),
+            (None, Some(message)) => Prepared::from_parsed(data, message),
             (None, None) => Prepared::new(data),
         });
         // One account: its own model joins the global one for the
