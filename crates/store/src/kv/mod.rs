@@ -164,10 +164,37 @@ pub struct Commit {
     /// Every range the transaction read; the commit fails with
     /// [`Error::Conflict`] if a later commit wrote into any of them.
     pub read_conflicts: Vec<KeyRange>,
-    /// Every range the transaction writes.
+    /// Ranges the transaction writes besides those of its mutations:
+    /// every key and range a mutation writes is a write conflict too (as
+    /// in FoundationDB), so they are not listed again here.
     pub write_conflicts: Vec<KeyRange>,
     /// The writes, applied in order. Clear-ranges come first.
     pub mutations: Vec<Mutation>,
+}
+
+impl Commit {
+    /// Whether any key or range this commit writes (its mutations and
+    /// its extra write conflicts) intersects one of `reads`.
+    pub(crate) fn writes_into(&self, reads: &[KeyRange]) -> bool {
+        self.mutations.iter().any(|m| m.writes_into(reads))
+            || self
+                .write_conflicts
+                .iter()
+                .any(|w| reads.iter().any(|r| r.intersects(w)))
+    }
+}
+
+impl Mutation {
+    /// Whether the key or range this mutation writes intersects one of
+    /// `reads`.
+    pub(crate) fn writes_into(&self, reads: &[KeyRange]) -> bool {
+        match self {
+            Mutation::Set { key, .. } | Mutation::Clear { key } | Mutation::Add { key, .. } => {
+                reads.iter().any(|r| r.contains(key))
+            }
+            Mutation::ClearRange(w) => reads.iter().any(|r| r.intersects(w)),
+        }
+    }
 }
 
 /// A read view of the store at one version.

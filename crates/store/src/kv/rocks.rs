@@ -64,11 +64,46 @@ struct Queue {
     leading: bool,
 }
 
-/// Write ranges of recent commits, newest last.
+/// What recent commits wrote, newest last.
 struct History {
-    entries: VecDeque<(Version, Instant, Vec<KeyRange>)>,
+    entries: VecDeque<(Version, Instant, Written)>,
     /// Commits at or below this version are no longer in `entries`.
     floor: Version,
+}
+
+/// The keys and ranges a commit wrote, kept for the conflict checks of
+/// later commits: its mutations' own keys (moved, not copied, once their
+/// values are in the batch) and its ranges.
+struct Written {
+    keys: Vec<Vec<u8>>,
+    ranges: Vec<KeyRange>,
+}
+
+impl Written {
+    fn of(commit: Commit) -> Self {
+        let mut keys = Vec::with_capacity(commit.mutations.len());
+        let mut ranges = commit.write_conflicts;
+        for m in commit.mutations {
+            match m {
+                Mutation::Set { key, .. } | Mutation::Clear { key } | Mutation::Add { key, .. } => {
+                    keys.push(key)
+                }
+                Mutation::ClearRange(r) => ranges.push(r),
+            }
+        }
+        Self { keys, ranges }
+    }
+
+    /// Whether anything written intersects one of `reads`.
+    fn hits(&self, reads: &[KeyRange]) -> bool {
+        self.keys
+            .iter()
+            .any(|k| reads.iter().any(|r| r.contains(k)))
+            || self
+                .ranges
+                .iter()
+                .any(|w| reads.iter().any(|r| r.intersects(w)))
+    }
 }
 
 /// What only the leader touches.
@@ -304,20 +339,16 @@ fn conflicts(history: &History, group: &[(Version, &Commit)], commit: &Commit) -
     if commit.read_conflicts.is_empty() {
         return false;
     }
-    let hits = |writes: &[KeyRange]| {
-        writes
-            .iter()
-            .any(|w| commit.read_conflicts.iter().any(|r| r.intersects(w)))
-    };
+    let reads = &commit.read_conflicts;
     history
         .entries
         .iter()
         .rev()
         .take_while(|(v, _, _)| *v > commit.read_version)
-        .any(|(_, _, writes)| hits(writes))
+        .any(|(_, _, written)| written.hits(reads))
         || group
             .iter()
-            .any(|(v, c)| *v > commit.read_version && hits(&c.write_conflicts))
+            .any(|(v, c)| *v > commit.read_version && c.writes_into(reads))
 }
 
 /// The oldest waiting commits, up to [`MAX_GROUP_BYTES`] (at least one).
@@ -412,41 +443,41 @@ fn write_group(shared: &Shared, group: Vec<Pending>) {
         return;
     }
     shared.version.store(next, Ordering::SeqCst);
-    fire_watches(shared, &accepted);
-    for (v, p) in accepted {
-        history
-            .entries
-            .push_back((v, now, p.commit.write_conflicts));
-        p.reply.send(Reply::Done(Ok(v)));
+    let written: Vec<(Version, Written, Sender<Reply>)> = accepted
+        .into_iter()
+        .map(|(v, p)| (v, Written::of(p.commit), p.reply))
+        .collect();
+    fire_watches(shared, written.iter().map(|(_, w, _)| w));
+    for (v, written, reply) in written {
+        history.entries.push_back((v, now, written));
+        reply.send(Reply::Done(Ok(v)));
     }
 }
 
-fn fire_watches(shared: &Shared, accepted: &[(Version, Pending)]) {
+fn fire_watches<'a>(shared: &Shared, written: impl Iterator<Item = &'a Written>) {
     let mut watches = shared.watches.lock();
     if watches.is_empty() {
         return;
     }
-    for (_, p) in accepted {
-        for w in &p.commit.write_conflicts {
-            if w.end.len() == w.begin.len() + 1
-                && w.end.starts_with(&w.begin)
-                && w.end.last() == Some(&0)
-            {
-                // A single key: one lookup.
-                if let Some(waiters) = watches.remove(&w.begin) {
-                    for s in waiters {
-                        let _ = s.send(());
-                    }
-                }
-            } else {
-                let hit: Vec<Vec<u8>> = watches.keys().filter(|k| w.contains(k)).cloned().collect();
-                for k in hit {
-                    if let Some(waiters) = watches.remove(&k) {
-                        for s in waiters {
-                            let _ = s.send(());
-                        }
-                    }
-                }
+    let fire = |key: &[u8], watches: &mut WatchMap| {
+        if let Some(waiters) = watches.remove(key) {
+            for s in waiters {
+                let _ = s.send(());
+            }
+        }
+    };
+    for w in written {
+        for key in &w.keys {
+            fire(key, &mut watches);
+        }
+        for range in &w.ranges {
+            let hit: Vec<Vec<u8>> = watches
+                .keys()
+                .filter(|k| range.contains(k))
+                .cloned()
+                .collect();
+            for key in hit {
+                fire(&key, &mut watches);
             }
         }
     }

@@ -470,14 +470,13 @@ impl<'s> Transaction<'s> {
         if self.started.elapsed() > limits::MAX_TRANSACTION_AGE {
             return Err(Error::TransactionTooOld);
         }
-        let mut write_conflicts = self.extra_write_conflicts;
+        // The mutations' keys and ranges are write conflicts by
+        // themselves ([`Commit::write_conflicts`]).
         let mut mutations = Vec::with_capacity(self.cleared.len() + self.writes.len());
         for r in self.cleared {
-            write_conflicts.push(r.clone());
             mutations.push(Mutation::ClearRange(r));
         }
         for (key, op) in self.writes {
-            write_conflicts.push(KeyRange::single(&key));
             mutations.push(match op {
                 Op::Set(value) => Mutation::Set { key, value },
                 Op::Clear => Mutation::Clear { key },
@@ -487,7 +486,7 @@ impl<'s> Transaction<'s> {
         Ok(Some(Commit {
             read_version: self.snapshot.version(),
             read_conflicts: self.reads,
-            write_conflicts,
+            write_conflicts: self.extra_write_conflicts,
             mutations,
         }))
     }
