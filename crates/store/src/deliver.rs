@@ -1,20 +1,23 @@
 //! Delivery: storing one raw message for N local recipients atomically.
 //!
 //! Concurrent deliveries are *combined*: callers queue their (already
-//! parsed) message and one of them — the leader — stores everything queued
-//! in one transaction, then answers each caller. Writes to one account
-//! serialise on its change counter, so without combining sixteen concurrent
+//! parsed) message and a delivery worker stores everything queued in one
+//! transaction, then answers each caller. Writes to one account serialise
+//! on its change counter, so without combining sixteen concurrent
 //! deliveries to one mailbox would conflict and retry one fsync at a time;
 //! combined, they share one transaction and one fsync. A batch that fails
 //! is retried one job at a time so one bad message cannot fail the others.
-//! Deliveries are combined per account (lanes): batches for different
-//! accounts are built on their own threads at once and meet again in the
-//! backend's group commit, which gives them one fsync.
+//! Deliveries are combined per account (lanes): a worker serves one lane
+//! at a time, batch after batch while it has jobs queued, so a busy lane
+//! never waits for a thread to wake between batches; batches for
+//! different accounts are stored by other workers at once and meet again
+//! in the backend's group commit, which gives them one fsync.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::changes::Writer;
 use crate::envelope::{self, Envelope};
@@ -124,34 +127,50 @@ pub(crate) struct Job {
     pub quota: QuotaPolicy,
 }
 
-enum Message {
-    Done(Result<Outcome>),
-    /// The leader finished its own job and hands the queue to this waiter.
-    Lead,
-}
-
 struct Queued {
     job: Arc<Job>,
-    reply: Sender<Message>,
+    reply: Sender<Result<Outcome>>,
 }
 
+/// The lanes and their workers' bookkeeping, under one lock.
 #[derive(Default)]
 struct State {
-    queue: Vec<Queued>,
-    leading: bool,
+    /// Jobs waiting, per lane (a lane without jobs has no entry).
+    queues: HashMap<AccountId, Vec<Queued>>,
+    /// Lanes with jobs that no worker serves, oldest first.
+    ready: VecDeque<AccountId>,
+    /// Lanes a worker is serving.
+    serving: HashSet<AccountId>,
+    /// Workers started (they live until the combiner is dropped).
+    workers: usize,
+    /// Workers waiting for a ready lane.
+    idle: usize,
+    closing: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when a lane becomes ready, and at closing.
+    work: Condvar,
 }
 
 /// Combines concurrent deliveries into shared transactions, one lane per
 /// account (a job's lane is its lowest recipient account): deliveries to
 /// one account share a transaction, since they would conflict on its
-/// counters; deliveries to other accounts are stored by their own
-/// leaders at the same time, on other threads, and their commits still
+/// counters. Lanes are stored by a few worker threads, started as
+/// needed: a worker takes a ready lane and stores its batches one after
+/// another while it has jobs (under load a lane's next batch starts as
+/// soon as the last is durable, with no thread hand-off between them),
+/// moving on to waiting lanes in turn. Deliveries to other accounts are
+/// stored by other workers at the same time, and their commits still
 /// share a WAL sync in the backend's group commit. Jobs of two lanes that
 /// do meet (a recipient in both) are kept apart by the transactions'
 /// conflict checks, at the cost of a retry.
-#[derive(Default)]
 pub(crate) struct Combiner {
-    lanes: Mutex<HashMap<AccountId, State>>,
+    kv: Kv,
+    shared: Arc<Shared>,
+    max_workers: usize,
+    handles: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Combiner {
@@ -161,9 +180,26 @@ impl std::fmt::Debug for Combiner {
 }
 
 impl Combiner {
+    /// A combiner storing into `kv`; its workers start with the first
+    /// deliveries.
+    pub(crate) fn new(kv: Kv) -> Self {
+        // One worker per CPU keeps every core storing when many accounts
+        // receive at once; more would only contend for the same cores.
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            kv,
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                work: Condvar::new(),
+            }),
+            max_workers: cpus.clamp(2, 8),
+            handles: Mutex::new(Vec::new()),
+        }
+    }
+
     /// Stores `job`, possibly together with others, and returns its
     /// outcome once durable.
-    pub(crate) fn submit(&self, kv: &Kv, job: Job) -> Result<Outcome> {
+    pub(crate) fn submit(&self, job: Job) -> Result<Outcome> {
         let lane = job
             .recipients
             .iter()
@@ -172,77 +208,122 @@ impl Combiner {
             .unwrap_or(AccountId(0));
         let job = Arc::new(job);
         // The wait parks at once (see `handoff`): a dozen waiting
-        // deliveries spinning would take the CPU from their leader.
+        // deliveries spinning would take the CPU from their worker.
         let (reply, wait) = handoff::channel();
-        let lead = {
-            let mut lanes = self.lanes.lock();
-            let s = lanes.entry(lane).or_default();
-            s.queue.push(Queued {
+        let start = {
+            let mut st = self.shared.state.lock();
+            let queue = st.queues.entry(lane).or_default();
+            let first = queue.is_empty();
+            queue.push(Queued {
                 job: job.clone(),
                 reply,
             });
-            !std::mem::replace(&mut s.leading, true)
-        };
-        if !lead {
-            match wait.recv() {
-                Ok(Message::Done(r)) => return r,
-                Ok(Message::Lead) => {}
-                Err(_) => {
-                    return Err(crate::kv::Error::Backend("delivery leader vanished".into()).into());
+            if first && !st.serving.contains(&lane) {
+                st.ready.push_back(lane);
+                if st.idle > 0 {
+                    self.shared.work.notify_one();
+                    false
+                } else if st.workers < self.max_workers {
+                    st.workers += 1;
+                    true
+                } else {
+                    // Every worker is busy; the first to finish a batch
+                    // finds the lane ready.
+                    false
                 }
+            } else {
+                false
+            }
+        };
+        if start && let Err(e) = self.start_worker() {
+            let mut st = self.shared.state.lock();
+            st.workers -= 1;
+            if st.workers == 0 {
+                // Nobody would ever store it: take the job back.
+                if let Some(queue) = st.queues.get_mut(&lane) {
+                    queue.retain(|q| !Arc::ptr_eq(&q.job, &job));
+                    if queue.is_empty() {
+                        st.queues.remove(&lane);
+                        st.ready.retain(|&l| l != lane);
+                    }
+                }
+                return Err(e);
             }
         }
-        // Leading the lane: store batches until our own job is answered;
-        // then (or when unwinding) the lead passes to the lane's next
-        // waiter. (A lane's entry lives while it has a leader.)
-        let _leadership = LaneLeadership {
-            combiner: self,
-            lane,
-            own: &job,
-        };
-        loop {
-            let batch = {
-                let mut lanes = self.lanes.lock();
-                lanes
-                    .get_mut(&lane)
-                    .map(|s| take_batch(&mut s.queue))
-                    .unwrap_or_default()
-            };
-            run_batch(kv, batch);
-            if let Some(Message::Done(r)) = wait.try_recv() {
-                return r;
+        match wait.recv() {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                Err(crate::kv::Error::Backend("storing the delivery failed hard".into()).into())
             }
+        }
+    }
+
+    fn start_worker(&self) -> Result<()> {
+        let (kv, shared) = (self.kv.clone(), self.shared.clone());
+        let handle = std::thread::Builder::new()
+            .name("tern-deliver".into())
+            .spawn(move || work(&kv, &shared))
+            .map_err(|e| {
+                crate::kv::Error::Backend(format!("cannot start a delivery worker: {e}"))
+            })?;
+        self.handles.lock().push(handle);
+        Ok(())
+    }
+}
+
+impl Drop for Combiner {
+    /// Stops the workers once the lanes are empty (no store handle is
+    /// left to queue more) and waits for them: they hold the store open.
+    fn drop(&mut self) {
+        self.shared.state.lock().closing = true;
+        self.shared.work.notify_all();
+        for handle in self.handles.get_mut().drain(..) {
+            let _ = handle.join();
         }
     }
 }
 
-/// Held by a lane's leader; on release (also when unwinding) passes the
-/// lead to the oldest job waiting in the lane, or removes the lane when
-/// none waits.
-struct LaneLeadership<'a> {
-    combiner: &'a Combiner,
-    lane: AccountId,
-    /// The leader's own job: if the leader unwinds before storing it, it
-    /// leaves the queue with the leader (its caller is gone).
-    own: &'a Arc<Job>,
+/// A delivery worker: serves ready lanes until the combiner closes.
+fn work(kv: &Kv, shared: &Shared) {
+    let mut roles = Roles::default();
+    let mut st = shared.state.lock();
+    loop {
+        if let Some(lane) = st.ready.pop_front() {
+            st.serving.insert(lane);
+            serve(kv, &mut st, lane, &mut roles);
+            st.serving.remove(&lane);
+            continue;
+        }
+        if st.closing {
+            return;
+        }
+        st.idle += 1;
+        shared.work.wait(&mut st);
+        st.idle -= 1;
+    }
 }
 
-impl Drop for LaneLeadership<'_> {
-    fn drop(&mut self) {
-        let mut lanes = self.combiner.lanes.lock();
-        let Some(s) = lanes.get_mut(&self.lane) else {
+/// Stores `lane`'s batches while it has jobs, or until another lane has
+/// waited for a worker through one batch (then `lane` waits its turn).
+fn serve(kv: &Kv, st: &mut MutexGuard<'_, State>, lane: AccountId, roles: &mut Roles) {
+    loop {
+        let Some(queue) = st.queues.get_mut(&lane) else {
             return;
         };
-        // A leader that returns normally had its job taken into a batch;
-        // only one that unwinds may leave it behind.
-        if std::thread::panicking() {
-            s.queue.retain(|q| !Arc::ptr_eq(&q.job, self.own));
+        let batch = take_batch(queue);
+        if queue.is_empty() {
+            st.queues.remove(&lane);
         }
-        match s.queue.first() {
-            Some(next) => next.reply.send(Message::Lead),
-            None => {
-                lanes.remove(&self.lane);
-            }
+        MutexGuard::unlocked(st, || {
+            // A panic fails this batch's deliveries (their reply slots
+            // close as the batch unwinds), not the worker or the lane.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_batch(kv, batch, roles)
+            }));
+        });
+        if st.queues.contains_key(&lane) && !st.ready.is_empty() {
+            st.ready.push_back(lane);
+            return;
         }
     }
 }
@@ -261,41 +342,94 @@ fn take_batch(queue: &mut Vec<Queued>) -> Vec<Queued> {
     queue.drain(..n).collect()
 }
 
-fn run_batch(kv: &Kv, batch: Vec<Queued>) {
+fn run_batch(kv: &Kv, batch: Vec<Queued>, roles: &mut Roles) {
     let jobs: Vec<&Job> = batch.iter().map(|q| q.job.as_ref()).collect();
     match kv.transact(|tx| {
-        let mut roles = Roles::default();
+        roles.checked.clear();
         jobs.iter()
-            .map(|job| store_job(tx, job, &mut roles))
+            .map(|job| store_job(tx, job, roles))
             .collect::<Result<Vec<Outcome>>>()
     }) {
         Ok(outcomes) => {
             for (q, outcome) in batch.iter().zip(outcomes) {
-                q.reply.send(Message::Done(Ok(outcome)));
+                q.reply.send(Ok(outcome));
             }
         }
         Err(e) if batch.len() == 1 => {
-            batch[0].reply.send(Message::Done(Err(e)));
+            batch[0].reply.send(Err(e));
         }
         Err(_) => {
             // Isolate the failing job: store each on its own.
             for q in &batch {
-                let r = kv.transact(|tx| store_job(tx, &q.job, &mut Roles::default()));
-                q.reply.send(Message::Done(r));
+                let r = kv.transact(|tx| {
+                    roles.checked.clear();
+                    store_job(tx, &q.job, roles)
+                });
+                q.reply.send(r);
             }
         }
     }
 }
 
-/// The delivery mailbox found for each (account, role) within one
-/// transaction: a batch to one account looks it up once, not per message
-/// (a lookup reads the account's whole mailbox list). Deliveries never
-/// create, rename or destroy mailboxes, so an answer holds for the whole
-/// transaction.
-type Roles = HashMap<(AccountId, &'static str), DocumentId>;
+/// The delivery mailbox of each (account, role), kept by a worker from
+/// batch to batch: looking one up reads the account's whole mailbox list,
+/// a visible share of a batch's time when done per batch. A kept answer
+/// is checked once per transaction by reading that one mailbox (a read
+/// conflict: a concurrent change of its role makes the batch retry) —
+/// roles are unique in an account, so the mailbox that still has the role
+/// is the one. Deliveries never create, rename or destroy mailboxes, so an
+/// answer checked holds for the rest of the transaction.
+#[derive(Default)]
+struct Roles {
+    known: HashMap<(AccountId, &'static str), DocumentId>,
+    /// Answers checked (or looked up) in the current transaction.
+    checked: HashSet<(AccountId, &'static str)>,
+}
+
+/// Most answers a worker keeps before starting afresh.
+const ROLES_KEPT: usize = 4096;
+
+impl Roles {
+    /// The mailbox a delivery to `role` of `account` is filed in: the one
+    /// with that role, else the inbox.
+    fn mailbox(
+        &mut self,
+        tx: &mut crate::kv::Transaction<'_>,
+        account: AccountId,
+        role: &'static str,
+    ) -> Result<DocumentId> {
+        let key = (account, role);
+        if let Some(&id) = self.known.get(&key) {
+            if self.checked.contains(&key) {
+                return Ok(id);
+            }
+            let still =
+                mailbox::get(tx, account, id)?.is_some_and(|m| m.role.as_deref() == Some(role));
+            if still {
+                self.checked.insert(key);
+                return Ok(id);
+            }
+        }
+        let id = match mailbox::by_role(tx, account, role)? {
+            Some(id) => id,
+            None => mailbox::by_role(tx, account, "inbox")?
+                .ok_or_else(|| Error::NotFound(format!("inbox of account {account}")))?,
+        };
+        if self.known.len() >= ROLES_KEPT {
+            self.known.clear();
+        }
+        self.known.insert(key, id);
+        self.checked.insert(key);
+        Ok(id)
+    }
+}
 
 /// Stores one job for all its recipients inside `tx`.
 fn store_job(tx: &mut crate::kv::Transaction<'_>, job: &Job, roles: &mut Roles) -> Result<Outcome> {
+    #[cfg(test)]
+    if job.received_at == i64::MIN {
+        panic!("test: storing this job fails hard");
+    }
     let hash = match (&job.raw, job.blob) {
         (_, Some(h)) => h,
         (Some((hash, raw)), None) => {
@@ -313,19 +447,7 @@ fn store_job(tx: &mut crate::kv::Transaction<'_>, job: &Job, roles: &mut Roles) 
         let mut w = Writer::begin(tx, r.account)?;
         let mailbox = match r.folder {
             Folder::Mailbox(id) => id,
-            Folder::Role(role) => match roles.get(&(r.account, role)) {
-                Some(&id) => id,
-                None => {
-                    let id = match mailbox::by_role(w.tx, r.account, role)? {
-                        Some(id) => id,
-                        None => mailbox::by_role(w.tx, r.account, "inbox")?.ok_or_else(|| {
-                            Error::NotFound(format!("inbox of account {}", r.account))
-                        })?,
-                    };
-                    roles.insert((r.account, role), id);
-                    id
-                }
-            },
+            Folder::Role(role) => roles.mailbox(w.tx, r.account, role)?,
         };
         let stored = email::insert_checked(
             &mut w,
@@ -385,65 +507,84 @@ mod tests {
         }
     }
 
-    /// A leader that unwinds (a panic while it stores a batch) drops its
-    /// own job and hands the lane to the next waiter, which stores its
-    /// job and answers; with nobody waiting, the lane goes away.
+    /// A batch that panics fails its own deliveries (their callers get
+    /// an error, not a hang); the worker and the lane go on storing.
     #[test]
-    fn an_unwinding_lane_leader_passes_the_lead_on() {
+    fn a_panicking_batch_fails_its_deliveries_and_the_lane_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         let store = MailStore::open(dir.path()).unwrap();
         store.add_domain("example.com").unwrap();
         let account = store.create_account("bob@example.com", "pw").unwrap();
-        let combiner = Arc::new(Combiner::default());
-        // The test is the lane's leader, storing its own job (first in
-        // the queue), when another delivery comes.
-        let own = Arc::new(job(account, 1));
-        let (own_reply, _own_wait) = handoff::channel();
-        {
-            let mut lanes = combiner.lanes.lock();
-            let s = lanes.entry(account).or_default();
-            s.queue.push(Queued {
-                job: own.clone(),
-                reply: own_reply,
-            });
-            s.leading = true;
-        }
-        let (done, outcome) = std::sync::mpsc::channel();
-        {
-            let (combiner, store) = (combiner.clone(), store.clone());
-            std::thread::spawn(move || {
-                let _ = done.send(combiner.submit(&store.kv, job(account, 2)));
-            });
-        }
-        while combiner.lanes.lock()[&account].queue.len() < 2 {
-            std::thread::yield_now();
-        }
-        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _lead = LaneLeadership {
-                combiner: &combiner,
-                lane: account,
-                own: &own,
-            };
-            panic!("storing the batch failed hard");
-        }));
-        assert!(unwound.is_err());
-        let outcome = outcome
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .expect("the waiting delivery was given the lead")
-            .unwrap();
-        let id = outcome[0].as_ref().unwrap().email;
-        let meta = store
-            .kv
-            .read(|tx| email::get(tx, account, id))
-            .unwrap()
-            .unwrap();
-        assert_eq!(meta.blob, job(account, 2).raw.unwrap().0);
-        // The waiter led the lane and left it; the unwound job was dropped.
-        assert!(combiner.lanes.lock().get(&account).is_none());
+        let combiner = Combiner::new(store.kv.clone());
+        let mut doomed = job(account, 1);
+        doomed.received_at = i64::MIN;
+        let err = combiner.submit(doomed).unwrap_err();
+        assert!(err.to_string().contains("failed hard"), "{err}");
+        // Deliveries after it, some at once, are stored by the same lane.
+        let outcomes: Vec<Outcome> = std::thread::scope(|s| {
+            let handles: Vec<_> = (2..6)
+                .map(|n| {
+                    let combiner = &combiner;
+                    s.spawn(move || combiner.submit(job(account, n)).unwrap())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(outcomes.len(), 4);
         let listed = store
             .kv
             .read(|tx| email::list_metas(tx, account, None, 10))
             .unwrap();
-        assert_eq!(listed.len(), 1);
+        assert_eq!(listed.len(), 4, "the doomed job left nothing behind");
+        // Everything is answered and the workers wait for work.
+        let st = combiner.shared.state.lock();
+        assert!(st.queues.is_empty() && st.ready.is_empty() && st.serving.is_empty());
+        assert!(st.workers >= 1 && st.workers <= combiner.max_workers);
+    }
+
+    /// A worker keeps where each role's mailbox is between batches, but
+    /// checks it in every transaction: after the inbox role moves to
+    /// another mailbox, the next delivery goes there.
+    #[test]
+    fn a_kept_role_mailbox_is_checked_in_every_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MailStore::open(dir.path()).unwrap();
+        store.add_domain("example.com").unwrap();
+        let account = store.create_account("bob@example.com", "pw").unwrap();
+        let combiner = Combiner::new(store.kv.clone());
+        let first = combiner.submit(job(account, 1)).unwrap().remove(0).unwrap();
+        let old_inbox = first.mailbox;
+        let new_inbox = store
+            .kv
+            .transact(|tx| -> Result<DocumentId> {
+                let mut w = Writer::begin(tx, account)?;
+                let mut old = mailbox::get(w.tx, account, old_inbox)?.unwrap();
+                let mut new = old.clone();
+                old.role = None;
+                mailbox::update(&mut w, old_inbox, &old)?;
+                new.name = "New inbox".into();
+                let id = mailbox::create(&mut w, &new)?;
+                w.finish()?;
+                Ok(id)
+            })
+            .unwrap();
+        assert_ne!(new_inbox, old_inbox);
+        let second = combiner.submit(job(account, 2)).unwrap().remove(0).unwrap();
+        assert_eq!(second.mailbox, new_inbox);
+    }
+
+    /// Dropping the combiner stops its workers, which hold the store open:
+    /// the store can be opened again right after.
+    #[test]
+    fn dropping_the_store_stops_the_delivery_workers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MailStore::open(dir.path()).unwrap();
+        store.add_domain("example.com").unwrap();
+        let account = store.create_account("bob@example.com", "pw").unwrap();
+        let raw = b"From: a@example.org\r\nSubject: hi\r\n\r\nbody\r\n";
+        store.deliver(raw, &[Recipient::inbox(account)]).unwrap();
+        drop(store);
+        let store = MailStore::open(dir.path()).expect("no worker holds the store");
+        store.deliver(raw, &[Recipient::inbox(account)]).unwrap();
     }
 }

@@ -108,9 +108,9 @@ impl MailStore {
             Ok(())
         })?;
         Ok(Self {
+            combiner: Arc::new(deliver::Combiner::new(kv.clone())),
             kv,
             path,
-            combiner: Arc::default(),
             credentials: Arc::new(watched::WatchedCache::new(1)),
             recent: Arc::default(),
         })
@@ -312,19 +312,16 @@ impl MailStore {
         } else {
             (Some((BlobHash::of(raw), Arc::<[u8]>::from(raw))), None)
         };
-        let outcome = self.combiner.submit(
-            &self.kv,
-            deliver::Job {
-                raw: inline.clone(),
-                blob,
-                size: raw.len() as u64,
-                parsed,
-                recipients: recipients.to_vec(),
-                received_at: now(),
-                envelopes: options.envelopes.clone(),
-                quota: options.quota,
-            },
-        )?;
+        let outcome = self.combiner.submit(deliver::Job {
+            raw: inline.clone(),
+            blob,
+            size: raw.len() as u64,
+            parsed,
+            recipients: recipients.to_vec(),
+            received_at: now(),
+            envelopes: options.envelopes.clone(),
+            quota: options.quota,
+        })?;
         if let Some((hash, data)) = inline {
             // Durable now: the indexer will read it back shortly.
             self.recent.insert(hash, data);
