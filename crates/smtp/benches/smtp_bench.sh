@@ -15,6 +15,9 @@
 #                          server (dns_zone.py) — off by default
 #   TERN_BENCH_SPAM=0      the spam filter off (on by default, as shipped)
 #   TERN_BENCH_INDEXER_NICE=N  [search] indexer_nice (default: as shipped)
+#   TERN_BENCH_LOG=LEVEL   tern's log level (warn; info logs each delivery
+#                          with its delays=checks/wait/spam/store)
+#   TERN_BENCH_SERVE_LOG=FILE  where to keep tern's log (it is deleted)
 # Needs a release build (`cargo build --workspace --release` and
 # `cargo bench --workspace --bench smtp_load --no-run`), python3, and
 # scripts/postfix-tools.sh (downloads postfix's .deb, installs nothing).
@@ -38,6 +41,7 @@ tern_pid="" sink_pid="" dns_pid=""
 cleanup() {
     for pid in $tern_pid $sink_pid $dns_pid; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    if [ -n "${TERN_BENCH_SERVE_LOG:-}" ]; then cp "$work/serve.log" "$TERN_BENCH_SERVE_LOG" || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -73,7 +77,7 @@ $spam
 [search]
 ${TERN_BENCH_INDEXER_NICE:+indexer_nice = $TERN_BENCH_INDEXER_NICE}
 [log]
-level = "warn"
+level = "${TERN_BENCH_LOG:-warn}"
 TOML
 "$tern" --config "$work/tern.toml" domain add example.com >/dev/null
 "$tern" --config "$work/tern.toml" account add alice@example.com --password bench >/dev/null
