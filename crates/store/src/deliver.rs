@@ -7,9 +7,10 @@
 //! deliveries to one mailbox would conflict and retry one fsync at a time;
 //! combined, they share one transaction and one fsync. A batch that fails
 //! is retried one job at a time so one bad message cannot fail the others.
-//! Deliveries are combined per account (lanes): a worker serves one lane
-//! at a time, batch after batch while it has jobs queued, so a busy lane
-//! never waits for a thread to wake between batches; batches for
+//! Deliveries are combined per account (lanes): a lone delivery is
+//! stored by its caller; a busy lane is served by a worker, batch after
+//! batch while it has jobs queued, so it never waits for a thread to wake
+//! between batches; batches for
 //! different accounts are stored by other workers at once and meet again
 //! in the backend's group commit, which gives them one fsync.
 
@@ -33,6 +34,12 @@ const MAX_BATCH_JOBS: usize = 256;
 /// Most inline message bytes stored in one transaction (well under the
 /// 10 MB transaction limit, leaving room for metadata).
 const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// Most delivery workers. Lanes stored at once build their batches side
+/// by side and meet in one group commit (one fsync): with many accounts
+/// receiving at once, a few workers would leave most lanes waiting and
+/// split them over more fsyncs. Idle workers only sleep.
+const MAX_WORKERS: usize = 32;
 
 /// Where a delivered message is filed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,11 +164,12 @@ struct Shared {
 /// Combines concurrent deliveries into shared transactions, one lane per
 /// account (a job's lane is its lowest recipient account): deliveries to
 /// one account share a transaction, since they would conflict on its
-/// counters. Lanes are stored by a few worker threads, started as
-/// needed: a worker takes a ready lane and stores its batches one after
+/// counters. A delivery to an idle lane is stored by its caller at once
+/// (no thread hand-off); jobs that queued meanwhile go to a delivery
+/// worker, started as needed, which stores the lane's batches one after
 /// another while it has jobs (under load a lane's next batch starts as
-/// soon as the last is durable, with no thread hand-off between them),
-/// moving on to waiting lanes in turn. Deliveries to other accounts are
+/// soon as the last is durable, with no hand-off between them), moving on
+/// to waiting lanes in turn. Deliveries to other accounts are
 /// stored by other workers at the same time, and their commits still
 /// share a WAL sync in the backend's group commit. Jobs of two lanes that
 /// do meet (a recipient in both) are kept apart by the transactions'
@@ -183,16 +191,13 @@ impl Combiner {
     /// A combiner storing into `kv`; its workers start with the first
     /// deliveries.
     pub(crate) fn new(kv: Kv) -> Self {
-        // One worker per CPU keeps every core storing when many accounts
-        // receive at once; more would only contend for the same cores.
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             kv,
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 work: Condvar::new(),
             }),
-            max_workers: cpus.clamp(2, 8),
+            max_workers: MAX_WORKERS,
             handles: Mutex::new(Vec::new()),
         }
     }
@@ -210,50 +215,64 @@ impl Combiner {
         // The wait parks at once (see `handoff`): a dozen waiting
         // deliveries spinning would take the CPU from their worker.
         let (reply, wait) = handoff::channel();
-        let start = {
-            let mut st = self.shared.state.lock();
-            let queue = st.queues.entry(lane).or_default();
-            let first = queue.is_empty();
-            queue.push(Queued {
-                job: job.clone(),
-                reply,
-            });
-            if first && !st.serving.contains(&lane) {
-                st.ready.push_back(lane);
-                if st.idle > 0 {
-                    self.shared.work.notify_one();
-                    false
-                } else if st.workers < self.max_workers {
-                    st.workers += 1;
-                    true
-                } else {
-                    // Every worker is busy; the first to finish a batch
-                    // finds the lane ready.
-                    false
-                }
-            } else {
-                false
+        let mut st = self.shared.state.lock();
+        let queue = st.queues.entry(lane).or_default();
+        let first = queue.is_empty();
+        queue.push(Queued {
+            job: job.clone(),
+            reply,
+        });
+        if first && !st.serving.contains(&lane) {
+            // An idle lane: the caller stores this batch itself (a lone
+            // delivery needs no thread hand-off); what is queued meanwhile
+            // goes to a worker, which keeps storing while jobs come.
+            st.serving.insert(lane);
+            let mut roles = Roles::default();
+            store_one_batch(&self.kv, &mut st, lane, &mut roles);
+            st.serving.remove(&lane);
+            if st.queues.contains_key(&lane) {
+                self.hand_over(st, lane);
             }
-        };
-        if start && let Err(e) = self.start_worker() {
-            let mut st = self.shared.state.lock();
-            st.workers -= 1;
-            if st.workers == 0 {
-                // Nobody would ever store it: take the job back.
-                if let Some(queue) = st.queues.get_mut(&lane) {
-                    queue.retain(|q| !Arc::ptr_eq(&q.job, &job));
-                    if queue.is_empty() {
-                        st.queues.remove(&lane);
-                        st.ready.retain(|&l| l != lane);
-                    }
-                }
-                return Err(e);
-            }
+        } else {
+            drop(st);
         }
         match wait.recv() {
             Ok(outcome) => outcome,
             Err(_) => {
                 Err(crate::kv::Error::Backend("storing the delivery failed hard".into()).into())
+            }
+        }
+    }
+
+    /// Queues `lane` (with jobs, served by nobody) for a worker, waking or
+    /// starting one. If no worker runs and none can start, the caller
+    /// stores every ready lane itself.
+    fn hand_over(&self, mut st: MutexGuard<'_, State>, lane: AccountId) {
+        st.ready.push_back(lane);
+        if st.idle > 0 {
+            self.shared.work.notify_one();
+            return;
+        }
+        if st.workers >= self.max_workers {
+            // Every worker is busy; the first to finish a batch finds the
+            // lane ready.
+            return;
+        }
+        st.workers += 1;
+        drop(st);
+        if let Err(e) = self.start_worker() {
+            tracing::error!(error = %e, "cannot start a delivery worker");
+            let mut st = self.shared.state.lock();
+            st.workers -= 1;
+            if st.workers == 0 {
+                let mut roles = Roles::default();
+                while let Some(lane) = st.ready.pop_front() {
+                    st.serving.insert(lane);
+                    while st.queues.contains_key(&lane) {
+                        store_one_batch(&self.kv, &mut st, lane, &mut roles);
+                    }
+                    st.serving.remove(&lane);
+                }
             }
         }
     }
@@ -306,26 +325,31 @@ fn work(kv: &Kv, shared: &Shared) {
 /// Stores `lane`'s batches while it has jobs, or until another lane has
 /// waited for a worker through one batch (then `lane` waits its turn).
 fn serve(kv: &Kv, st: &mut MutexGuard<'_, State>, lane: AccountId, roles: &mut Roles) {
-    loop {
-        let Some(queue) = st.queues.get_mut(&lane) else {
-            return;
-        };
-        let batch = take_batch(queue);
-        if queue.is_empty() {
-            st.queues.remove(&lane);
-        }
-        MutexGuard::unlocked(st, || {
-            // A panic fails this batch's deliveries (their reply slots
-            // close as the batch unwinds), not the worker or the lane.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_batch(kv, batch, roles)
-            }));
-        });
+    while st.queues.contains_key(&lane) {
+        store_one_batch(kv, st, lane, roles);
         if st.queues.contains_key(&lane) && !st.ready.is_empty() {
             st.ready.push_back(lane);
             return;
         }
     }
+}
+
+/// Takes a batch from `lane`'s queue (the caller serves the lane) and
+/// stores it with the lock released.
+fn store_one_batch(kv: &Kv, st: &mut MutexGuard<'_, State>, lane: AccountId, roles: &mut Roles) {
+    let Some(queue) = st.queues.get_mut(&lane) else {
+        return;
+    };
+    let batch = take_batch(queue);
+    if queue.is_empty() {
+        st.queues.remove(&lane);
+    }
+    MutexGuard::unlocked(st, || {
+        // A panic fails this batch's deliveries (their reply slots close
+        // as the batch unwinds), not the worker or the lane.
+        let _ =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_batch(kv, batch, roles)));
+    });
 }
 
 fn take_batch(queue: &mut Vec<Queued>) -> Vec<Queued> {
@@ -507,8 +531,26 @@ mod tests {
         }
     }
 
+    /// Queues `job` in its lane and hands the lane to a worker (as a
+    /// busy lane is), returning the reply slot.
+    fn hand_to_worker(
+        combiner: &Combiner,
+        account: AccountId,
+        job: Job,
+    ) -> handoff::Receiver<Result<Outcome>> {
+        let (reply, wait) = handoff::channel();
+        let mut st = combiner.shared.state.lock();
+        st.queues.entry(account).or_default().push(Queued {
+            job: Arc::new(job),
+            reply,
+        });
+        combiner.hand_over(st, account);
+        wait
+    }
+
     /// A batch that panics fails its own deliveries (their callers get
-    /// an error, not a hang); the worker and the lane go on storing.
+    /// an error, not a hang), whether a caller or a worker stores it; the
+    /// worker and the lane go on storing.
     #[test]
     fn a_panicking_batch_fails_its_deliveries_and_the_lane_goes_on() {
         let dir = tempfile::tempdir().unwrap();
@@ -516,13 +558,23 @@ mod tests {
         store.add_domain("example.com").unwrap();
         let account = store.create_account("bob@example.com", "pw").unwrap();
         let combiner = Combiner::new(store.kv.clone());
-        let mut doomed = job(account, 1);
-        doomed.received_at = i64::MIN;
-        let err = combiner.submit(doomed).unwrap_err();
+        let doomed = || {
+            let mut j = job(account, 1);
+            j.received_at = i64::MIN;
+            j
+        };
+        // Stored by its caller (an idle lane).
+        let err = combiner.submit(doomed()).unwrap_err();
         assert!(err.to_string().contains("failed hard"), "{err}");
-        // Deliveries after it, some at once, are stored by the same lane.
+        // Stored by a worker, which then stores the next job.
+        let wait = hand_to_worker(&combiner, account, doomed());
+        assert!(wait.recv().is_err(), "the reply slot closed");
+        let wait = hand_to_worker(&combiner, account, job(account, 2));
+        assert!(wait.recv().unwrap().is_ok());
+        assert!(combiner.shared.state.lock().workers >= 1);
+        // Deliveries at once are all stored.
         let outcomes: Vec<Outcome> = std::thread::scope(|s| {
-            let handles: Vec<_> = (2..6)
+            let handles: Vec<_> = (3..7)
                 .map(|n| {
                     let combiner = &combiner;
                     s.spawn(move || combiner.submit(job(account, n)).unwrap())
@@ -535,11 +587,10 @@ mod tests {
             .kv
             .read(|tx| email::list_metas(tx, account, None, 10))
             .unwrap();
-        assert_eq!(listed.len(), 4, "the doomed job left nothing behind");
-        // Everything is answered and the workers wait for work.
+        assert_eq!(listed.len(), 5, "the doomed jobs left nothing behind");
         let st = combiner.shared.state.lock();
         assert!(st.queues.is_empty() && st.ready.is_empty() && st.serving.is_empty());
-        assert!(st.workers >= 1 && st.workers <= combiner.max_workers);
+        assert!(st.workers <= combiner.max_workers);
     }
 
     /// A worker keeps where each role's mailbox is between batches, but
@@ -573,18 +624,24 @@ mod tests {
         assert_eq!(second.mailbox, new_inbox);
     }
 
-    /// Dropping the combiner stops its workers, which hold the store open:
-    /// the store can be opened again right after.
+    /// Dropping the store stops its delivery workers, which hold the
+    /// store open: it can be opened again right after.
     #[test]
     fn dropping_the_store_stops_the_delivery_workers() {
         let dir = tempfile::tempdir().unwrap();
         let store = MailStore::open(dir.path()).unwrap();
         store.add_domain("example.com").unwrap();
         let account = store.create_account("bob@example.com", "pw").unwrap();
-        let raw = b"From: a@example.org\r\nSubject: hi\r\n\r\nbody\r\n";
-        store.deliver(raw, &[Recipient::inbox(account)]).unwrap();
+        let wait = hand_to_worker(&store.combiner, account, job(account, 1));
+        assert!(wait.recv().unwrap().is_ok());
+        assert_eq!(store.combiner.shared.state.lock().workers, 1);
         drop(store);
         let store = MailStore::open(dir.path()).expect("no worker holds the store");
-        store.deliver(raw, &[Recipient::inbox(account)]).unwrap();
+        store
+            .deliver(
+                b"Subject: again\r\n\r\nbody\r\n",
+                &[Recipient::inbox(account)],
+            )
+            .unwrap();
     }
 }
