@@ -33,6 +33,10 @@ command -v clang >/dev/null 2>&1 || installed clang || missing+=(clang)
 installed libclang-dev || missing+=(libclang-dev)
 # End-to-end SMTP tests drive the server with swaks (a real third-party client).
 command -v swaks >/dev/null 2>&1 || missing+=(swaks)
+# swaks speaks STARTTLS through these Perl modules (only "recommended" by
+# its package, so --no-install-recommends leaves them out).
+perl -MNet::SSLeay -MIO::Socket::SSL -e 1 >/dev/null 2>&1 ||
+    missing+=(libnet-ssleay-perl libio-socket-ssl-perl)
 # The virus-scanning tests start ClamAV's daemon with their own config and
 # signature file (no freshclam, no public database).
 [ -x /usr/sbin/clamd ] || installed clamav-daemon || missing+=(clamav-daemon)
