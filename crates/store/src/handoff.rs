@@ -84,6 +84,7 @@ impl<T> Receiver<T> {
     }
 
     /// The value given and not yet taken, if any; does not wait.
+    #[cfg(any(test, feature = "rocksdb"))]
     pub(crate) fn try_recv(&self) -> Option<T> {
         self.0.state.lock().value.take()
     }

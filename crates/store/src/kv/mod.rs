@@ -175,6 +175,7 @@ pub struct Commit {
 impl Commit {
     /// Whether any key or range this commit writes (its mutations and
     /// its extra write conflicts) intersects one of `reads`.
+    #[cfg(feature = "rocksdb")]
     pub(crate) fn writes_into(&self, reads: &[KeyRange]) -> bool {
         self.mutations.iter().any(|m| m.writes_into(reads))
             || self
@@ -187,6 +188,7 @@ impl Commit {
 impl Mutation {
     /// Whether the key or range this mutation writes intersects one of
     /// `reads`.
+    #[cfg(feature = "rocksdb")]
     pub(crate) fn writes_into(&self, reads: &[KeyRange]) -> bool {
         match self {
             Mutation::Set { key, .. } | Mutation::Clear { key } | Mutation::Add { key, .. } => {
