@@ -531,6 +531,15 @@ mod tests {
         }
     }
 
+    /// A new store in a temporary directory with one account.
+    fn store_with_bob() -> (tempfile::TempDir, MailStore, AccountId) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MailStore::open(dir.path()).unwrap();
+        store.add_domain("example.com").unwrap();
+        let account = store.create_account("bob@example.com", "pw").unwrap();
+        (dir, store, account)
+    }
+
     /// Queues `job` in its lane and hands the lane to a worker (as a
     /// busy lane is), returning the reply slot.
     fn hand_to_worker(
@@ -553,10 +562,7 @@ mod tests {
     /// worker and the lane go on storing.
     #[test]
     fn a_panicking_batch_fails_its_deliveries_and_the_lane_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = MailStore::open(dir.path()).unwrap();
-        store.add_domain("example.com").unwrap();
-        let account = store.create_account("bob@example.com", "pw").unwrap();
+        let (_dir, store, account) = store_with_bob();
         let combiner = Combiner::new(store.kv.clone());
         let doomed = || {
             let mut j = job(account, 1);
@@ -598,10 +604,7 @@ mod tests {
     /// another mailbox, the next delivery goes there.
     #[test]
     fn a_kept_role_mailbox_is_checked_in_every_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = MailStore::open(dir.path()).unwrap();
-        store.add_domain("example.com").unwrap();
-        let account = store.create_account("bob@example.com", "pw").unwrap();
+        let (_dir, store, account) = store_with_bob();
         let combiner = Combiner::new(store.kv.clone());
         let first = combiner.submit(job(account, 1)).unwrap().remove(0).unwrap();
         let old_inbox = first.mailbox;
@@ -628,10 +631,7 @@ mod tests {
     /// store open: it can be opened again right after.
     #[test]
     fn dropping_the_store_stops_the_delivery_workers() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = MailStore::open(dir.path()).unwrap();
-        store.add_domain("example.com").unwrap();
-        let account = store.create_account("bob@example.com", "pw").unwrap();
+        let (dir, store, account) = store_with_bob();
         let wait = hand_to_worker(&store.combiner, account, job(account, 1));
         assert!(wait.recv().unwrap().is_ok());
         assert_eq!(store.combiner.shared.state.lock().workers, 1);
