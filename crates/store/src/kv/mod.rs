@@ -172,33 +172,6 @@ pub struct Commit {
     pub mutations: Vec<Mutation>,
 }
 
-impl Commit {
-    /// Whether any key or range this commit writes (its mutations and
-    /// its extra write conflicts) intersects one of `reads`.
-    #[cfg(feature = "rocksdb")]
-    pub(crate) fn writes_into(&self, reads: &[KeyRange]) -> bool {
-        self.mutations.iter().any(|m| m.writes_into(reads))
-            || self
-                .write_conflicts
-                .iter()
-                .any(|w| reads.iter().any(|r| r.intersects(w)))
-    }
-}
-
-impl Mutation {
-    /// Whether the key or range this mutation writes intersects one of
-    /// `reads`.
-    #[cfg(feature = "rocksdb")]
-    pub(crate) fn writes_into(&self, reads: &[KeyRange]) -> bool {
-        match self {
-            Mutation::Set { key, .. } | Mutation::Clear { key } | Mutation::Add { key, .. } => {
-                reads.iter().any(|r| r.contains(key))
-            }
-            Mutation::ClearRange(w) => reads.iter().any(|r| r.intersects(w)),
-        }
-    }
-}
-
 /// A read view of the store at one version.
 pub trait Snapshot: Send {
     /// The version this snapshot reads at.

@@ -96,14 +96,28 @@ impl Written {
 
     /// Whether anything written intersects one of `reads`.
     fn hits(&self, reads: &[KeyRange]) -> bool {
-        self.keys
-            .iter()
-            .any(|k| reads.iter().any(|r| r.contains(k)))
-            || self
-                .ranges
-                .iter()
-                .any(|w| reads.iter().any(|r| r.intersects(w)))
+        self.keys.iter().any(|k| key_read(reads, k))
+            || self.ranges.iter().any(|w| range_read(reads, w))
     }
+}
+
+/// Whether `commit` (not yet written: its mutations, and its extra write
+/// conflicts) writes into one of `reads`.
+fn writes_into(commit: &Commit, reads: &[KeyRange]) -> bool {
+    commit.mutations.iter().any(|m| match m {
+        Mutation::Set { key, .. } | Mutation::Clear { key } | Mutation::Add { key, .. } => {
+            key_read(reads, key)
+        }
+        Mutation::ClearRange(w) => range_read(reads, w),
+    }) || commit.write_conflicts.iter().any(|w| range_read(reads, w))
+}
+
+fn key_read(reads: &[KeyRange], key: &[u8]) -> bool {
+    reads.iter().any(|r| r.contains(key))
+}
+
+fn range_read(reads: &[KeyRange], written: &KeyRange) -> bool {
+    reads.iter().any(|r| r.intersects(written))
 }
 
 /// What only the leader touches.
@@ -348,7 +362,7 @@ fn conflicts(history: &History, group: &[(Version, &Commit)], commit: &Commit) -
         .any(|(_, _, written)| written.hits(reads))
         || group
             .iter()
-            .any(|(v, c)| *v > commit.read_version && c.writes_into(reads))
+            .any(|(v, c)| *v > commit.read_version && writes_into(c, reads))
 }
 
 /// The oldest waiting commits, up to [`MAX_GROUP_BYTES`] (at least one).
