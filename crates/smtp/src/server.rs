@@ -636,31 +636,38 @@ async fn deliver(shared: &Shared, incoming: Incoming) -> Reply {
         Ok(screened) => screened,
         Err(reply) => return reply,
     };
-    // The rest blocks (the spam score reads the accounts' models, the
-    // store waits for its commit): one hand-off to the blocking pool.
-    let (store, hostname) = (shared.store.clone(), shared.hostname.clone());
-    let vacations = Arc::clone(&shared.vacations);
     let junk = verdict == Verdict::Quarantine;
     let screened_at = Instant::now();
-    let job = move || {
-        let accepted = Accepted {
-            id,
-            incoming,
-            auth_headers,
-            junk,
-            delays: Delays {
-                started,
-                screened: screened_at,
-                handed: Instant::now(),
-            },
-        };
-        accepted.store(&store, &vacations, &hostname, screened)
+    let accepted = Accepted {
+        id,
+        incoming,
+        auth_headers,
+        junk,
+        delays: Delays {
+            started,
+            screened: screened_at,
+            handed: screened_at,
+        },
     };
-    let (reply, autoreply) = match tokio::task::spawn_blocking(job).await {
-        Ok(done) => done,
-        Err(err) => {
-            tracing::error!(error = %err, "a delivery task failed");
-            return reply::TEMP_FAILURE;
+    let (store, hostname) = (shared.store.clone(), shared.hostname.clone());
+    let vacations = Arc::clone(&shared.vacations);
+    let (reply, autoreply) = if accepted.scored_in_task() {
+        accepted
+            .store_async(&store, &vacations, &hostname, screened)
+            .await
+    } else {
+        // One hand-off to the blocking pool for the rest.
+        let job = move || {
+            let mut accepted = accepted;
+            accepted.delays.handed = Instant::now();
+            accepted.store(&store, &vacations, &hostname, screened)
+        };
+        match tokio::task::spawn_blocking(job).await {
+            Ok(done) => done,
+            Err(err) => {
+                tracing::error!(error = %err, "a delivery task failed");
+                return reply::TEMP_FAILURE;
+            }
         }
     };
     // Vacation replies (RFC 3834), off the reply's path.
@@ -730,7 +737,47 @@ impl AutoReplies {
     }
 }
 
+/// Messages up to this size are scored for spam on the session's task and
+/// stored by a delivery worker while the task awaits the outcome (no
+/// thread is held through the commit); the score costs about 5 µs of CPU
+/// per KB, so this bounds the time the task holds its runtime thread to
+/// well under a millisecond. Larger messages take a blocking thread.
+const SCORED_IN_TASK: usize = 128 << 10;
+
 impl Accepted {
+    /// Whether this message is scored and queued for the store on the
+    /// session's task ([`Accepted::store_async`]): small, and with no
+    /// remote recipient (queueing one syncs the outbound queue).
+    fn scored_in_task(&self) -> bool {
+        self.incoming.data.len() <= SCORED_IN_TASK.min(tern_store::INLINE_BLOB_LIMIT)
+            && self
+                .incoming
+                .envelope
+                .recipients
+                .iter()
+                .all(|r| r.account.is_some())
+    }
+
+    /// Takes the message apart for the store: the data delivered is the
+    /// one the filter stripped of the X-Spam-* (X-Virus-Status) fields it
+    /// came with, if it had any (only ours are delivered).
+    fn unpacked(
+        self,
+        screened: &mut crate::spam::Screened,
+    ) -> (Incoming, (String, String, bool), Delays) {
+        let Accepted {
+            id,
+            mut incoming,
+            auth_headers,
+            junk,
+            delays,
+        } = self;
+        if let Some(message) = screened.take_message() {
+            incoming.data = message;
+        }
+        (incoming, (id, auth_headers, junk), delays)
+    }
+
     /// Scores the message for spam, adds the trace header fields and
     /// stores it: local copies delivered, remote recipients of a
     /// submission queued. Blocks. Returns the reply and the vacation
@@ -742,26 +789,118 @@ impl Accepted {
         hostname: &str,
         mut screened: crate::spam::Screened,
     ) -> (Reply, Option<AutoReplies>) {
-        let Accepted {
-            id,
-            mut incoming,
-            auth_headers,
-            junk,
-            delays,
-        } = self;
-        // Without the X-Spam-* (X-Virus-Status) fields it came with: only
-        // ours are delivered.
-        if let Some(message) = screened.take_message() {
-            incoming.data = message;
-        }
-        // Parsed once, for the spam filter and for the store.
+        let (incoming, id, delays) = self.unpacked(&mut screened);
         let parsed = mail_parser::MessageParser::default().parse(&incoming.data);
-        let filtered = match screened.finish(&incoming.data, parsed.as_ref()) {
-            Ok(filtered) => filtered,
+        let ready = match Ready::new(
+            store,
+            hostname,
+            &incoming,
+            screened,
+            parsed.as_ref(),
+            id,
+            delays,
+        ) {
+            Ok(ready) => ready,
             Err(reply) => return (reply, None),
         };
+        let delivered = match &parsed {
+            Some(message) => store.deliver_prefixed(
+                &ready.raw,
+                &incoming.data,
+                message,
+                &ready.recipients,
+                &ready.options,
+            ),
+            None => store.deliver_with(&ready.raw, &ready.recipients, &ready.options),
+        };
+        ready.finish(store, vacations, &incoming, delivered)
+    }
+
+    /// [`Accepted::store`] on the session's task, for a message that
+    /// [`Accepted::scored_in_task`]: the store's commit is awaited.
+    async fn store_async(
+        self,
+        store: &MailStore,
+        vacations: &tern_store::vacation::VacationCache,
+        hostname: &str,
+        mut screened: crate::spam::Screened,
+    ) -> (Reply, Option<AutoReplies>) {
+        let (incoming, id, delays) = self.unpacked(&mut screened);
+        let (ready, pending) = {
+            let parsed = mail_parser::MessageParser::default().parse(&incoming.data);
+            let ready = match Ready::new(
+                store,
+                hostname,
+                &incoming,
+                screened,
+                parsed.as_ref(),
+                id,
+                delays,
+            ) {
+                Ok(ready) => ready,
+                Err(reply) => return (reply, None),
+            };
+            let pending = parsed.as_ref().map(|message| {
+                store.deliver_prefixed_async(
+                    &ready.raw,
+                    &incoming.data,
+                    message,
+                    &ready.recipients,
+                    &ready.options,
+                )
+            });
+            (ready, pending)
+        };
+        let delivered = match pending {
+            Some(pending) => pending.await,
+            // Not parsed at all: the store's own parse decides (blocking).
+            None => {
+                let (store, raw) = (store.clone(), ready.raw.clone());
+                let (recipients, options) = (ready.recipients.clone(), ready.options.clone());
+                tokio::task::spawn_blocking(move || store.deliver_with(&raw, &recipients, &options))
+                    .await
+                    .unwrap_or_else(|err| {
+                        Err(tern_store::Error::Invalid(format!(
+                            "delivery task failed: {err}"
+                        )))
+                    })
+            }
+        };
+        ready.finish(store, vacations, &incoming, delivered)
+    }
+}
+
+/// A scored message with its trace fields, ready for the store.
+struct Ready {
+    id: String,
+    /// The message as stored: trace and spam fields on top of the data.
+    raw: Vec<u8>,
+    recipients: Vec<Recipient>,
+    options: DeliverOptions,
+    /// DMARC's quarantine: every copy goes to Junk.
+    junk: bool,
+    /// Accounts the spam filter sent the message to Junk for.
+    junk_for: std::collections::HashSet<tern_store::AccountId>,
+    delays: Delays,
+    scored: Instant,
+}
+
+impl Ready {
+    /// Scores `incoming` (parsed as `parsed`) and builds what the store
+    /// gets; queues a submission's remote recipients (blocking). Errs with
+    /// the reply when nothing is left to deliver locally.
+    fn new(
+        store: &MailStore,
+        hostname: &str,
+        incoming: &Incoming,
+        screened: crate::spam::Screened,
+        parsed: Option<&mail_parser::Message<'_>>,
+        (id, auth_headers, junk): (String, String, bool),
+        delays: Delays,
+    ) -> Result<Self, Reply> {
+        let filtered = screened.finish(&incoming.data, parsed)?;
         let scored = Instant::now();
-        let received = headers::received(&incoming, hostname, &id, SystemTime::now());
+        let received = headers::received(incoming, hostname, &id, SystemTime::now());
         let mut raw =
             Vec::with_capacity(received.len() + auth_headers.len() + incoming.data.len() + 128);
         raw.extend_from_slice(received.as_bytes());
@@ -781,12 +920,12 @@ impl Accepted {
             match tern_store::queue::enqueue(store.kv(), &raw, sender, &remote, 0) {
                 Ok(queued) if recipients.is_empty() => {
                     tracing::info!(%id, queue_id = %format!("{queued:016x}"), "message queued");
-                    return (accepted_reply(&id), None);
+                    return Err(accepted_reply(&id));
                 }
                 Ok(_) => {}
                 Err(err) => {
                     tracing::error!(%id, error = %err, "queueing failed");
-                    return (reply::TEMP_FAILURE, None);
+                    return Err(reply::TEMP_FAILURE);
                 }
             }
         }
@@ -796,12 +935,37 @@ impl Accepted {
             // or the whole message is deferred (see QuotaPolicy).
             quota: QuotaPolicy::UnderLimitAllOrNothing,
         };
-        let delivered = match &parsed {
-            Some(message) => {
-                store.deliver_prefixed(&raw, &incoming.data, message, &recipients, &options)
-            }
-            None => store.deliver_with(&raw, &recipients, &options),
-        };
+        Ok(Ready {
+            id,
+            raw,
+            recipients,
+            options,
+            junk,
+            junk_for: filtered.junk,
+            delays,
+            scored,
+        })
+    }
+
+    /// The reply to the store's outcome `delivered`, and the vacation
+    /// replies owed.
+    fn finish(
+        self,
+        store: &MailStore,
+        vacations: &tern_store::vacation::VacationCache,
+        incoming: &Incoming,
+        delivered: tern_store::Result<tern_store::deliver::Outcome>,
+    ) -> (Reply, Option<AutoReplies>) {
+        let Ready {
+            id,
+            raw,
+            recipients,
+            junk,
+            junk_for,
+            delays,
+            scored,
+            ..
+        } = self;
         match delivered {
             Ok(results) => {
                 if let Some(err) = results.iter().find_map(|r| r.as_ref().err()) {
@@ -829,7 +993,7 @@ impl Accepted {
                 } else {
                     recipients
                         .iter()
-                        .filter(|r| !filtered.junk.contains(&r.account))
+                        .filter(|r| !junk_for.contains(&r.account))
                         .map(|r| r.account)
                         .filter(|&a| {
                             vacations.is_on(store, a).unwrap_or_else(|err| {

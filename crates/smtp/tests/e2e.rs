@@ -432,6 +432,63 @@ async fn long_lines_and_repeated_errors_end_the_session() {
     server.shutdown().await;
 }
 
+/// Messages of every size are stored whole, with the trace fields on
+/// top: a small one is scored on the session's task and awaited from a
+/// delivery worker; a larger one takes a blocking thread, and one over
+/// the store's inline limit has its blob written before the delivery.
+/// Many at once on one session task's runtime thread all get their 250.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_small_and_large_are_stored_whole() {
+    let server = start(None, |_| {}).await;
+    let body = |tag: &str, size: usize| {
+        let line = format!("{tag} {}\r\n", "y".repeat(70));
+        format!(
+            "Subject: {tag}\r\nMessage-ID: <{tag}@example.org>\r\n\r\n{}",
+            line.repeat(size / line.len() + 1)
+        )
+    };
+    let sizes = [("small", 2_000), ("large", 300_000), ("huge", 1_500_000)];
+    for (tag, size) in sizes {
+        let reply = send_raw(server.mx, "ann@example.org", ALICE.0, &body(tag, size)).await;
+        assert!(
+            reply.starts_with("250 2.0.0 Message accepted"),
+            "{tag}: {reply}"
+        );
+    }
+    // Twenty small ones at once.
+    let sent: Vec<_> = (0..20)
+        .map(|n| {
+            let (mx, data) = (server.mx, body(&format!("burst{n}"), 5_000));
+            tokio::spawn(async move { send_raw(mx, "ann@example.org", BOB.0, &data).await })
+        })
+        .collect();
+    for reply in sent {
+        let reply = reply.await.unwrap();
+        assert!(reply.starts_with("250 2.0.0 Message accepted"), "{reply}");
+    }
+    let stored = server.messages(ALICE.0).await;
+    assert_eq!(stored.len(), 3);
+    for (stored, (tag, size)) in stored.iter().zip(sizes) {
+        assert!(
+            stored.raw.starts_with("Received: from client.example.org"),
+            "{tag}"
+        );
+        assert!(stored.raw.ends_with(&body(tag, size)), "{tag} is whole");
+        assert_eq!(stored.mailbox_role.as_deref(), Some("inbox"));
+    }
+    let mut burst: Vec<_> = server
+        .messages(BOB.0)
+        .await
+        .iter()
+        .map(|m| m.header("Subject").unwrap())
+        .collect();
+    burst.sort();
+    let mut expected: Vec<_> = (0..20).map(|n| format!("burst{n}")).collect();
+    expected.sort();
+    assert_eq!(burst, expected);
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_the_message_in_flight_and_stops_accepting() {
     let server = start(None, |_| {}).await;

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
+use tokio::sync::oneshot;
 
 use crate::changes::Writer;
 use crate::envelope::{self, Envelope};
@@ -136,7 +137,44 @@ pub(crate) struct Job {
 
 struct Queued {
     job: Job,
-    reply: Sender<Result<Outcome>>,
+    reply: Reply,
+}
+
+/// Where a queued job's outcome goes: a thread parked in
+/// [`Combiner::submit`], or the future of [`Combiner::queue`]. Dropped
+/// unsent (a batch that panicked), either wakes its waiter with an error.
+enum Reply {
+    Blocking(Sender<Result<Outcome>>),
+    Async(oneshot::Sender<Result<Outcome>>),
+}
+
+impl Reply {
+    fn send(self, outcome: Result<Outcome>) {
+        match self {
+            Reply::Blocking(tx) => tx.send(outcome),
+            // The receiver may be gone (its SMTP session closed): the
+            // message is stored all the same.
+            Reply::Async(tx) => drop(tx.send(outcome)),
+        }
+    }
+}
+
+/// The outcome of a delivery stored by a worker, for an asynchronous
+/// caller ([`Combiner::queue`]).
+pub(crate) type Pending = oneshot::Receiver<Result<Outcome>>;
+
+/// The error a caller gets when its batch failed hard (panicked).
+pub(crate) fn failed_hard() -> Error {
+    crate::kv::Error::Backend("storing the delivery failed hard".into()).into()
+}
+
+/// A job's lane: its lowest recipient account.
+fn lane_of(job: &Job) -> AccountId {
+    job.recipients
+        .iter()
+        .map(|r| r.account)
+        .min()
+        .unwrap_or(AccountId(0))
 }
 
 /// The lanes and their workers' bookkeeping, under one lock.
@@ -203,19 +241,17 @@ impl Combiner {
     /// Stores `job`, possibly together with others, and returns its
     /// outcome once durable.
     pub(crate) fn submit(&self, job: Job) -> Result<Outcome> {
-        let lane = job
-            .recipients
-            .iter()
-            .map(|r| r.account)
-            .min()
-            .unwrap_or(AccountId(0));
+        let lane = lane_of(&job);
         // The wait parks at once (see `handoff`): a dozen waiting
         // deliveries spinning would take the CPU from their worker.
         let (reply, wait) = handoff::channel();
         let mut st = self.shared.state.lock();
         let queue = st.queues.entry(lane).or_default();
         let first = queue.is_empty();
-        queue.push(Queued { job, reply });
+        queue.push(Queued {
+            job,
+            reply: Reply::Blocking(reply),
+        });
         if first && !st.serving.contains(&lane) {
             // An idle lane: the caller stores this batch itself (a lone
             // delivery needs no thread hand-off); what is queued meanwhile
@@ -230,12 +266,31 @@ impl Combiner {
         } else {
             drop(st);
         }
-        match wait.recv() {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                Err(crate::kv::Error::Backend("storing the delivery failed hard".into()).into())
-            }
+        wait.recv().unwrap_or_else(|_| Err(failed_hard()))
+    }
+
+    /// Queues `job` for a delivery worker and returns at once; the
+    /// outcome arrives once durable. For asynchronous callers: nothing
+    /// here waits for storage (an idle lane is handed to a worker, not
+    /// stored by the caller), so a task on an async runtime awaits the
+    /// outcome without holding a thread, where [`Combiner::submit`] takes a
+    /// blocking thread per delivery.
+    pub(crate) fn queue(&self, job: Job) -> Pending {
+        let lane = lane_of(&job);
+        let (reply, pending) = oneshot::channel();
+        let mut st = self.shared.state.lock();
+        let queue = st.queues.entry(lane).or_default();
+        let first = queue.is_empty();
+        queue.push(Queued {
+            job,
+            reply: Reply::Async(reply),
+        });
+        // A lane with jobs and nobody serving it is already ready unless
+        // this job is its first.
+        if first && !st.serving.contains(&lane) {
+            self.hand_over(st, lane);
         }
+        pending
     }
 
     /// Queues `lane` (with jobs, served by nobody) for a worker, waking or
@@ -366,16 +421,18 @@ fn run_batch(kv: &Kv, batch: Vec<Queued>, roles: &mut Roles) {
             .collect::<Result<Vec<Outcome>>>()
     }) {
         Ok(outcomes) => {
-            for (q, outcome) in batch.iter().zip(outcomes) {
+            for (q, outcome) in batch.into_iter().zip(outcomes) {
                 q.reply.send(Ok(outcome));
             }
         }
         Err(e) if batch.len() == 1 => {
-            batch[0].reply.send(Err(e));
+            if let Some(q) = batch.into_iter().next() {
+                q.reply.send(Err(e));
+            }
         }
         Err(_) => {
             // Isolate the failing job: store each on its own.
-            for q in &batch {
+            for q in batch {
                 let r = kv.transact(|tx| {
                     roles.begin_transaction();
                     store_job(tx, &q.job, roles)
@@ -545,10 +602,10 @@ mod tests {
     ) -> handoff::Receiver<Result<Outcome>> {
         let (reply, wait) = handoff::channel();
         let mut st = combiner.shared.state.lock();
-        st.queues
-            .entry(account)
-            .or_default()
-            .push(Queued { job, reply });
+        st.queues.entry(account).or_default().push(Queued {
+            job,
+            reply: Reply::Blocking(reply),
+        });
         combiner.hand_over(st, account);
         wait
     }
@@ -592,6 +649,39 @@ mod tests {
         assert_eq!(listed.len(), 5, "the doomed jobs left nothing behind");
         let st = combiner.shared.state.lock();
         assert!(st.queues.is_empty() && st.ready.is_empty() && st.serving.is_empty());
+    }
+
+    /// A queued delivery (an async caller's) goes to a worker even on an
+    /// idle lane, and its outcome arrives once stored; one whose batch
+    /// panics gets an error, and the lane goes on.
+    #[test]
+    fn queued_deliveries_are_stored_by_workers_and_answered() {
+        let (_dir, store, account) = store_with_bob();
+        let combiner = Combiner::new(store.kv.clone());
+        let first = combiner.queue(job(account, 1));
+        let outcome = first.blocking_recv().unwrap().unwrap();
+        assert_eq!(outcome.len(), 1);
+        assert_eq!(
+            combiner.shared.state.lock().workers,
+            1,
+            "a worker stored it"
+        );
+        let mut doomed = job(account, 2);
+        doomed.received_at = i64::MIN;
+        // Alone in its batch (a batch that panics fails all its jobs).
+        assert!(
+            combiner.queue(doomed).blocking_recv().is_err(),
+            "the reply slot closed"
+        );
+        let pending: Vec<Pending> = (3..8).map(|n| combiner.queue(job(account, n))).collect();
+        for p in pending {
+            assert!(p.blocking_recv().unwrap().is_ok());
+        }
+        let listed = store
+            .kv
+            .read(|tx| email::list_metas(tx, account, None, 10))
+            .unwrap();
+        assert_eq!(listed.len(), 6);
     }
 
     /// A worker keeps where each role's mailbox is from one transaction

@@ -49,6 +49,9 @@ use kv::Kv;
 #[cfg(feature = "rocksdb")]
 use kv::RocksOptions;
 
+/// A message's hash and bytes, stored inside its delivery's transaction.
+type InlineBlob = (BlobHash, Arc<[u8]>);
+
 /// Messages up to this size share the delivery transaction with their
 /// metadata (one commit); larger ones are written in their own transactions
 /// first.
@@ -279,12 +282,63 @@ impl MailStore {
         recipients: &[Recipient],
         options: &DeliverOptions,
     ) -> Result<deliver::Outcome> {
+        let (job, inline) = self.prefixed_job(raw, data, message, recipients, options)?;
+        self.submit(job, inline)
+    }
+
+    /// [`MailStore::deliver_prefixed`] for callers on an async runtime:
+    /// the message is parsed and hashed here and queued for a delivery
+    /// worker; the returned future resolves once it is durable, without
+    /// holding a thread meanwhile. Only for messages up to
+    /// [`INLINE_BLOB_LIMIT`] (a larger one's blob is written before the
+    /// delivery, which blocks): a larger `raw` fails with
+    /// [`Error::Invalid`]. Dropping the future does not cancel the
+    /// delivery.
+    pub fn deliver_prefixed_async(
+        &self,
+        raw: &[u8],
+        data: &[u8],
+        message: &mail_parser::Message<'_>,
+        recipients: &[Recipient],
+        options: &DeliverOptions,
+    ) -> impl std::future::Future<Output = Result<deliver::Outcome>> + Send + 'static {
+        let queued = if raw.len() > INLINE_BLOB_LIMIT {
+            Err(Error::Invalid(format!(
+                "a message of {} bytes is delivered by the blocking call",
+                raw.len()
+            )))
+        } else {
+            self.prefixed_job(raw, data, message, recipients, options)
+                .map(|(job, inline)| (self.combiner.queue(job), inline))
+        };
+        let recent = Arc::clone(&self.recent);
+        async move {
+            let (pending, inline) = queued?;
+            let outcome = pending
+                .await
+                .unwrap_or_else(|_| Err(deliver::failed_hard()))?;
+            if let Some((hash, data)) = inline {
+                // Durable now, as in `submit`.
+                recent.insert(hash, data);
+            }
+            Ok(outcome)
+        }
+    }
+
+    fn prefixed_job(
+        &self,
+        raw: &[u8],
+        data: &[u8],
+        message: &mail_parser::Message<'_>,
+        recipients: &[Recipient],
+        options: &DeliverOptions,
+    ) -> Result<(deliver::Job, Option<InlineBlob>)> {
         let Some(prefix) = raw.strip_suffix(data) else {
             return Err(Error::Invalid(
                 "the message does not end with its data".into(),
             ));
         };
-        self.deliver_checked(raw, recipients, options, || {
+        self.job(raw, recipients, options, || {
             parse::parse_message_prefixed(prefix, data, message)
         })
     }
@@ -296,6 +350,32 @@ impl MailStore {
         options: &DeliverOptions,
         parse: impl FnOnce() -> Result<parse::ParsedMessage>,
     ) -> Result<deliver::Outcome> {
+        let (job, inline) = self.job(raw, recipients, options, parse)?;
+        self.submit(job, inline)
+    }
+
+    /// Stores `job` (blocking until durable) and keeps its inline bytes
+    /// for the indexer.
+    fn submit(&self, job: deliver::Job, inline: Option<InlineBlob>) -> Result<deliver::Outcome> {
+        let outcome = self.combiner.submit(job)?;
+        if let Some((hash, data)) = inline {
+            // Durable now: the indexer will read it back shortly.
+            self.recent.insert(hash, data);
+        }
+        Ok(outcome)
+    }
+
+    /// The delivery job for `raw`, and the message's bytes when they go
+    /// into the delivery's transaction (kept in [`recent::RecentBlobs`]
+    /// once durable). A message over [`INLINE_BLOB_LIMIT`] has its blob
+    /// written here.
+    fn job(
+        &self,
+        raw: &[u8],
+        recipients: &[Recipient],
+        options: &DeliverOptions,
+        parse: impl FnOnce() -> Result<parse::ParsedMessage>,
+    ) -> Result<(deliver::Job, Option<InlineBlob>)> {
         if !options.envelopes.is_empty() && options.envelopes.len() != recipients.len() {
             return Err(Error::Invalid(format!(
                 "{} envelopes for {} recipients",
@@ -312,7 +392,7 @@ impl MailStore {
         } else {
             (Some((BlobHash::of(raw), Arc::<[u8]>::from(raw))), None)
         };
-        let outcome = self.combiner.submit(deliver::Job {
+        let job = deliver::Job {
             raw: inline.clone(),
             blob,
             size: raw.len() as u64,
@@ -321,12 +401,8 @@ impl MailStore {
             received_at: now(),
             envelopes: options.envelopes.clone(),
             quota: options.quota,
-        })?;
-        if let Some((hash, data)) = inline {
-            // Durable now: the indexer will read it back shortly.
-            self.recent.insert(hash, data);
-        }
-        Ok(outcome)
+        };
+        Ok((job, inline))
     }
 
     /// The bytes of blob `hash` if this process delivered that message

@@ -639,3 +639,61 @@ fn concurrent_deliveries_across_accounts_meet_without_loss_or_duplicates() {
         assert_eq!(c.created.len() as u64, per_account);
     }
 }
+
+/// A message with trace fields put on top of already parsed data is
+/// stored as the whole message, by the blocking call and by the async
+/// one alike; the async one refuses a message over the inline limit
+/// (its blob would be written before the delivery, which blocks) and
+/// both refuse a message that does not end with its data.
+#[test]
+fn prefixed_deliveries_blocking_and_async_store_the_whole_message() {
+    let (_dir, store) = store();
+    let bob = store.create_account("bob@example.com", "pw").unwrap();
+    let data = message("prefixed", "p@example.org", "", "body\r\n");
+    let raw = [
+        b"Received: from a (b)\r\n\tby mx; today\r\n".as_slice(),
+        &data,
+    ]
+    .concat();
+    let parsed = mail_parser::MessageParser::default().parse(&data).unwrap();
+    let to = [Recipient::inbox(bob)];
+    let options = tern_store::DeliverOptions::default();
+    let blocking = store
+        .deliver_prefixed(&raw, &data, &parsed, &to, &options)
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let pending = store.deliver_prefixed_async(&raw, &data, &parsed, &to, &options);
+    let queued = runtime.block_on(pending).unwrap();
+    for outcome in [&blocking, &queued] {
+        let delivered = outcome[0].as_ref().unwrap();
+        let (meta, stored) = store
+            .kv()
+            .read(|tx| {
+                let meta = email::get(tx, bob, delivered.email)?.unwrap();
+                let stored = blob::read(tx, &meta.blob)?.unwrap();
+                Ok::<_, tern_store::Error>((meta, stored))
+            })
+            .unwrap();
+        assert_eq!(stored, raw);
+        assert_eq!(meta.mailbox_ids, vec![inbox(&store, bob)]);
+    }
+    let other = message("other", "o@example.org", "", "body\r\n");
+    let err = store
+        .deliver_prefixed(&raw, &other, &parsed, &to, &options)
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+    let pending = store.deliver_prefixed_async(&raw, &other, &parsed, &to, &options);
+    assert!(matches!(runtime.block_on(pending), Err(Error::Invalid(_))));
+    let big = [raw.as_slice(), &vec![b'x'; tern_store::INLINE_BLOB_LIMIT]].concat();
+    let big_data = &big[raw.len() - data.len()..];
+    let pending = store.deliver_prefixed_async(&big, big_data, &parsed, &to, &options);
+    let err = runtime.block_on(pending).unwrap_err();
+    assert!(err.to_string().contains("blocking call"), "{err}");
+    let listed = store
+        .kv()
+        .read(|tx| email::list_metas(tx, bob, None, 10))
+        .unwrap();
+    assert_eq!(listed.len(), 2, "nothing stored for the refused ones");
+}
