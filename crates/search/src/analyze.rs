@@ -570,6 +570,13 @@ pub fn for_each_word<'t>(text: &'t str, mut f: impl FnMut(usize, &'t str, bool))
             }
         }
         let run = &bytes[start..i];
+        // Letters and digits always join (WB5, WB8 to WB10): a run of
+        // them alone, most words of most text, is one word.
+        if run.iter().all(u8::is_ascii_alphanumeric) {
+            f(start, &text[start..i], true);
+            done = i;
+            continue;
+        }
         let mut seg = 0;
         let mut alnum = false;
         for j in 0..run.len() {
