@@ -483,8 +483,22 @@ async fn perform(shared: &Shared, action: Action) -> Answer {
             }
         }
         Action::CheckRecipient { address, size } => {
-            let directory = Arc::clone(&shared.directory);
-            match blocking(move || lookup_recipient(&store, &directory, &address, size)).await {
+            // With the embedded store a recipient the directory knows
+            // costs one in-memory read: made here, not on a blocking
+            // thread (a hand-off per RCPT).
+            let cached = store
+                .kv()
+                .local_reads()
+                .then(|| lookup_recipient_cached(&store, &shared.directory, &address, size))
+                .flatten();
+            let found = match cached {
+                Some(found) => found,
+                None => {
+                    let directory = Arc::clone(&shared.directory);
+                    blocking(move || lookup_recipient(&store, &directory, &address, size)).await
+                }
+            };
+            match found {
                 Ok(found) => Answer::Recipient(found),
                 Err(err) => {
                     tracing::warn!(error = %err, "recipient lookup failed");
@@ -591,7 +605,44 @@ fn lookup_recipient(
     let Some(limit) = limit else {
         return Ok(RecipientLookup::UnknownUser);
     };
-    let (used, size) = (kv.read(|tx| account::used_bytes(tx, id))?, size as u64);
+    room(store, id, limit, size)
+}
+
+/// [`lookup_recipient`] when the [`Directory`] knows the address, its
+/// domain and its account's quota: one point read (the account's used
+/// bytes, a counter every delivery writes, so in memory). `None` when
+/// something is not cached (or for the bare "postmaster"): ask
+/// [`lookup_recipient`].
+fn lookup_recipient_cached(
+    store: &MailStore,
+    directory: &Directory,
+    address: &str,
+    size: usize,
+) -> Option<tern_store::Result<RecipientLookup>> {
+    use tern_store::account;
+    let (_, domain) = address.rsplit_once('@')?;
+    let domain = account::normalize_domain(domain).ok()?;
+    if !directory.domains.cached(&domain)? {
+        return None;
+    }
+    let address = account::normalize_address(address).ok()?;
+    let id = directory.addresses.cached(&address)??;
+    let limit = directory.quotas.cached(&id)??;
+    Some(room(store, id, limit, size))
+}
+
+/// Whether account `id`, whose quota is `limit` bytes, has room for a
+/// message of `size` bytes.
+fn room(
+    store: &MailStore,
+    id: tern_store::AccountId,
+    limit: u64,
+    size: usize,
+) -> tern_store::Result<RecipientLookup> {
+    let used = store
+        .kv()
+        .read(|tx| tern_store::account::used_bytes(tx, id))?;
+    let size = size as u64;
     Ok(if size > limit {
         RecipientLookup::TooBigForMailbox
     } else if used >= limit || used.saturating_add(size) > limit {

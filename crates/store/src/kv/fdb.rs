@@ -115,6 +115,11 @@ impl Backend for FdbBackend {
         }
     }
 
+    /// Every read is a round trip to the cluster.
+    fn local_reads(&self) -> bool {
+        false
+    }
+
     fn watch(&self, key: &[u8]) -> Watch {
         let key = key.to_vec();
         let trx = self.db.create_trx();

@@ -200,6 +200,9 @@ pub trait Backend: Send + Sync + 'static {
     /// A future that resolves when a commit after this call writes `key`
     /// (sets, clears, adds, or clears a range holding it).
     fn watch(&self, key: &[u8]) -> Watch;
+    /// Whether reads are served from this process's memory or local disk
+    /// (an embedded store) rather than over the network.
+    fn local_reads(&self) -> bool;
 }
 
 /// Options for opening the embedded RocksDB backend.
@@ -335,6 +338,15 @@ impl Kv {
     /// watch before reading the value it guards, so no change is missed.
     pub fn watch(&self, key: &[u8]) -> Watch {
         self.backend.watch(key)
+    }
+
+    /// Whether reads are served from this process's memory or local disk
+    /// (the embedded backend), not over the network: a point read of a
+    /// hot key then takes microseconds, short enough to make on an async
+    /// runtime's thread; with a networked backend every read is a round
+    /// trip and belongs on a blocking thread.
+    pub fn local_reads(&self) -> bool {
+        self.backend.local_reads()
     }
 }
 

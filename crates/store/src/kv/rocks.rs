@@ -334,6 +334,11 @@ impl Backend for RocksBackend {
         }
     }
 
+    /// Embedded: memtables, the block cache, local files.
+    fn local_reads(&self) -> bool {
+        true
+    }
+
     fn watch(&self, key: &[u8]) -> Watch {
         let (tx, rx) = oneshot::channel();
         self.shared
