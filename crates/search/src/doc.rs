@@ -141,6 +141,37 @@ fn part_text(body: &PartType<'_>) -> Option<String> {
     }
 }
 
+/// The header names of `prefix`, lower case, as a parse of a message
+/// starting with it lists them; `None` unless `prefix` is whole lines
+/// that are all header fields (a name, a colon; folded lines start with a
+/// space or a tab).
+fn prefix_names(prefix: &[u8]) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    let mut rest = prefix;
+    let mut first = true;
+    while !rest.is_empty() {
+        let end = rest.iter().position(|&b| b == b'\n')? + 1;
+        let (line, next) = rest.split_at(end);
+        rest = next;
+        if matches!(line[0], b' ' | b'\t') {
+            if first {
+                return None;
+            }
+            continue;
+        }
+        first = false;
+        let colon = line.iter().position(|&b| b == b':')?;
+        let name = std::str::from_utf8(&line[..colon]).ok()?;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+            return None;
+        }
+        if name.len() <= 64 {
+            names.push(name.to_ascii_lowercase());
+        }
+    }
+    Some(names)
+}
+
 /// Appends `text` to `out` within the byte budget `left`.
 fn push_limited(out: &mut Vec<String>, mut text: String, left: &mut usize) {
     if *left == 0 || text.trim().is_empty() {
@@ -156,6 +187,31 @@ impl Document {
     pub fn from_message(raw: &[u8]) -> Option<Document> {
         let message = MessageParser::default().parse(raw)?;
         Some(Self::from_parsed(&message))
+    }
+
+    /// The document of `prefix ++ data`, where `prefix` is whole header
+    /// fields put on top of a message (an MTA's trace fields) and
+    /// `message` is `data` parsed by mail-parser's default parser: the
+    /// same as [`Document::from_message`] of the whole, without parsing
+    /// `data` again (the prefix adds header names only). `None` when
+    /// `data` would not parse the same after the prefix (it starts with a
+    /// continuation line or the blank line before a body, or has no header
+    /// fields) or `prefix` is not whole header lines: parse the whole.
+    pub fn from_prefixed(prefix: &[u8], data: &[u8], message: &Message<'_>) -> Option<Document> {
+        let starts_a_field = data
+            .first()
+            .is_some_and(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
+        if !starts_a_field || message.root_part().headers.is_empty() {
+            return None;
+        }
+        let names = prefix_names(prefix)?;
+        let mut doc = Self::from_parsed(message);
+        if !names.is_empty() {
+            doc.header_names.extend(names);
+            doc.header_names.sort_unstable();
+            doc.header_names.dedup();
+        }
+        Some(doc)
     }
 
     fn from_parsed(m: &Message<'_>) -> Document {
@@ -241,6 +297,15 @@ impl Document {
         let Some(meta) = email::get(tx, account, id)? else {
             return Ok(None);
         };
+        // Delivered lately by this process: the document its deliverer
+        // built from its own parse, else the message's bytes.
+        let derived = store.and_then(|s| s.recent_derived(&meta.blob));
+        if let Some(doc) = derived
+            .as_deref()
+            .and_then(|d| d.downcast_ref::<Document>())
+        {
+            return Ok(Some((doc.clone(), meta.received_at)));
+        }
         let doc = match store.and_then(|s| s.recent_blob(&meta.blob)) {
             Some(raw) => Document::from_message(&raw),
             None => match blob::read(tx, &meta.blob)? {

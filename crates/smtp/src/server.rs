@@ -892,12 +892,19 @@ impl Accepted {
                 Err(reply) => return (reply, None),
             };
             let pending = parsed.as_ref().map(|message| {
+                // The search document, from this parse: the indexer takes
+                // it instead of parsing the message again.
+                let prefix = &ready.raw[..ready.raw.len() - incoming.data.len()];
+                let document =
+                    tern_search::Document::from_prefixed(prefix, &incoming.data, message)
+                        .map(|d| Arc::new(d) as tern_store::recent::Derived);
                 store.deliver_prefixed_async(
                     &ready.raw,
                     &incoming.data,
                     message,
                     &ready.recipients,
                     &ready.options,
+                    document,
                 )
             });
             (ready, pending)

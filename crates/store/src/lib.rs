@@ -293,7 +293,8 @@ impl MailStore {
     /// [`INLINE_BLOB_LIMIT`] (a larger one's blob is written before the
     /// delivery, which blocks): a larger `raw` fails with
     /// [`Error::Invalid`]. Dropping the future does not cancel the
-    /// delivery.
+    /// delivery. `derived` is kept with the message for readers that
+    /// follow deliveries ([`MailStore::recent_derived`]).
     pub fn deliver_prefixed_async(
         &self,
         raw: &[u8],
@@ -301,6 +302,7 @@ impl MailStore {
         message: &mail_parser::Message<'_>,
         recipients: &[Recipient],
         options: &DeliverOptions,
+        derived: Option<recent::Derived>,
     ) -> impl std::future::Future<Output = Result<deliver::Outcome>> + Send + 'static {
         let queued = if raw.len() > INLINE_BLOB_LIMIT {
             Err(Error::Invalid(format!(
@@ -319,7 +321,7 @@ impl MailStore {
                 .unwrap_or_else(|_| Err(deliver::failed_hard()))?;
             if let Some((hash, data)) = inline {
                 // Durable now, as in `submit`.
-                recent.insert(hash, data);
+                recent.insert(hash, data, derived);
             }
             Ok(outcome)
         }
@@ -360,7 +362,7 @@ impl MailStore {
         let outcome = self.combiner.submit(job)?;
         if let Some((hash, data)) = inline {
             // Durable now: the indexer will read it back shortly.
-            self.recent.insert(hash, data);
+            self.recent.insert(hash, data, None);
         }
         Ok(outcome)
     }
@@ -410,6 +412,13 @@ impl MailStore {
     /// try it before reading the store.
     pub fn recent_blob(&self, hash: &BlobHash) -> Option<Arc<[u8]>> {
         self.recent.get(hash)
+    }
+
+    /// What the deliverer derived from blob `hash`'s message, if this
+    /// process delivered it lately with a derived value
+    /// ([`MailStore::deliver_prefixed_async`]).
+    pub fn recent_derived(&self, hash: &BlobHash) -> Option<recent::Derived> {
+        self.recent.derived(hash)
     }
 
     /// The SMTP envelope the email `email` of `account` was received with

@@ -644,7 +644,8 @@ fn concurrent_deliveries_across_accounts_meet_without_loss_or_duplicates() {
 /// stored as the whole message, by the blocking call and by the async
 /// one alike; the async one refuses a message over the inline limit
 /// (its blob would be written before the delivery, which blocks) and
-/// both refuse a message that does not end with its data.
+/// both refuse a message that does not end with its data. The async one
+/// keeps what the caller derived from the message with its bytes.
 #[test]
 fn prefixed_deliveries_blocking_and_async_store_the_whole_message() {
     let (_dir, store) = store();
@@ -664,7 +665,8 @@ fn prefixed_deliveries_blocking_and_async_store_the_whole_message() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let pending = store.deliver_prefixed_async(&raw, &data, &parsed, &to, &options);
+    let derived: tern_store::recent::Derived = std::sync::Arc::new("derived");
+    let pending = store.deliver_prefixed_async(&raw, &data, &parsed, &to, &options, Some(derived));
     let queued = runtime.block_on(pending).unwrap();
     for outcome in [&blocking, &queued] {
         let delivered = outcome[0].as_ref().unwrap();
@@ -678,17 +680,21 @@ fn prefixed_deliveries_blocking_and_async_store_the_whole_message() {
             .unwrap();
         assert_eq!(stored, raw);
         assert_eq!(meta.mailbox_ids, vec![inbox(&store, bob)]);
+        // Kept for readers following deliveries, with what was derived.
+        assert_eq!(store.recent_blob(&meta.blob).as_deref(), Some(&raw[..]));
+        let derived = store.recent_derived(&meta.blob).expect("derived kept");
+        assert_eq!(derived.downcast_ref::<&str>(), Some(&"derived"));
     }
     let other = message("other", "o@example.org", "", "body\r\n");
     let err = store
         .deliver_prefixed(&raw, &other, &parsed, &to, &options)
         .unwrap_err();
     assert!(matches!(err, Error::Invalid(_)), "{err}");
-    let pending = store.deliver_prefixed_async(&raw, &other, &parsed, &to, &options);
+    let pending = store.deliver_prefixed_async(&raw, &other, &parsed, &to, &options, None);
     assert!(matches!(runtime.block_on(pending), Err(Error::Invalid(_))));
     let big = [raw.as_slice(), &vec![b'x'; tern_store::INLINE_BLOB_LIMIT]].concat();
     let big_data = &big[raw.len() - data.len()..];
-    let pending = store.deliver_prefixed_async(&big, big_data, &parsed, &to, &options);
+    let pending = store.deliver_prefixed_async(&big, big_data, &parsed, &to, &options, None);
     let err = runtime.block_on(pending).unwrap_err();
     assert!(err.to_string().contains("blocking call"), "{err}");
     let listed = store
