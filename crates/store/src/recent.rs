@@ -21,10 +21,12 @@ use parking_lot::Mutex;
 
 use crate::types::BlobHash;
 
-/// The default byte budget: at 10 KB a message, the last ~3,000
-/// deliveries (the indexer, pausing 250 ms between passes, trails a
-/// delivery burst by about a thousand).
-pub const DEFAULT_BUDGET: usize = 32 << 20;
+/// The default byte budget: at 10 KB a message with its search document
+/// (counted twice), the last ~3,000 deliveries. The indexer, pausing
+/// 250 ms between passes and at a lower priority, trails a burst of
+/// 6,500 deliveries a second by one to two thousand; an entry evicted
+/// before it is indexed costs a blob read and a parse.
+pub const DEFAULT_BUDGET: usize = 64 << 20;
 
 /// A value derived from a delivered message by its deliverer, for a
 /// reader that knows its type (downcast); a function of the message's
