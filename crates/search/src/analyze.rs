@@ -866,7 +866,15 @@ impl Segmenter {
 
     fn word<E: Emit>(&mut self, run: &mut Run<'_>, emit: &mut E, start: usize, end: usize) {
         self.flush_cjk(run, emit);
-        fold_into(&run.text[start..end], &mut self.folded);
+        let text = &run.text[start..end];
+        // Folding keeps an ASCII word's length: one too long for a term
+        // (base64, hex) is skipped without folding it.
+        if text.len() > MAX_TERM_BYTES && text.is_ascii() {
+            run.pos += 1;
+            run.prev_word = None;
+            return;
+        }
+        fold_into(text, &mut self.folded);
         if self.folded.is_empty() {
             return;
         }
