@@ -7,20 +7,7 @@ use std::path::Path;
 
 use mail_parser::MessageParser;
 use tern_search::Document;
-
-/// What Tern's MX puts on top of a message (CRLF), an LF variant, none.
-const PREFIXES: [&[u8]; 3] = [
-    b"Received: from client.example (client.example [192.0.2.1])\r\n\
-      \tby mx.tern.test (Tern) with ESMTPS id 0123456789abcdef\r\n\
-      \tfor <alice@example.com>; Mon, 23 Nov 2026 02:30:00 +0000\r\n\
-      Authentication-Results: mx.tern.test;\r\n\
-      \tspf=pass smtp.mailfrom=example.org;\r\n\
-      \tdkim=none\r\n\
-      X-Spam-Status: No, score=0.1\r\n\
-      X-Spam-Score: 0.1\r\n",
-    b"Received: from a by b; Mon, 23 Nov 2026 02:30:00 +0000\n",
-    b"",
-];
+use tern_testkit::TRACE_PREFIXES;
 
 /// Checks `data` under every prefix: the prefixed document is the whole
 /// message's, or `None` (the caller then parses the whole).
@@ -29,7 +16,7 @@ fn check(name: &str, data: &[u8]) -> usize {
         return 0;
     };
     let mut same = 0;
-    for prefix in PREFIXES {
+    for prefix in TRACE_PREFIXES {
         let whole = [prefix, data].concat();
         if let Some(doc) = Document::from_prefixed(prefix, data, &message) {
             let expected = Document::from_message(&whole).unwrap();
@@ -70,7 +57,7 @@ fn the_corpus_gives_the_same_documents_either_way() {
 fn data_or_prefixes_that_would_parse_differently_are_left_to_a_whole_parse() {
     let data = b"Subject: hi\r\nFrom: a@example.org\r\n\r\nbody\r\n";
     let message = MessageParser::default().parse(&data[..]).unwrap();
-    assert!(Document::from_prefixed(PREFIXES[0], data, &message).is_some());
+    assert!(Document::from_prefixed(TRACE_PREFIXES[0], data, &message).is_some());
     // Not whole header lines, a continuation first, a line without a
     // colon, a name with a space.
     for prefix in [
@@ -88,6 +75,6 @@ fn data_or_prefixes_that_would_parse_differently_are_left_to_a_whole_parse() {
     // join the prefix's last field, or end its header).
     for data in [&b" folded\r\n\r\nbody\r\n"[..], b"\r\nbody\r\n"] {
         let message = MessageParser::default().parse(data).unwrap();
-        assert!(Document::from_prefixed(PREFIXES[0], data, &message).is_none());
+        assert!(Document::from_prefixed(TRACE_PREFIXES[0], data, &message).is_none());
     }
 }

@@ -702,7 +702,7 @@ async fn deliver(shared: &Shared, incoming: Incoming) -> Reply {
     };
     let (store, hostname) = (shared.store.clone(), shared.hostname.clone());
     let vacations = Arc::clone(&shared.vacations);
-    let (reply, autoreply) = if accepted.scored_in_task() {
+    let (reply, autoreply) = if accepted.scored_in_task(&store) {
         accepted
             .store_async(&store, &vacations, &hostname, screened)
             .await
@@ -797,10 +797,13 @@ const SCORED_IN_TASK: usize = 128 << 10;
 
 impl Accepted {
     /// Whether this message is scored and queued for the store on the
-    /// session's task ([`Accepted::store_async`]): small, and with no
-    /// remote recipient (queueing one syncs the outbound queue).
-    fn scored_in_task(&self) -> bool {
-        self.incoming.data.len() <= SCORED_IN_TASK.min(tern_store::INLINE_BLOB_LIMIT)
+    /// session's task ([`Accepted::store_async`]): small, with no remote
+    /// recipient (queueing one syncs the outbound queue), and the store's
+    /// reads local (scoring may read an account's spam model, the vacation
+    /// check its window: over FoundationDB each a network round trip).
+    fn scored_in_task(&self, store: &MailStore) -> bool {
+        store.kv().local_reads()
+            && self.incoming.data.len() <= SCORED_IN_TASK.min(tern_store::INLINE_BLOB_LIMIT)
             && self
                 .incoming
                 .envelope
@@ -812,10 +815,7 @@ impl Accepted {
     /// Takes the message apart for the store: the data delivered is the
     /// one the filter stripped of the X-Spam-* (X-Virus-Status) fields it
     /// came with, if it had any (only ours are delivered).
-    fn unpacked(
-        self,
-        screened: &mut crate::spam::Screened,
-    ) -> (Incoming, (String, String, bool), Delays) {
+    fn unpacked(self, screened: &mut crate::spam::Screened) -> (Incoming, Head) {
         let Accepted {
             id,
             mut incoming,
@@ -826,7 +826,13 @@ impl Accepted {
         if let Some(message) = screened.take_message() {
             incoming.data = message;
         }
-        (incoming, (id, auth_headers, junk), delays)
+        let head = Head {
+            id,
+            auth_headers,
+            junk,
+            delays,
+        };
+        (incoming, head)
     }
 
     /// Scores the message for spam, adds the trace header fields and
@@ -840,17 +846,9 @@ impl Accepted {
         hostname: &str,
         mut screened: crate::spam::Screened,
     ) -> (Reply, Option<AutoReplies>) {
-        let (incoming, id, delays) = self.unpacked(&mut screened);
+        let (incoming, head) = self.unpacked(&mut screened);
         let parsed = mail_parser::MessageParser::default().parse(&incoming.data);
-        let ready = match Ready::new(
-            store,
-            hostname,
-            &incoming,
-            screened,
-            parsed.as_ref(),
-            id,
-            delays,
-        ) {
+        let ready = match Ready::new(store, hostname, &incoming, screened, parsed.as_ref(), head) {
             Ok(ready) => ready,
             Err(reply) => return (reply, None),
         };
@@ -876,21 +874,14 @@ impl Accepted {
         hostname: &str,
         mut screened: crate::spam::Screened,
     ) -> (Reply, Option<AutoReplies>) {
-        let (incoming, id, delays) = self.unpacked(&mut screened);
+        let (incoming, head) = self.unpacked(&mut screened);
         let (ready, pending) = {
             let parsed = mail_parser::MessageParser::default().parse(&incoming.data);
-            let ready = match Ready::new(
-                store,
-                hostname,
-                &incoming,
-                screened,
-                parsed.as_ref(),
-                id,
-                delays,
-            ) {
-                Ok(ready) => ready,
-                Err(reply) => return (reply, None),
-            };
+            let ready =
+                match Ready::new(store, hostname, &incoming, screened, parsed.as_ref(), head) {
+                    Ok(ready) => ready,
+                    Err(reply) => return (reply, None),
+                };
             let pending = parsed.as_ref().map(|message| {
                 // The search document, from this parse: the indexer takes
                 // it instead of parsing the message again.
@@ -928,6 +919,17 @@ impl Accepted {
     }
 }
 
+/// What an [`Accepted`] message carries beside its data.
+struct Head {
+    /// The transaction id (logs, the reply, the Received field).
+    id: String,
+    /// The Authentication-Results field, or nothing.
+    auth_headers: String,
+    /// DMARC's quarantine: every copy goes to Junk.
+    junk: bool,
+    delays: Delays,
+}
+
 /// A scored message with its trace fields, ready for the store.
 struct Ready {
     id: String,
@@ -953,9 +955,14 @@ impl Ready {
         incoming: &Incoming,
         screened: crate::spam::Screened,
         parsed: Option<&mail_parser::Message<'_>>,
-        (id, auth_headers, junk): (String, String, bool),
-        delays: Delays,
+        head: Head,
     ) -> Result<Self, Reply> {
+        let Head {
+            id,
+            auth_headers,
+            junk,
+            delays,
+        } = head;
         let filtered = screened.finish(&incoming.data, parsed)?;
         let scored = Instant::now();
         let received = headers::received(incoming, hostname, &id, SystemTime::now());

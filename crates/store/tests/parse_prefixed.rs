@@ -12,20 +12,7 @@ use std::path::Path;
 
 use mail_parser::MessageParser;
 use tern_store::parse::{parse_message, parse_message_prefixed};
-
-/// What Tern's MX puts on top of a message (CRLF), and an LF variant.
-const PREFIXES: [&[u8]; 3] = [
-    b"Received: from client.example (client.example [192.0.2.1])\r\n\
-      \tby mx.tern.test (Tern) with ESMTPS id 0123456789abcdef\r\n\
-      \tfor <alice@example.com>; Mon, 23 Nov 2026 02:30:00 +0000\r\n\
-      Authentication-Results: mx.tern.test;\r\n\
-      \tspf=pass smtp.mailfrom=example.org;\r\n\
-      \tdkim=none\r\n\
-      X-Spam-Status: No, score=0.1\r\n\
-      X-Spam-Score: 0.1\r\n",
-    b"Received: from a by b; Mon, 23 Nov 2026 02:30:00 +0000\n",
-    b"",
-];
+use tern_testkit::TRACE_PREFIXES;
 
 /// Checks one message under every prefix; returns whether mail-parser
 /// parsed it at all.
@@ -33,7 +20,7 @@ fn check(name: &str, data: &[u8]) -> bool {
     let Some(message) = MessageParser::default().parse(data) else {
         return false;
     };
-    for prefix in PREFIXES {
+    for prefix in TRACE_PREFIXES {
         let whole = parse_message(&[prefix, data].concat());
         let reused = parse_message_prefixed(prefix, data, &message);
         match (whole, reused) {

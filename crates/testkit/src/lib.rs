@@ -9,6 +9,22 @@ pub use clamd::{Clamd, EICAR};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// Trace fields as Tern's MX puts them on top of a message (CRLF), an LF
+/// variant, and none: for the tests holding a parse of the data under them
+/// equal to a parse of the whole (the store's and the search document's).
+pub const TRACE_PREFIXES: [&[u8]; 3] = [
+    b"Received: from client.example (client.example [192.0.2.1])\r\n\
+      \tby mx.tern.test (Tern) with ESMTPS id 0123456789abcdef\r\n\
+      \tfor <alice@example.com>; Mon, 23 Nov 2026 02:30:00 +0000\r\n\
+      Authentication-Results: mx.tern.test;\r\n\
+      \tspf=pass smtp.mailfrom=example.org;\r\n\
+      \tdkim=none\r\n\
+      X-Spam-Status: No, score=0.1\r\n\
+      X-Spam-Score: 0.1\r\n",
+    b"Received: from a by b; Mon, 23 Nov 2026 02:30:00 +0000\n",
+    b"",
+];
+
 /// A free TCP port on 127.0.0.1 (free when asked: bind it soon).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
