@@ -8,8 +8,8 @@
 //! combined, they share one transaction and one fsync. A batch that fails
 //! is retried one job at a time so one bad message cannot fail the others.
 //! Deliveries are combined per account (lanes): a lone delivery is
-//! stored by its caller when the caller blocks ([`Combiner::submit`]),
-//! by a worker when it awaits ([`Combiner::queue`], for async callers);
+//! stored by its caller when the caller blocks (`Combiner::submit`),
+//! by a worker when it awaits (`Combiner::queue`, for async callers);
 //! a busy lane is served by a worker, batch after
 //! batch while it has jobs queued, so it never waits for a thread to wake
 //! between batches; batches for
