@@ -844,25 +844,27 @@ impl Accepted {
         store: &MailStore,
         vacations: &tern_store::vacation::VacationCache,
         hostname: &str,
-        mut screened: crate::spam::Screened,
+        screened: crate::spam::Screened,
     ) -> (Reply, Option<AutoReplies>) {
-        let (incoming, head) = self.unpacked(&mut screened);
-        let parsed = mail_parser::MessageParser::default().parse(&incoming.data);
-        let ready = match Ready::new(store, hostname, &incoming, screened, parsed.as_ref(), head) {
-            Ok(ready) => ready,
-            Err(reply) => return (reply, None),
-        };
-        let delivered = match &parsed {
-            Some(message) => store.deliver_prefixed(
-                &ready.raw,
-                &incoming.data,
-                message,
-                &ready.recipients,
-                &ready.options,
-            ),
-            None => store.deliver_with(&ready.raw, &ready.recipients, &ready.options),
-        };
-        ready.finish(store, vacations, &incoming, delivered)
+        let prepared = self.prepared(store, hostname, screened, |incoming, parsed, ready| {
+            let delivered = match parsed {
+                Some(message) => store.deliver_prefixed(
+                    &ready.raw,
+                    &incoming.data,
+                    message,
+                    &ready.recipients,
+                    &ready.options,
+                ),
+                None => store.deliver_with(&ready.raw, &ready.recipients, &ready.options),
+            };
+            (ready, delivered)
+        });
+        match prepared {
+            Ok((incoming, (ready, delivered))) => {
+                ready.finish(store, vacations, &incoming, delivered)
+            }
+            Err(reply) => (reply, None),
+        }
     }
 
     /// [`Accepted::store`] on the session's task, for a message that
@@ -872,17 +874,10 @@ impl Accepted {
         store: &MailStore,
         vacations: &tern_store::vacation::VacationCache,
         hostname: &str,
-        mut screened: crate::spam::Screened,
+        screened: crate::spam::Screened,
     ) -> (Reply, Option<AutoReplies>) {
-        let (incoming, head) = self.unpacked(&mut screened);
-        let (ready, pending) = {
-            let parsed = mail_parser::MessageParser::default().parse(&incoming.data);
-            let ready =
-                match Ready::new(store, hostname, &incoming, screened, parsed.as_ref(), head) {
-                    Ok(ready) => ready,
-                    Err(reply) => return (reply, None),
-                };
-            let pending = parsed.as_ref().map(|message| {
+        let prepared = self.prepared(store, hostname, screened, |incoming, parsed, ready| {
+            let pending = parsed.map(|message| {
                 // The search document, from this parse: the indexer takes
                 // it instead of parsing the message again.
                 let prefix = &ready.raw[..ready.raw.len() - incoming.data.len()];
@@ -899,6 +894,10 @@ impl Accepted {
                 )
             });
             (ready, pending)
+        });
+        let (incoming, (ready, pending)) = match prepared {
+            Ok(prepared) => prepared,
+            Err(reply) => return (reply, None),
         };
         let delivered = match pending {
             Some(pending) => pending.await,
@@ -916,6 +915,26 @@ impl Accepted {
             }
         };
         ready.finish(store, vacations, &incoming, delivered)
+    }
+
+    /// Parses the message once and scores it ([`Ready::new`]), then hands
+    /// the data, its parse and the result to `then`; returns the message
+    /// with what `then` returned, or the reply when nothing is left to
+    /// store.
+    fn prepared<R>(
+        self,
+        store: &MailStore,
+        hostname: &str,
+        mut screened: crate::spam::Screened,
+        then: impl FnOnce(&Incoming, Option<&mail_parser::Message<'_>>, Ready) -> R,
+    ) -> Result<(Incoming, R), Reply> {
+        let (incoming, head) = self.unpacked(&mut screened);
+        let out = {
+            let parsed = mail_parser::MessageParser::default().parse(&incoming.data);
+            let ready = Ready::new(store, hostname, &incoming, screened, parsed.as_ref(), head)?;
+            then(&incoming, parsed.as_ref(), ready)
+        };
+        Ok((incoming, out))
     }
 }
 

@@ -243,18 +243,11 @@ impl Combiner {
     /// Stores `job`, possibly together with others, and returns its
     /// outcome once durable.
     pub(crate) fn submit(&self, job: Job) -> Result<Outcome> {
-        let lane = lane_of(&job);
         // The wait parks at once (see `handoff`): a dozen waiting
         // deliveries spinning would take the CPU from their worker.
         let (reply, wait) = handoff::channel();
-        let mut st = self.shared.state.lock();
-        let queue = st.queues.entry(lane).or_default();
-        let first = queue.is_empty();
-        queue.push(Queued {
-            job,
-            reply: Reply::Blocking(reply),
-        });
-        if first && !st.serving.contains(&lane) {
+        let (mut st, lane, idle) = self.enqueue(job, Reply::Blocking(reply));
+        if idle {
             // An idle lane: the caller stores this batch itself (a lone
             // delivery needs no thread hand-off); what is queued meanwhile
             // goes to a worker, which keeps storing while jobs come.
@@ -278,21 +271,27 @@ impl Combiner {
     /// outcome without holding a thread, where [`Combiner::submit`] takes a
     /// blocking thread per delivery.
     pub(crate) fn queue(&self, job: Job) -> Pending {
-        let lane = lane_of(&job);
         let (reply, pending) = oneshot::channel();
-        let mut st = self.shared.state.lock();
-        let queue = st.queues.entry(lane).or_default();
-        let first = queue.is_empty();
-        queue.push(Queued {
-            job,
-            reply: Reply::Async(reply),
-        });
+        let (st, lane, idle) = self.enqueue(job, Reply::Async(reply));
         // A lane with jobs and nobody serving it is already ready unless
-        // this job is its first.
-        if first && !st.serving.contains(&lane) {
+        // it was idle.
+        if idle {
             self.hand_over(st, lane);
         }
         pending
+    }
+
+    /// Queues `job` in its lane; returns the state, still locked, the
+    /// lane, and whether the lane was idle (no job before this one and
+    /// nobody serving it).
+    fn enqueue(&self, job: Job, reply: Reply) -> (MutexGuard<'_, State>, AccountId, bool) {
+        let lane = lane_of(&job);
+        let mut st = self.shared.state.lock();
+        let queue = st.queues.entry(lane).or_default();
+        let first = queue.is_empty();
+        queue.push(Queued { job, reply });
+        let idle = first && !st.serving.contains(&lane);
+        (st, lane, idle)
     }
 
     /// Queues `lane` (with jobs, served by nobody) for a worker, waking or

@@ -303,7 +303,7 @@ impl MailStore {
         recipients: &[Recipient],
         options: &DeliverOptions,
         derived: Option<recent::Derived>,
-    ) -> impl std::future::Future<Output = Result<deliver::Outcome>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<deliver::Outcome>> + Send + use<> {
         let queued = if raw.len() > INLINE_BLOB_LIMIT {
             Err(Error::Invalid(format!(
                 "a message of {} bytes is delivered by the blocking call",
