@@ -690,14 +690,16 @@ async fn deliver(shared: &Shared, incoming: Incoming) -> Reply {
     let junk = verdict == Verdict::Quarantine;
     let screened_at = Instant::now();
     let accepted = Accepted {
-        id,
         incoming,
-        auth_headers,
-        junk,
-        delays: Delays {
-            started,
-            screened: screened_at,
-            handed: screened_at,
+        head: Head {
+            id,
+            auth_headers,
+            junk,
+            delays: Delays {
+                started,
+                screened: screened_at,
+                handed: screened_at,
+            },
         },
     };
     let (store, hostname) = (shared.store.clone(), shared.hostname.clone());
@@ -710,7 +712,7 @@ async fn deliver(shared: &Shared, incoming: Incoming) -> Reply {
         // One hand-off to the blocking pool for the rest.
         let job = move || {
             let mut accepted = accepted;
-            accepted.delays.handed = Instant::now();
+            accepted.head.delays.handed = Instant::now();
             accepted.store(&store, &vacations, &hostname, screened)
         };
         match tokio::task::spawn_blocking(job).await {
@@ -732,12 +734,8 @@ async fn deliver(shared: &Shared, incoming: Incoming) -> Reply {
 /// A message past the checks that may refuse it asynchronously, on its
 /// way into the store.
 struct Accepted {
-    id: String,
     incoming: Incoming,
-    auth_headers: String,
-    /// DMARC's quarantine: every copy goes to Junk.
-    junk: bool,
-    delays: Delays,
+    head: Head,
 }
 
 /// When a message passed each stage after its data was read, for the
@@ -749,7 +747,8 @@ struct Delays {
     started: Instant,
     /// After the asynchronous checks (DNS, clamd, blocklists).
     screened: Instant,
-    /// When a blocking thread took the rest.
+    /// When a blocking thread took the rest (on the session's task, the
+    /// same as `screened`: no wait).
     handed: Instant,
 }
 
@@ -816,22 +815,10 @@ impl Accepted {
     /// one the filter stripped of the X-Spam-* (X-Virus-Status) fields it
     /// came with, if it had any (only ours are delivered).
     fn unpacked(self, screened: &mut crate::spam::Screened) -> (Incoming, Head) {
-        let Accepted {
-            id,
-            mut incoming,
-            auth_headers,
-            junk,
-            delays,
-        } = self;
+        let Accepted { mut incoming, head } = self;
         if let Some(message) = screened.take_message() {
             incoming.data = message;
         }
-        let head = Head {
-            id,
-            auth_headers,
-            junk,
-            delays,
-        };
         (incoming, head)
     }
 
@@ -938,7 +925,8 @@ impl Accepted {
     }
 }
 
-/// What an [`Accepted`] message carries beside its data.
+/// What an [`Accepted`] message carries beside its data (the envelope
+/// and the data are its [`Incoming`]).
 struct Head {
     /// The transaction id (logs, the reply, the Received field).
     id: String,
