@@ -141,35 +141,10 @@ fn part_text(body: &PartType<'_>) -> Option<String> {
     }
 }
 
-/// The header names of `prefix`, lower case, as a parse of a message
-/// starting with it lists them; `None` unless `prefix` is whole lines
-/// that are all header fields (a name, a colon; folded lines start with a
-/// space or a tab).
-fn prefix_names(prefix: &[u8]) -> Option<Vec<String>> {
-    let mut names = Vec::new();
-    let mut rest = prefix;
-    let mut first = true;
-    while !rest.is_empty() {
-        let end = rest.iter().position(|&b| b == b'\n')? + 1;
-        let (line, next) = rest.split_at(end);
-        rest = next;
-        if matches!(line[0], b' ' | b'\t') {
-            if first {
-                return None;
-            }
-            continue;
-        }
-        first = false;
-        let colon = line.iter().position(|&b| b == b':')?;
-        let name = std::str::from_utf8(&line[..colon]).ok()?;
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
-            return None;
-        }
-        if name.len() <= 64 {
-            names.push(name.to_ascii_lowercase());
-        }
-    }
-    Some(names)
+/// A header field's name as the document keeps it: lower case; `None`
+/// when empty or longer than 64 bytes.
+fn header_name(name: &str) -> Option<String> {
+    (!name.is_empty() && name.len() <= 64).then(|| name.to_ascii_lowercase())
 }
 
 /// Appends `text` to `out` within the byte budget `left`.
@@ -204,7 +179,10 @@ impl Document {
         if !starts_a_field || message.root_part().headers.is_empty() {
             return None;
         }
-        let names = prefix_names(prefix)?;
+        let names: Vec<String> = tern_store::parse::prefix_fields(prefix)?
+            .iter()
+            .filter_map(|f| header_name(&f.name))
+            .collect();
         let mut doc = Self::from_parsed(message);
         if !names.is_empty() {
             doc.header_names.extend(names);
@@ -227,8 +205,7 @@ impl Document {
         let mut names: Vec<String> = m
             .headers()
             .iter()
-            .map(|h| h.name.as_str().to_ascii_lowercase())
-            .filter(|n| !n.is_empty() && n.len() <= 64)
+            .filter_map(|h| header_name(h.name.as_str()))
             .collect();
         names.sort_unstable();
         names.dedup();

@@ -199,8 +199,9 @@ pub fn parse_message_prefixed(
 /// from a parse: each a name, a colon and a value running to the end of
 /// its last line (folded lines start with a space or a tab). Without
 /// mail-parser, whose Received parser is not cheap. `None` unless
-/// `prefix` is whole lines that are all fields.
-fn prefix_fields(prefix: &[u8]) -> Option<Vec<RawHeader>> {
+/// `prefix` is whole lines that are all fields. (The search document of
+/// a prefixed message takes its field names from here too.)
+pub fn prefix_fields(prefix: &[u8]) -> Option<Vec<RawHeader>> {
     let mut out = Vec::new();
     let mut rest = prefix;
     while !rest.is_empty() {
