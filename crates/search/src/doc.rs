@@ -168,18 +168,11 @@ impl Document {
     /// fields put on top of a message (an MTA's trace fields) and
     /// `message` is `data` parsed by mail-parser's default parser: the
     /// same as [`Document::from_message`] of the whole, without parsing
-    /// `data` again (the prefix adds header names only). `None` when
-    /// `data` would not parse the same after the prefix (it starts with a
-    /// continuation line or the blank line before a body, or has no header
-    /// fields) or `prefix` is not whole header lines: parse the whole.
+    /// `data` again (the prefix adds header names only). `None` when the
+    /// parse does not hold under the prefix
+    /// ([`tern_store::parse::fields_over`]): parse the whole.
     pub fn from_prefixed(prefix: &[u8], data: &[u8], message: &Message<'_>) -> Option<Document> {
-        let starts_a_field = data
-            .first()
-            .is_some_and(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
-        if !starts_a_field || message.root_part().headers.is_empty() {
-            return None;
-        }
-        let names: Vec<String> = tern_store::parse::prefix_fields(prefix)?
+        let names: Vec<String> = tern_store::parse::fields_over(prefix, data, message)?
             .iter()
             .filter_map(|f| header_name(&f.name))
             .collect();

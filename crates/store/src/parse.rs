@@ -168,14 +168,9 @@ pub fn parse_message_prefixed(
     data: &[u8],
     message: &mail_parser::Message<'_>,
 ) -> Result<ParsedMessage> {
-    let starts_a_field = data
-        .first()
-        .is_some_and(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
-    let (Some(shift), Some(fields), true, false) = (
+    let (Some(shift), Some(fields)) = (
         u32::try_from(prefix.len()).ok(),
-        prefix_fields(prefix),
-        starts_a_field,
-        message.root_part().headers.is_empty(),
+        fields_over(prefix, data, message),
     ) else {
         return parse_message(&[prefix, data].concat());
     };
@@ -195,13 +190,33 @@ pub fn parse_message_prefixed(
     Ok(parsed)
 }
 
+/// The header fields of `prefix` when a parse of `prefix ++ data` is
+/// `message` (the parse of `data`) with those fields on top: `None` when
+/// `data` would not parse the same after the prefix (it starts with a
+/// continuation line or the blank line before a body, or has no header
+/// fields) or `prefix` is not whole header lines — then parse the whole.
+/// The rule for every reuse of a parse under trace fields (the store's
+/// [`parse_message_prefixed`], the search document's).
+pub fn fields_over(
+    prefix: &[u8],
+    data: &[u8],
+    message: &mail_parser::Message<'_>,
+) -> Option<Vec<RawHeader>> {
+    let starts_a_field = data
+        .first()
+        .is_some_and(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
+    if !starts_a_field || message.root_part().headers.is_empty() {
+        return None;
+    }
+    prefix_fields(prefix)
+}
+
 /// The header fields making up `prefix`, as [`raw_headers`] gives them
 /// from a parse: each a name, a colon and a value running to the end of
 /// its last line (folded lines start with a space or a tab). Without
 /// mail-parser, whose Received parser is not cheap. `None` unless
-/// `prefix` is whole lines that are all fields. (The search document of
-/// a prefixed message takes its field names from here too.)
-pub fn prefix_fields(prefix: &[u8]) -> Option<Vec<RawHeader>> {
+/// `prefix` is whole lines that are all fields.
+fn prefix_fields(prefix: &[u8]) -> Option<Vec<RawHeader>> {
     let mut out = Vec::new();
     let mut rest = prefix;
     while !rest.is_empty() {
