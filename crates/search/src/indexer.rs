@@ -138,28 +138,35 @@ impl Indexer {
     /// configured lower priority, which its analysis threads inherit), so
     /// no thread of the runtime's blocking pool keeps a changed priority.
     /// This is what `tern serve` runs.
+    ///
+    /// Returns once that thread has ended, so its store and index handles
+    /// are gone: a caller dropping its own handles next closes the
+    /// databases then, not while the process exits.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let stop = Arc::new(AtomicBool::new(false));
         let index = self.index.clone();
         let flag = stop.clone();
-        let (done, mut worker) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("tern-indexer".into())
             .spawn(move || {
                 lower_priority(self.config.nice);
-                let _ = done.send(self.run_blocking(&|| flag.load(Ordering::Relaxed)));
+                self.run_blocking(&|| flag.load(Ordering::Relaxed))
             })
             .map_err(|e| Error::Index(format!("cannot start the indexer thread: {e}")))?;
-        let join = |r: std::result::Result<Result<()>, tokio::sync::oneshot::error::RecvError>| {
-            r.unwrap_or_else(|_| Err(Error::Index("the indexer thread failed".into())))
+        // A blocking-pool thread waits for the join; it keeps the
+        // server's priority.
+        let mut ended = tokio::task::spawn_blocking(move || thread.join());
+        let outcome = |r: std::result::Result<std::thread::Result<Result<()>>, _>| match r {
+            Ok(Ok(result)) => result,
+            _ => Err(Error::Index("the indexer thread failed".into())),
         };
         tokio::select! {
-            r = &mut worker => return join(r),
+            r = &mut ended => return outcome(r),
             _ = shutdown.wait_for(|&s| s) => {}
         }
         stop.store(true, Ordering::Relaxed);
         index.kick();
-        join(worker.await)
+        outcome(ended.await)
     }
 
     /// The indexer loop on the calling thread, until `stop()`: finishes

@@ -422,4 +422,23 @@ async fn the_indexer_service_stops_on_shutdown() {
         .expect("stops within the poll interval")
         .unwrap();
     assert!(stopped.is_ok());
+    // The service returns once its thread has ended, handles dropped
+    // (Linux lists a process's threads by name). It used to return when
+    // the thread sent its result, before the thread dropped its handles:
+    // `tern serve` then sometimes closed the index while the process
+    // exited, and aborted. That race failed this check in about one run
+    // of six.
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        let names: Vec<String> = tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.trim() == "tern-indexer"),
+            "the indexer thread outlived the service: {names:?}"
+        );
+    }
+    // Nothing holds the index any more: it reopens (an index still open
+    // in this process refuses its lock).
+    f.reopen_index();
+    assert!(f.index.live(f.account).unwrap().contains(id));
 }
