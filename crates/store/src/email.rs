@@ -368,7 +368,8 @@ pub fn insert_checked(
         envelope: email.parsed.envelope.clone(),
     };
     w.tx.set(&meta_key(account, id), &encode(&meta))?;
-    w.tx.set_chunked(&detail_key(account, id), &encode(&email.parsed.detail))?;
+    // A new id: no older detail to clear.
+    w.tx.set_chunked_new(&detail_key(account, id), &encode(&email.parsed.detail))?;
     w.tx.set(
         &keys::acct(account, family::ALL_DATE)
             .time(meta.received_at)

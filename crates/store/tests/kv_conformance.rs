@@ -978,9 +978,14 @@ fn chunked_values(s: &Store) {
     {
         let key = s.k(format!("blob/{len}").as_bytes());
         let value = pattern(len, i as u8);
-        // Read your own chunked write, then read it committed.
+        // Read your own chunked write, then read it committed. A new key
+        // may also be written without the read of an old header.
         s.write(|tx| {
-            tx.set_chunked(&key, &value)?;
+            if i % 2 == 0 {
+                tx.set_chunked(&key, &value)?;
+            } else {
+                tx.set_chunked_new(&key, &value)?;
+            }
             assert_eq!(
                 tx.get_chunked(&key)?.as_deref(),
                 Some(value.as_slice()),

@@ -166,27 +166,32 @@ impl SpamVerdict {
     }
 }
 
-/// A message parsed and tokenized once, scored for one or more accounts.
+/// A message parsed once, scored for one or more accounts. Its tokens
+/// are made when a classifier first needs them, once: until the models
+/// have seen enough spam and ham (`[bayes] min_spam`/`min_ham`) nothing
+/// reads them, and tokenizing is the largest part of a score.
 #[derive(Debug)]
 pub struct Prepared {
     analyzed: message::Analyzed,
-    tokens: Vec<u64>,
+    tokens: std::sync::OnceLock<Vec<u64>>,
 }
 
 impl Prepared {
-    /// Parses and tokenizes `raw`.
+    /// Parses `raw`.
     pub fn new(raw: &[u8]) -> Prepared {
         Prepared::from_analyzed(message::analyze(raw))
     }
 
-    /// Tokenizes `raw`, already parsed with mail-parser's default parser.
+    /// Analyzes `raw`, already parsed with mail-parser's default parser.
     pub fn from_parsed(raw: &[u8], message: &mail_parser::Message<'_>) -> Prepared {
         Prepared::from_analyzed(message::analyze_parsed(raw, Some(message)))
     }
 
     fn from_analyzed(analyzed: message::Analyzed) -> Prepared {
-        let tokens = tokens::tokenize(&analyzed);
-        Prepared { analyzed, tokens }
+        Prepared {
+            analyzed,
+            tokens: std::sync::OnceLock::new(),
+        }
     }
 
     /// What the checks see.
@@ -194,9 +199,9 @@ impl Prepared {
         &self.analyzed
     }
 
-    /// The distinct token hashes.
+    /// The distinct token hashes (made on the first call).
     pub fn tokens(&self) -> &[u64] {
-        &self.tokens
+        self.tokens.get_or_init(|| tokens::tokenize(&self.analyzed))
     }
 
     /// Link hosts, for domain blocklists.
@@ -341,7 +346,7 @@ impl SpamFilter {
         {
             models.push((o, self.rules.bayes.account_weight));
         }
-        let bayes = bayes::classify(&self.rules.bayes, &models, &prepared.tokens);
+        let bayes = bayes::classify(&self.rules.bayes, &models, || prepared.tokens());
         if let Some(p) = bayes
             && let Some(bucket) = self.rules.bucket(p)
         {
@@ -909,6 +914,35 @@ mod tests {
         let v = filter().score(&raw, &AuthResults::none(), Direction::Inbound);
         assert_eq!(v.action, SpamAction::Reject);
         assert!(v.tests.iter().any(|(n, _)| n == "GTUBE"));
+    }
+
+    /// The tokens are made only for a classifier with enough training,
+    /// and are the message's whole token set then.
+    #[test]
+    fn a_message_is_tokenized_only_for_a_trained_classifier() {
+        let raw = b"From: a@a.example\r\nSubject: cheap watches\r\n\r\nbuy cheap watches now\r\n";
+        let prepared = Prepared::new(raw);
+        let f = filter();
+        let cx = rules::Context::default();
+        let mut untrained = Model::new();
+        untrained.train(&[1, 2, 3], tern_store::spam::Class::Spam);
+        let v = f.verdict(&prepared, &cx, Direction::Inbound, Some(&untrained), None);
+        assert_eq!(v.bayes, None);
+        assert!(
+            prepared.tokens.get().is_none(),
+            "tokenized for no classifier"
+        );
+
+        let expected = tokens::tokenize(&message::analyze(raw));
+        let mut trained = Model::new();
+        for _ in 0..20 {
+            trained.train(&expected, tern_store::spam::Class::Spam);
+            trained.train(&[1, 2, 3], tern_store::spam::Class::Ham);
+        }
+        let v = f.verdict(&prepared, &cx, Direction::Inbound, Some(&trained), None);
+        assert!(v.bayes.is_some_and(|p| p > 0.9), "{v:?}");
+        assert_eq!(prepared.tokens.get(), Some(&expected));
+        assert_eq!(prepared.tokens(), &expected[..]);
     }
 
     #[test]

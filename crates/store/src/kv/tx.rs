@@ -378,6 +378,14 @@ impl<'s> Transaction<'s> {
         if self.has_chunks(key)? {
             self.clear_chunks(key)?;
         }
+        self.set_chunked_new(key, value)
+    }
+
+    /// [`Transaction::set_chunked`] for a key that has never held a value
+    /// (one under an id this transaction allocated): no read of an old
+    /// header. Were there one, its chunks past the new value's would be
+    /// left unread (reads take the chunks the header counts), not wrong.
+    pub fn set_chunked_new(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         if value.len() < limits::MAX_VALUE {
             let mut v = Vec::with_capacity(value.len() + 1);
             v.push(0);
