@@ -2,6 +2,8 @@
 //! message (the store keeps it as a blob), and the per-field texts the
 //! analyzer indexes.
 
+use std::sync::Arc;
+
 use mail_parser::{Address, Message, MessageParser, MimeHeaders, PartType};
 use tern_store::kv::Transaction;
 use tern_store::{AccountId, DocumentId, MailStore, blob, email};
@@ -252,29 +254,29 @@ impl Document {
         account: AccountId,
         id: DocumentId,
     ) -> Result<Option<(Document, i64)>> {
-        Self::load_dated_from(tx, account, id, None)
+        // Without a store nothing else holds the document: no copy.
+        Ok(Self::load_dated_from(tx, account, id, None)?
+            .map(|(doc, at)| (Arc::unwrap_or_clone(doc), at)))
     }
 
     /// [`Document::load_dated`], taking the message from `store`'s
     /// recently delivered ones ([`MailStore::recent_blob`]) when it is
-    /// there instead of reading its blob.
+    /// there instead of reading its blob. The document may be shared with
+    /// that cache (not copied).
     pub fn load_dated_from(
         tx: &mut Transaction<'_>,
         account: AccountId,
         id: DocumentId,
         store: Option<&MailStore>,
-    ) -> Result<Option<(Document, i64)>> {
+    ) -> Result<Option<(Arc<Document>, i64)>> {
         let Some(meta) = email::get(tx, account, id)? else {
             return Ok(None);
         };
         // Delivered lately by this process: the document its deliverer
         // built from its own parse, else the message's bytes.
         let derived = store.and_then(|s| s.recent_derived(&meta.blob));
-        if let Some(doc) = derived
-            .as_deref()
-            .and_then(|d| d.downcast_ref::<Document>())
-        {
-            return Ok(Some((doc.clone(), meta.received_at)));
+        if let Some(Ok(doc)) = derived.map(|d| d.downcast::<Document>()) {
+            return Ok(Some((doc, meta.received_at)));
         }
         let doc = match store.and_then(|s| s.recent_blob(&meta.blob)) {
             Some(raw) => Document::from_message(&raw),
@@ -283,7 +285,7 @@ impl Document {
                 None => return Ok(None),
             },
         };
-        Ok(Some((doc.unwrap_or_default(), meta.received_at)))
+        Ok(Some((Arc::new(doc.unwrap_or_default()), meta.received_at)))
     }
 
     /// Bytes of text the document holds (what the index is measured

@@ -306,7 +306,7 @@ impl Indexer {
         }
         let mut batch = IndexBatch::new(account);
         let mut taken: Vec<(DocumentId, IndexOp)> = Vec::with_capacity(limit);
-        let mut docs: Vec<(DocumentId, Document)> = Vec::new();
+        let mut docs: Vec<(DocumentId, Arc<Document>)> = Vec::new();
         let mut text = 0;
         for &(id, op) in entries.iter().take(limit) {
             match op {
@@ -328,7 +328,7 @@ impl Indexer {
                 break;
             }
         }
-        let refs: Vec<(DocumentId, &Document)> = docs.iter().map(|(i, d)| (*i, d)).collect();
+        let refs: Vec<(DocumentId, &Document)> = docs.iter().map(|(i, d)| (*i, &**d)).collect();
         batch.add_all(&refs);
         let complete = taken.len() == entries.len();
         self.index.write(&batch)?;
