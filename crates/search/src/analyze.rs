@@ -551,16 +551,18 @@ pub fn for_each_word<'t>(text: &'t str, mut f: impl FnMut(usize, &'t str, bool))
             continue;
         }
         let start = i;
-        let mut ascii = true;
+        // The classes seen in the run, one bit each: one pass tells both
+        // whether it is ASCII and whether it is letters and digits alone.
+        let mut seen = 0u16;
         while i < n {
             let c = wb::CLASS[bytes[i] as usize];
             if c == wb::SPACE {
                 break;
             }
-            ascii &= c != wb::NON_ASCII;
+            seen |= 1 << c;
             i += 1;
         }
-        if !ascii {
+        if seen & (1 << wb::NON_ASCII) != 0 {
             pending.get_or_insert(done);
             continue;
         }
@@ -572,7 +574,7 @@ pub fn for_each_word<'t>(text: &'t str, mut f: impl FnMut(usize, &'t str, bool))
         let run = &bytes[start..i];
         // Letters and digits always join (WB5, WB8 to WB10): a run of
         // them alone, most words of most text, is one word.
-        if run.iter().all(u8::is_ascii_alphanumeric) {
+        if seen & !((1 << wb::LETTER) | (1 << wb::DIGIT)) == 0 {
             f(start, &text[start..i], true);
             done = i;
             continue;
