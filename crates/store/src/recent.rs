@@ -43,10 +43,15 @@ pub struct RecentBlobs {
 struct Entry {
     data: Arc<[u8]>,
     derived: Option<Derived>,
+}
+
+impl Entry {
     /// What the entry counts against the budget: the bytes, twice with a
     /// derived value (taken to be no larger than the message: a search
     /// document's text is the decoded text of the message).
-    weight: usize,
+    fn weight(&self) -> usize {
+        self.data.len() * if self.derived.is_some() { 2 } else { 1 }
+    }
 }
 
 impl std::fmt::Debug for Inner {
@@ -84,21 +89,17 @@ impl RecentBlobs {
     /// Keeps `data`, the blob `hash` (a message larger than the budget is
     /// not kept), evicting the oldest entries over the budget.
     pub fn insert(&self, hash: BlobHash, data: Arc<[u8]>, derived: Option<Derived>) {
-        let weight = data.len() * if derived.is_some() { 2 } else { 1 };
+        let entry = Entry { data, derived };
+        let weight = entry.weight();
         if weight > self.budget {
             return;
         }
-        debug_assert_eq!(BlobHash::of(&data), hash);
+        debug_assert_eq!(BlobHash::of(&entry.data), hash);
         let mut inner = self.inner.lock();
-        let entry = Entry {
-            data,
-            derived,
-            weight,
-        };
         match inner.by_hash.insert(hash, entry) {
             // Already kept (the same message delivered again): it keeps
             // its place in the order.
-            Some(old) => inner.bytes = inner.bytes - old.weight + weight,
+            Some(old) => inner.bytes = inner.bytes - old.weight() + weight,
             None => {
                 inner.order.push_back(hash);
                 inner.bytes += weight;
@@ -109,7 +110,7 @@ impl RecentBlobs {
                 break;
             };
             if let Some(e) = inner.by_hash.remove(&old) {
-                inner.bytes -= e.weight;
+                inner.bytes -= e.weight();
             }
         }
     }
