@@ -112,22 +112,12 @@ impl Sink {
     /// base64 or hex, has thousands).
     fn add_long(&mut self, k: u8, first: char, chars: usize) {
         let (mut k_buf, mut first_buf) = ([0u8; 4], [0u8; 4]);
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut tens = chars / 10;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (tens % 10) as u8;
-            tens /= 10;
-            if tens == 0 {
-                break;
-            }
-        }
+        let mut tens = itoa::Buffer::new();
         let h = Fnv::new(kind::LONG)
             .feed(char::from(k).encode_utf8(&mut k_buf).as_bytes())
             .feed(first.encode_utf8(&mut first_buf).as_bytes())
             .feed(b":")
-            .feed(&digits[at..]);
+            .feed(tens.format(chars / 10).as_bytes());
         self.set.insert(h.0);
     }
 
@@ -602,8 +592,8 @@ Message-ID: <a@shop.example>\r\n\r\nFree FREE free! Visit https://www.shop.examp
         assert_eq!(h.0, hash(kind::BIGRAM, b"ab cd"));
     }
 
-    /// Tokens hashed as they are formatted are the hashes of the
-    /// formatted text (trained models hold those).
+    /// A long word's token, hashed from its pieces, is the hash of the
+    /// text `format!` builds (trained models hold those).
     #[test]
     fn long_word_tokens_hash_what_format_builds() {
         for (k, first, chars) in [
@@ -629,6 +619,8 @@ Message-ID: <a@shop.example>\r\n\r\nFree FREE free! Visit https://www.shop.examp
         }
     }
 
+    /// Tokens hashed as they are formatted are the hashes of the
+    /// formatted text (trained models hold those).
     #[test]
     fn add_fmt_hashes_what_format_builds() {
         let mut sink = Sink {
