@@ -428,14 +428,17 @@ async fn the_indexer_service_stops_on_shutdown() {
     // `tern serve` then sometimes closed the index while the process
     // exited, and aborted. That race failed this check in about one run
     // of six.
-    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
-        let names: Vec<String> = tasks
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .collect();
-        assert!(
-            !names.iter().any(|n| n.trim() == "tern-indexer"),
-            "the indexer thread outlived the service: {names:?}"
-        );
+    match std::fs::read_dir("/proc/self/task") {
+        Ok(tasks) => {
+            let names: Vec<String> = tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .collect();
+            assert!(
+                !names.iter().any(|n| n.trim() == "tern-indexer"),
+                "the indexer thread outlived the service: {names:?}"
+            );
+        }
+        Err(_) => eprintln!("indexer: the thread check SKIPPED (no /proc/self/task)"),
     }
     // Nothing holds the index any more: it reopens (an index still open
     // in this process refuses its lock).

@@ -3,7 +3,7 @@
 //! build from the stored message: what a search finds may not depend on
 //! which way a message came in.
 
-use std::path::Path;
+mod common;
 
 use mail_parser::MessageParser;
 use tern_search::Document;
@@ -34,23 +34,17 @@ fn check(name: &str, data: &[u8]) -> usize {
 
 #[test]
 fn the_corpus_gives_the_same_documents_either_way() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "eml") {
-            let data = std::fs::read(&path).unwrap();
-            // As stored, and as it comes over SMTP (CRLF).
-            let crlf = String::from_utf8_lossy(&data)
-                .replace("\r\n", "\n")
-                .replace('\n', "\r\n");
-            for data in [&data[..], crlf.as_bytes()] {
-                assert_eq!(check(&path.display().to_string(), data), 3, "{path:?}");
-            }
-            n += 1;
+    let corpus = common::corpus();
+    for (name, data) in &corpus {
+        // As stored, and as it comes over SMTP (CRLF).
+        let crlf = String::from_utf8_lossy(data)
+            .replace("\r\n", "\n")
+            .replace('\n', "\r\n");
+        for data in [&data[..], crlf.as_bytes()] {
+            assert_eq!(check(name, data), 3, "{name}");
         }
     }
-    assert!(n >= 10, "only {n} messages in {}", dir.display());
+    assert!(corpus.len() >= 10, "only {} messages", corpus.len());
 }
 
 #[test]
