@@ -20,7 +20,8 @@
 //! 3. Only after the write returns does the leader publish the new version,
 //!    answer the waiting transactions and fire watches.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -127,7 +128,9 @@ struct Resolver {
     write_opts: WriteOptions,
 }
 
-type WatchMap = HashMap<Vec<u8>, Vec<oneshot::Sender<()>>>;
+/// Watched keys in key order, so a written range finds its watchers by a
+/// range lookup (not a scan of every watched key).
+type WatchMap = BTreeMap<Vec<u8>, Vec<oneshot::Sender<()>>>;
 
 struct Shared {
     db: DB,
@@ -208,7 +211,7 @@ impl RocksBackend {
             shared: Shared {
                 db,
                 version: AtomicU64::new(1),
-                watches: Mutex::new(HashMap::new()),
+                watches: Mutex::new(BTreeMap::new()),
                 queue: Mutex::new(Queue::default()),
                 resolver: Mutex::new(Resolver {
                     history: History {
@@ -490,10 +493,15 @@ fn fire_watches<'a>(shared: &Shared, written: impl Iterator<Item = &'a Written>)
             fire(key, &mut watches);
         }
         for range in &w.ranges {
+            if range.begin >= range.end {
+                continue; // empty: BTreeMap::range would panic on it
+            }
             let hit: Vec<Vec<u8>> = watches
-                .keys()
-                .filter(|k| range.contains(k))
-                .cloned()
+                .range::<[u8], _>((
+                    Bound::Included(range.begin.as_slice()),
+                    Bound::Excluded(range.end.as_slice()),
+                ))
+                .map(|(k, _)| k.clone())
                 .collect();
             for key in hit {
                 fire(&key, &mut watches);
