@@ -319,10 +319,7 @@ impl MailStore {
             let outcome = pending
                 .await
                 .unwrap_or_else(|_| Err(deliver::failed_hard()))?;
-            if let Some((hash, data)) = inline {
-                // Durable now, as in `submit`.
-                recent.insert(hash, data, derived);
-            }
+            keep_recent(&recent, &outcome, inline, derived);
             Ok(outcome)
         }
     }
@@ -360,10 +357,7 @@ impl MailStore {
     /// for the indexer.
     fn submit(&self, job: deliver::Job, inline: Option<InlineBlob>) -> Result<deliver::Outcome> {
         let outcome = self.combiner.submit(job)?;
-        if let Some((hash, data)) = inline {
-            // Durable now: the indexer will read it back shortly.
-            self.recent.insert(hash, data, None);
-        }
+        keep_recent(&self.recent, &outcome, inline, None);
         Ok(outcome)
     }
 
@@ -426,5 +420,22 @@ impl MailStore {
     /// SMTP.
     pub fn envelope(&self, account: AccountId, email: DocumentId) -> Result<Option<Envelope>> {
         self.kv.read(|tx| envelope::get(tx, account, email))
+    }
+}
+
+/// Keeps a durable delivery's inline bytes (and what the caller derived
+/// from them) for the indexer, which reads them back shortly, when at
+/// least one recipient got the message: a delivery refused for every
+/// recipient stored nothing anyone will read.
+fn keep_recent(
+    recent: &recent::RecentBlobs,
+    outcome: &deliver::Outcome,
+    inline: Option<InlineBlob>,
+    derived: Option<recent::Derived>,
+) {
+    if let Some((hash, data)) = inline
+        && outcome.iter().any(Result::is_ok)
+    {
+        recent.insert(hash, data, derived);
     }
 }

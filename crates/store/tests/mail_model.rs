@@ -459,6 +459,49 @@ fn malformed_mime_is_stored_and_non_messages_are_refused() {
 }
 
 #[test]
+fn a_delivery_refused_for_every_recipient_keeps_no_bytes() {
+    let (_dir, store) = store();
+    let full = store.create_account("full@example.com", "pw").unwrap();
+    store
+        .kv()
+        .transact(|tx| -> tern_store::Result<()> {
+            let mut acct = tern_store::account::get_account(tx, full)?.unwrap();
+            acct.quota_bytes = 10;
+            tern_store::account::put_account(tx, full, &acct)
+        })
+        .unwrap();
+    let data = message("refused", "r@example.org", "", "body\r\n");
+    let raw = [b"Received: by mx; today\r\n".as_slice(), &data].concat();
+    let hash = tern_store::BlobHash::of(&raw);
+    let parsed = mail_parser::MessageParser::default().parse(&data).unwrap();
+    let to = [Recipient::inbox(full)];
+    let options = tern_store::DeliverOptions::default();
+    let blocking = store
+        .deliver_prefixed(&raw, &data, &parsed, &to, &options)
+        .unwrap();
+    assert!(matches!(blocking[0], Err(Error::OverQuota { .. })));
+    assert!(store.recent_blob(&hash).is_none());
+    let derived: tern_store::recent::Derived = std::sync::Arc::new("derived");
+    let pending = store.deliver_prefixed_async(&raw, &data, &parsed, &to, &options, Some(derived));
+    let queued = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(pending)
+        .unwrap();
+    assert!(matches!(queued[0], Err(Error::OverQuota { .. })));
+    assert!(store.recent_blob(&hash).is_none());
+    assert!(store.recent_derived(&hash).is_none());
+    // Once a recipient has room, the same message is kept.
+    let room = store.create_account("room@example.com", "pw").unwrap();
+    let both = [Recipient::inbox(full), Recipient::inbox(room)];
+    let out = store
+        .deliver_prefixed(&raw, &data, &parsed, &both, &options)
+        .unwrap();
+    assert!(out[0].is_err() && out[1].is_ok());
+    assert_eq!(store.recent_blob(&hash).as_deref(), Some(&raw[..]));
+}
+
+#[test]
 fn a_recipient_over_quota_fails_alone() {
     let (_dir, store) = store();
     let a = store.create_account("a@example.com", "pw").unwrap();
