@@ -493,8 +493,8 @@ fn fire_watches<'a>(shared: &Shared, written: impl Iterator<Item = &'a Written>)
             fire(key, &mut watches);
         }
         for range in &w.ranges {
-            if range.begin >= range.end {
-                continue; // empty: BTreeMap::range would panic on it
+            if range.is_empty() {
+                continue; // never written (and BTreeMap::range panics on begin > end)
             }
             let hit: Vec<Vec<u8>> = watches
                 .range::<[u8], _>((
