@@ -458,18 +458,23 @@ fn malformed_mime_is_stored_and_non_messages_are_refused() {
     ));
 }
 
+/// Sets account `id`'s quota to `bytes`.
+fn set_quota(store: &MailStore, id: AccountId, bytes: u64) {
+    store
+        .kv()
+        .transact(|tx| -> tern_store::Result<()> {
+            let mut acct = tern_store::account::get_account(tx, id)?.unwrap();
+            acct.quota_bytes = bytes;
+            tern_store::account::put_account(tx, id, &acct)
+        })
+        .unwrap();
+}
+
 #[test]
 fn a_delivery_refused_for_every_recipient_keeps_no_bytes() {
     let (_dir, store) = store();
     let full = store.create_account("full@example.com", "pw").unwrap();
-    store
-        .kv()
-        .transact(|tx| -> tern_store::Result<()> {
-            let mut acct = tern_store::account::get_account(tx, full)?.unwrap();
-            acct.quota_bytes = 10;
-            tern_store::account::put_account(tx, full, &acct)
-        })
-        .unwrap();
+    set_quota(&store, full, 10);
     let data = message("refused", "r@example.org", "", "body\r\n");
     let raw = [b"Received: by mx; today\r\n".as_slice(), &data].concat();
     let hash = tern_store::BlobHash::of(&raw);
@@ -506,14 +511,7 @@ fn a_recipient_over_quota_fails_alone() {
     let (_dir, store) = store();
     let a = store.create_account("a@example.com", "pw").unwrap();
     let b = store.create_account("b@example.com", "pw").unwrap();
-    store
-        .kv()
-        .transact(|tx| -> tern_store::Result<()> {
-            let mut acct = tern_store::account::get_account(tx, b)?.unwrap();
-            acct.quota_bytes = 10;
-            tern_store::account::put_account(tx, b, &acct)
-        })
-        .unwrap();
+    set_quota(&store, b, 10);
     let out = store
         .deliver(
             &message("q", "q@x", "", "x"),
