@@ -52,11 +52,15 @@ pub fn put_in_tx(tx: &mut Transaction<'_>, data: &[u8]) -> Result<BlobHash> {
 }
 
 /// [`put_in_tx`] of `data` whose hash the caller took ([`BlobHash::of`]).
-pub fn put_hashed_in_tx(tx: &mut Transaction<'_>, hash: &BlobHash, data: &[u8]) -> Result<()> {
+/// Returns whether the blob is new here: false when it was stored
+/// already, or is being stored ([`put`]'s pending header), so that taking
+/// a new one back ([`unput_in_tx`]) never touches another writer's bytes.
+pub fn put_hashed_in_tx(tx: &mut Transaction<'_>, hash: &BlobHash, data: &[u8]) -> Result<bool> {
     debug_assert_eq!(BlobHash::of(data), *hash);
     let hash = *hash;
-    if header(tx, &hash)?.is_some_and(|h| h.complete) {
-        return Ok(());
+    let before = header(tx, &hash)?;
+    if before.as_ref().is_some_and(|h| h.complete) {
+        return Ok(false);
     }
     for (i, part) in data.chunks(CHUNK).enumerate() {
         tx.set(&keys::blob_chunk(&hash, i as u32), part)?;
@@ -68,6 +72,15 @@ pub fn put_hashed_in_tx(tx: &mut Transaction<'_>, hash: &BlobHash, data: &[u8]) 
         complete: true,
     };
     tx.set(&keys::blob(&hash), &encode(&h))?;
+    Ok(before.is_none())
+}
+
+/// Takes back a blob that [`put_hashed_in_tx`] wrote new earlier in the
+/// same transaction (it returned true) when nothing came to reference it: its
+/// header and chunks are cleared, so the commit leaves no trace of it.
+pub fn unput_in_tx(tx: &mut Transaction<'_>, hash: &BlobHash) -> Result<()> {
+    tx.clear_range(&keys::blob_chunks(hash))?;
+    tx.clear(&keys::blob(hash))?;
     Ok(())
 }
 

@@ -508,12 +508,11 @@ fn store_job(tx: &mut crate::kv::Transaction<'_>, job: &Job, roles: &mut Roles) 
     if job.received_at == i64::MIN {
         panic!("test: storing this job fails hard");
     }
-    let hash = match (&job.raw, job.blob) {
-        (_, Some(h)) => h,
-        (Some((hash, raw)), None) => {
-            blob::put_hashed_in_tx(tx, hash, raw)?;
-            *hash
-        }
+    // `written`: the bytes were put here, in this transaction; they are
+    // taken back below if every recipient refuses the message.
+    let (hash, written) = match (&job.raw, job.blob) {
+        (_, Some(h)) => (h, false),
+        (Some((hash, raw)), None) => (*hash, blob::put_hashed_in_tx(tx, hash, raw)?),
         (None, None) => return Err(Error::Invalid("delivery without a message".into())),
     };
     let check = match job.quota {
@@ -558,6 +557,9 @@ fn store_job(tx: &mut crate::kv::Transaction<'_>, job: &Job, roles: &mut Roles) 
             }
             Err(e) => return Err(e),
         }
+    }
+    if written && out.iter().all(|o| o.is_err()) {
+        blob::unput_in_tx(tx, &hash)?;
     }
     Ok(out)
 }

@@ -496,6 +496,14 @@ fn a_delivery_refused_for_every_recipient_keeps_no_bytes() {
     assert!(matches!(queued[0], Err(Error::OverQuota { .. })));
     assert!(store.recent_blob(&hash).is_none());
     assert!(store.recent_derived(&hash).is_none());
+    // Nor does it leave its bytes in the store for the collector.
+    let stored = || store.kv().read(|tx| blob::header(tx, &hash)).unwrap();
+    assert!(stored().is_none(), "a refused message's blob was written");
+    let chunk = store
+        .kv()
+        .read(|tx| tx.get(&keys::blob_chunk(&hash, 0)))
+        .unwrap();
+    assert!(chunk.is_none(), "a refused message's bytes were written");
     // Once a recipient has room, the same message is kept.
     let room = store.create_account("room@example.com", "pw").unwrap();
     let both = [Recipient::inbox(full), Recipient::inbox(room)];
@@ -504,6 +512,7 @@ fn a_delivery_refused_for_every_recipient_keeps_no_bytes() {
         .unwrap();
     assert!(out[0].is_err() && out[1].is_ok());
     assert_eq!(store.recent_blob(&hash).as_deref(), Some(&raw[..]));
+    assert!(stored().is_some_and(|h| h.complete));
 }
 
 #[test]
