@@ -17,7 +17,7 @@
 //! (default 10000), `PUSH_CONNECTIONS` (default 10000), `PUSH_COALESCE_MS`
 //! (the server's `[jmap.push] coalesce_ms`, default 2).
 
-use std::net::{TcpListener, TcpStream as StdTcpStream};
+use std::net::TcpStream as StdTcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -40,11 +40,7 @@ const PASSWORD: &str = "bench";
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    tern_testkit::free_port()
 }
 
 fn env_usize(name: &str, default: usize) -> usize {

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -33,22 +33,11 @@ pub fn free_port() -> u16 {
     free_ports::<1>()[0]
 }
 
-/// `N` distinct free ports.
+/// `N` distinct free ports, from below the ephemeral range (see
+/// [`tern_testkit::free_ports`]).
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let ports = distinct_free_ports(N);
+    let ports = tern_testkit::free_ports(N);
     std::array::from_fn(|i| ports[i])
-}
-
-/// `n` distinct free ports: every listener is held until all are bound,
-/// so that the system cannot hand out one port twice.
-fn distinct_free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
 }
 
 /// A finished process's status and output, for assertion messages.
@@ -105,7 +94,7 @@ impl Ports {
 
     /// Free ports for `N` setups, all distinct.
     pub fn reserve<const N: usize>() -> [Ports; N] {
-        let all = distinct_free_ports(5 * N);
+        let all = tern_testkit::free_ports(5 * N);
         std::array::from_fn(|i| {
             let [jmap, smtp, submission, submissions, metrics] =
                 all[5 * i..5 * i + 5].try_into().unwrap();

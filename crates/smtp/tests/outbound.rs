@@ -338,11 +338,7 @@ impl Net {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    tern_testkit::free_port()
 }
 
 struct Setup {

@@ -27,10 +27,60 @@ pub const TRACE_PREFIXES: [&[u8]; 3] = [
 
 /// A free TCP port on 127.0.0.1 (free when asked: bind it soon).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
+    free_ports(1)[0]
+}
+
+/// `n` distinct TCP ports on 127.0.0.1, free when asked (bind them soon),
+/// for a server started by a test.
+///
+/// They come from below the system's ephemeral range when it has room
+/// there: a port from that range (what binding port 0 gives) can be taken,
+/// between the test's asking and the server's binding, as the local port
+/// of any outgoing connection on the machine, and the server then fails
+/// to bind it. Each candidate is bound to check it is free, and all are
+/// held until every one is chosen, so none is handed out twice.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    const LOWEST: u16 = 10_000;
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let below = ephemeral_start().filter(|&start| start > LOWEST + 1_000);
+    let mut held: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    let mut seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+        ^ (CALLS.fetch_add(1, Ordering::Relaxed) as u64) << 40;
+    let mut tries = 0;
+    while held.len() < n {
+        let port = match below {
+            Some(start) if tries < 1_000 => {
+                tries += 1;
+                // xorshift64: a different sequence per process and call.
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                LOWEST + (seed % u64::from(start - LOWEST)) as u16
+            }
+            _ => 0,
+        };
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(l) => held.push(l),
+            Err(e) if port == 0 => panic!("no free port on 127.0.0.1: {e}"),
+            Err(_) => {}
+        }
+    }
+    held.iter()
+        .map(|l| l.local_addr().expect("a bound listener's address").port())
+        .collect()
+}
+
+/// The first port of the system's ephemeral range (Linux), if known.
+fn ephemeral_start() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A directory of its own under the system's temp directory, removed
@@ -65,5 +115,29 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ports for test servers are distinct, bindable, and outside the
+    /// ephemeral range when the system says where that starts.
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let ports = free_ports(20);
+        let mut sorted = ports.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 20, "{ports:?}");
+        if let Some(start) = ephemeral_start() {
+            assert!(ports.iter().all(|&p| p < start), "{ports:?} vs {start}");
+        }
+        let held: Vec<_> = ports
+            .iter()
+            .map(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).unwrap())
+            .collect();
+        assert_eq!(held.len(), 20);
     }
 }
