@@ -381,7 +381,9 @@ impl Drain {
     }
 
     fn text(&self) -> String {
-        String::from_utf8_lossy(&self.text.lock().unwrap()).into_owned()
+        // Poison-tolerant: also read while a failing test unwinds.
+        let text = self.text.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&text).into_owned()
     }
 
     /// Everything, once the writer has exited.
@@ -450,8 +452,26 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Kills a server still running. When the test is failing, first
+    /// prints whether it had already exited, and its log: what it said is
+    /// often what explains the failure.
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
+            if std::thread::panicking() {
+                let exited = child.try_wait().ok().flatten();
+                let log = self.stderr.text();
+                let tail = log.char_indices().rev().nth(20_000).map_or(0, |(i, _)| i);
+                eprintln!(
+                    "--- tern serve (pid {}) at the failure; exited: {exited:?}; its log{}:\n{}\n---",
+                    child.id(),
+                    if tail > 0 {
+                        " (last 20,000 characters)"
+                    } else {
+                        ""
+                    },
+                    &log[tail..]
+                );
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
