@@ -40,25 +40,18 @@ pub fn free_port() -> u16 {
 /// to bind it. Each candidate is bound to check it is free, and all are
 /// held until every one is chosen, so none is handed out twice.
 pub fn free_ports(n: usize) -> Vec<u16> {
+    use std::hash::BuildHasher;
     const LOWEST: u16 = 10_000;
-    static CALLS: AtomicUsize = AtomicUsize::new(0);
     let below = ephemeral_start().filter(|&start| start > LOWEST + 1_000);
     let mut held: Vec<std::net::TcpListener> = Vec::with_capacity(n);
-    let mut seed = std::process::id() as u64
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-        ^ (CALLS.fetch_add(1, Ordering::Relaxed) as u64) << 40;
-    let mut tries = 0;
+    let mut tries = 0u32;
     while held.len() < n {
+        tries += 1;
         let port = match below {
-            Some(start) if tries < 1_000 => {
-                tries += 1;
-                // xorshift64: a different sequence per process and call.
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                LOWEST + (seed % u64::from(start - LOWEST)) as u16
+            // std's RandomState is seeded randomly: a random candidate.
+            Some(start) if tries <= 1_000 => {
+                let r = std::collections::hash_map::RandomState::new().hash_one(tries);
+                LOWEST + (r % u64::from(start - LOWEST)) as u16
             }
             _ => 0,
         };
